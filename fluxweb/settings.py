@@ -1,0 +1,219 @@
+"""FluxWeb settings: one module, every option an environment variable (see contract.md)."""
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DEV_SECRET_KEY = "dev-only-fluxweb-secret-key-never-use-in-production"
+
+
+def env_bool(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name} must be 1 or 0, not {value!r}")
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
+
+
+def env_list(name: str, default: str) -> list[str]:
+    return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
+
+
+def database_from_url(url: str) -> dict:
+    """`sqlite:///path` or `postgres://user:pass@host:port/db`."""
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return sqlite_database(Path(unquote(parts.path)))
+    if parts.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parts.path.lstrip("/")),
+            "USER": unquote(parts.username or ""),
+            "PASSWORD": unquote(parts.password or ""),
+            "HOST": parts.hostname or "",
+            "PORT": str(parts.port or ""),
+            "CONN_MAX_AGE": 60,
+            "CONN_HEALTH_CHECKS": True,
+        }
+    raise ImproperlyConfigured(f"DATABASE_URL must start with sqlite:/// or postgres://, not {url!r}")
+
+
+def sqlite_database(path: Path) -> dict:
+    # IMMEDIATE transactions wait for the busy timeout instead of failing with "database is locked";
+    # WAL lets readers run beside the writer (reliability.md 1.4, performance.md: 385 vs 112 tasks/s).
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": path,
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 20,
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        },
+        "TEST": {"NAME": os.environ.get("FLUXWEB_TEST_SQLITE") or None},
+    }
+
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off.")
+    SECRET_KEY = DEV_SECRET_KEY
+if SECRET_KEY == DEV_SECRET_KEY and not DEBUG:
+    raise ImproperlyConfigured("Refusing to start with the development secret key while DJANGO_DEBUG is off.")
+
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
+
+DATA_DIR = Path(os.environ.get("FLUXWEB_DATA_DIR", BASE_DIR / "var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+SITE_URL = os.environ.get("FLUXWEB_SITE_URL", "http://127.0.0.1:8000").rstrip("/")
+CSRF_TRUSTED_ORIGINS = [SITE_URL] if SITE_URL.startswith("https://") else []
+
+_fernet_keys = env_list("FLUXWEB_FERNET_KEYS", "")
+if not _fernet_keys:
+    if not DEBUG:
+        raise ImproperlyConfigured("FLUXWEB_FERNET_KEYS is required when DJANGO_DEBUG is off.")
+    _fernet_keys = [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()]
+FERNET_KEYS = _fernet_keys
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "django_htmx",
+    "template_partials",
+    "django_q",
+    "generations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+ROOT_URLCONF = "fluxweb.urls"
+WSGI_APPLICATION = "fluxweb.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    }
+]
+
+if os.environ.get("DATABASE_URL"):
+    DATABASES = {"default": database_from_url(os.environ["DATABASE_URL"])}
+else:
+    DATABASES = {"default": sqlite_database(DATA_DIR / "fluxweb.sqlite3")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "studio"
+LOGOUT_REDIRECT_URL = "login"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = DATA_DIR / "staticfiles"
+STORAGES = {
+    "default": {
+        "BACKEND": "django.core.files.storage.FileSystemStorage",
+        "OPTIONS": {"location": DATA_DIR / "media"},
+    },
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+}
+# Images are team-private: served by a view that checks the session or token, never by MEDIA_URL.
+MEDIA_ROOT = DATA_DIR / "media"
+FLUXWEB_SENDFILE_HEADER = os.environ.get("FLUXWEB_SENDFILE_HEADER", "")  # "X-Accel-Redirect" or "X-Sendfile"
+
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SITE_URL.startswith("https://")
+
+# Money: integer credits; one credit is worth this many US dollars (providers.md section 8).
+FLUXWEB_CREDIT_USD = os.environ.get("FLUXWEB_CREDIT_USD", "0.001")
+# Generation engine.
+FLUXWEB_JOB_DEADLINE = env_int("FLUXWEB_JOB_DEADLINE", 600)  # seconds from submit to give up and refund
+FLUXWEB_POLL_CONCURRENCY = env_int("FLUXWEB_POLL_CONCURRENCY", 10)
+FLUXWEB_MAX_DOWNLOAD_BYTES = env_int("FLUXWEB_MAX_DOWNLOAD_BYTES", 40 * 1024 * 1024)
+FLUXWEB_MAX_UPLOAD_BYTES = env_int("FLUXWEB_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+# Hosts images may be downloaded from besides each provider's documented CDN: the sandbox on loopback.
+FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = env_bool("FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS", DEBUG)
+FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:8765")
+
+# django-q2: a task's `timeout` stays well under `retry` (plus the guard's 3 s and queue wait), attempts are
+# bounded, and a cluster that was down does not fire every missed schedule slot (reliability.md 1.1, 1.5).
+Q_CLUSTER = {
+    "name": "fluxweb",
+    "workers": env_int("FLUXWEB_Q_WORKERS", 2),
+    "timeout": 90,
+    "retry": 120,
+    "max_attempts": 3,
+    "catch_up": False,
+    "queue_limit": 4,
+    "bulk": 1,
+    "save_limit": 1000,
+    "ack_failures": True,
+    "poll": 0.1,
+    "label": "Tasks",
+}
+if os.environ.get("REDIS_URL"):
+    Q_CLUSTER["redis"] = os.environ["REDIS_URL"]
+else:
+    Q_CLUSTER["orm"] = "default"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {
+        "generations": {"handlers": ["console"], "level": os.environ.get("FLUXWEB_LOG_LEVEL", "INFO")},
+        # httpx logs request lines at INFO; keep it quiet so nothing near a key reaches the log.
+        "httpx": {"level": "WARNING"},
+    },
+}

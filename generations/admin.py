@@ -1,0 +1,187 @@
+from django import forms
+from django.contrib import admin, messages
+from django.db.models import Sum
+from django.shortcuts import redirect, render
+from django.utils import timezone
+
+from . import credits
+from .models import (
+    ApiToken,
+    CreditAccount,
+    Generation,
+    GenerationEvent,
+    Image,
+    LedgerEntry,
+    Price,
+    Prompt,
+    ProviderAccount,
+    Quota,
+    Usage,
+)
+from .providers import ProviderError
+from .providers import http as provider_http
+
+
+class ProviderAccountForm(forms.ModelForm):
+    api_key = forms.CharField(
+        required=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+        help_text="Write-only. Leave blank to keep the current key.",
+    )
+
+    class Meta:
+        model = ProviderAccount
+        fields = ["slug", "kind", "base_url", "api_key", "enabled", "priority", "monthly_spend_cap"]
+
+    def save(self, commit=True):
+        account = super().save(commit=False)
+        if self.cleaned_data.get("api_key"):
+            account.set_api_key(self.cleaned_data["api_key"])
+        if commit:
+            account.save()
+        return account
+
+
+@admin.register(ProviderAccount)
+class ProviderAccountAdmin(admin.ModelAdmin):
+    form = ProviderAccountForm
+    list_display = ["slug", "kind", "base_url", "enabled", "priority", "key_hint", "spent_this_month"]
+    list_editable = ["enabled", "priority"]
+    actions = ["test_connection"]
+
+    def has_module_permission(self, request):
+        return request.user.is_superuser
+
+    has_view_permission = has_change_permission = has_add_permission = has_delete_permission = (
+        lambda self, request, obj=None: request.user.is_superuser
+    )
+
+    @admin.display(description="key")
+    def key_hint(self, account):
+        return f"…{account.key_last4}" if account.has_key else "not set"
+
+    @admin.display(description="charged this month")
+    def spent_this_month(self, account):
+        usage = Usage.objects.filter(account=account, user=None, window=credits.month_window(timezone.now())).first()
+        return usage.credits if usage else 0
+
+    @admin.action(description="Test connection (one cheap authenticated call)")
+    def test_connection(self, request, queryset):
+        for account in queryset:
+            try:
+                adapter = account.adapter()
+                adapter.check(provider_http.send(adapter, adapter.build_check(), timeout=10))
+            except ProviderError as error:
+                self.message_user(request, f"{account.slug}: {error.message}", messages.ERROR)
+            except Exception as error:  # a decrypt failure or a bad URL: say it, don't crash the admin
+                self.message_user(request, f"{account.slug}: {error}", messages.ERROR)
+            else:
+                self.message_user(request, f"{account.slug}: connected, key accepted.", messages.SUCCESS)
+
+
+class EventInline(admin.TabularInline):
+    model = GenerationEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ["at", "what", "detail"]
+
+
+@admin.register(Generation)
+class GenerationAdmin(admin.ModelAdmin):
+    list_display = ["id", "user", "model", "account", "status", "credits_reserved", "credits_charged",
+                    "credits_refunded", "provider_cost", "created_at"]
+    list_filter = ["status", "model", "account"]
+    search_fields = ["prompt__text", "provider_job_id", "user__username"]
+    list_select_related = ["user", "account"]
+    inlines = [EventInline]
+    readonly_fields = [f.name for f in Generation._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+class GrantForm(forms.Form):
+    amount = forms.IntegerField(help_text="Credits; negative to take back (an adjust entry).")
+    note = forms.CharField(max_length=500)
+
+
+@admin.register(CreditAccount)
+class CreditAccountAdmin(admin.ModelAdmin):
+    list_display = ["user", "available", "reserved", "balance", "charged_this_month", "images_today"]
+    search_fields = ["user__username"]
+    readonly_fields = ["user", "balance", "reserved"]
+    actions = ["grant_credits"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="charged this month")
+    def charged_this_month(self, account):
+        start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        return LedgerEntry.objects.filter(user=account.user_id, kind="settle", created_at__gte=start).aggregate(
+            total=Sum("amount")
+        )["total"] or 0
+
+    @admin.display(description="images today")
+    def images_today(self, account):
+        usage = Usage.objects.filter(user=account.user_id, account=None, window=credits.day_window(timezone.now())).first()
+        return usage.images if usage else 0
+
+    @admin.action(description="Grant or adjust credits (with a note)")
+    def grant_credits(self, request, queryset):
+        form = GrantForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
+            for account in queryset.select_related("user"):
+                try:
+                    if amount > 0:
+                        credits.grant(account.user, amount, admin=request.user, note=note)
+                    else:
+                        credits.adjust(account.user, amount, admin=request.user, note=note)
+                except ValueError as error:
+                    self.message_user(request, str(error), messages.ERROR)
+            self.message_user(request, f"{amount:+} credits for {queryset.count()} user(s).", messages.SUCCESS)
+            return redirect(request.get_full_path())
+        return render(request, "admin/grant_credits.html", {**self.admin_site.each_context(request), "form": form,
+                      "accounts": queryset, "opts": self.model._meta})
+
+
+@admin.register(LedgerEntry)
+class LedgerEntryAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "user", "kind", "amount", "generation", "admin", "note"]
+    list_filter = ["kind", "created_at", ("admin", admin.RelatedOnlyFieldListFilter)]
+    search_fields = ["user__username", "note"]
+    list_select_related = ["user", "admin", "generation"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Price)
+class PriceAdmin(admin.ModelAdmin):
+    list_display = ["kind", "model", "tier", "credits", "effective_from"]
+    list_filter = ["kind", "model"]
+
+
+@admin.register(Quota)
+class QuotaAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "concurrent", "daily_images", "monthly_credits"]
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    list_display = ["prefix", "user", "name", "created_at", "last_used_at"]
+    readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
+
+
+admin.site.register(Prompt, search_fields=["text"], list_display=["__str__", "uses", "last_used_at"])
+admin.site.register(Image, list_display=["id", "generation", "width", "height", "format", "bytes"],
+                    readonly_fields=["generation", "file", "thumbnail"])
+admin.site.site_header = "FluxWeb admin"
+

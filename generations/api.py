@@ -1,0 +1,230 @@
+"""JSON API v1 (contract.md): token or session auth, one error shape, the generation object."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+
+from django.http import FileResponse, Http404, HttpRequest, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from . import credits, engine, media
+from .catalog import catalog
+from .forms import GenerationForm, first_error, reference_images
+from .models import ApiToken, Generation, Image
+from .providers import Unsupported
+
+PAGE = 50
+
+
+def error(status: int, code: str, message: str, field: str | None = None, **headers) -> JsonResponse:
+    body = {"code": code, "message": message}
+    if field:
+        body["field"] = field
+    response = JsonResponse({"error": body}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = str(value)
+    return response
+
+
+def api_view(view):
+    """Authenticate by `Authorization: Bearer <token>`, or by the session (whose unsafe requests keep
+    Django's CSRF check); answer JSON errors, never HTML."""
+
+    @csrf_exempt
+    @functools.wraps(view)
+    def wrapper(request: HttpRequest, *args, **kwargs):
+        header = request.headers.get("Authorization", "")
+        if header:
+            scheme, _, token = header.partition(" ")
+            user = ApiToken.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+            if user is None:
+                return error(401, "unauthorized", "The API token is missing, malformed or revoked.")
+            request.user = user
+        elif request.user.is_authenticated:
+            if request.method not in ("GET", "HEAD", "OPTIONS"):
+                from django.middleware.csrf import CsrfViewMiddleware
+
+                reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+                if reason is not None:
+                    return error(403, "csrf", "CSRF check failed; send the X-CSRFToken header.")
+        else:
+            return error(401, "unauthorized", "Send Authorization: Bearer <token>.")
+        try:
+            return view(request, *args, **kwargs)
+        except Http404:
+            return error(404, "not_found", "Not found.")
+
+    return wrapper
+
+
+def me_payload(user) -> dict:
+    account = credits.account_for(user)
+    limits = credits.limits_for(user)
+    from django.utils import timezone
+
+    from .models import Usage
+
+    now = timezone.now()
+    day = Usage.objects.filter(user=user, account=None, window=credits.day_window(now)).first()
+    month = Usage.objects.filter(user=user, account=None, window=credits.month_window(now)).first()
+    return {
+        "username": user.get_username(),
+        "credits": {"balance": account.available, "reserved": account.reserved},
+        "quota": {
+            "concurrent": {"limit": limits["concurrent"], "used": Generation.objects.for_user(user).in_flight().count()},
+            "daily_images": {"limit": limits["daily_images"], "used": day.images if day else 0},
+            "monthly_credits": {"limit": limits["monthly_credits"], "used": month.credits if month else 0},
+        },
+    }
+
+
+def generation_payload(generation: Generation, request: HttpRequest) -> dict:
+    error_body = {"code": generation.error_code, "message": generation.error_message} if generation.status == "failed" else None
+    return {
+        "id": generation.pk,
+        "status": generation.status,
+        "prompt": generation.prompt.text,
+        "model": generation.model,
+        "provider": generation.account.slug,
+        "user": generation.user.get_username(),
+        "params": {k: v for k, v in generation.params.items() if k != "reference_urls"},
+        "n": generation.n,
+        "seed": generation.seed,
+        "progress": generation.progress,
+        "created_at": generation.created_at.isoformat(),
+        "started_at": generation.started_at.isoformat() if generation.started_at else None,
+        "finished_at": generation.finished_at.isoformat() if generation.finished_at else None,
+        "credits": {
+            "reserved": generation.credits_reserved,
+            "charged": generation.credits_charged,
+            "refunded": generation.credits_refunded,
+        },
+        "provider_cost": generation.provider_cost or None,
+        "error": error_body,
+        "images": [image_payload(image, request) for image in generation.images.all()],
+    }
+
+
+def image_payload(image: Image, request: HttpRequest) -> dict:
+    return {
+        "id": image.pk,
+        "url": request.build_absolute_uri(f"/api/v1/images/{image.pk}/file"),
+        "thumbnail_url": request.build_absolute_uri(f"/api/v1/images/{image.pk}/thumbnail"),
+        "width": image.width,
+        "height": image.height,
+        "seed": image.seed,
+        "format": image.format,
+        "bytes": image.bytes,
+    }
+
+
+def generations_qs():
+    return Generation.objects.select_related("prompt", "account", "user").prefetch_related("images")
+
+
+@require_GET
+@api_view
+def me(request):
+    return JsonResponse(me_payload(request.user))
+
+
+@require_GET
+@api_view
+def models(request):
+    return JsonResponse(catalog(), safe=False)
+
+
+@require_http_methods(["GET", "POST"])
+@api_view
+def generations(request):
+    return create(request) if request.method == "POST" else listing(request)
+
+
+def listing(request):
+    rows = generations_qs()
+    if request.GET.get("mine") in ("1", "true"):
+        rows = rows.filter(user=request.user)
+    if status := request.GET.get("status"):
+        rows = rows.filter(status=status)
+    if q := request.GET.get("q"):
+        rows = rows.filter(prompt__text__icontains=q)
+    if cursor := request.GET.get("cursor"):
+        try:
+            rows = rows.filter(pk__lt=int(base64.urlsafe_b64decode(cursor.encode()).decode()))
+        except ValueError:
+            return error(400, "invalid", "The cursor is not one this API gave out.", "cursor")
+    page = list(rows.order_by("-id")[: PAGE + 1])
+    more = len(page) > PAGE
+    page = page[:PAGE]
+    cursor = base64.urlsafe_b64encode(str(page[-1].pk).encode()).decode() if more else None
+    return JsonResponse({"results": [generation_payload(g, request) for g in page], "next": cursor})
+
+
+def create(request):
+    try:
+        data = json.loads(request.body or b"{}")
+    except ValueError:
+        return error(400, "invalid", "The body is not JSON.")
+    if not isinstance(data, dict):
+        return error(400, "invalid", "The body must be a JSON object.")
+    unknown = set(data) - set(GenerationForm.base_fields) - {"reference_images"}
+    if unknown:
+        return error(400, "invalid", f"Unknown field {sorted(unknown)[0]!r}.", sorted(unknown)[0])
+    form = GenerationForm(data)
+    if not form.is_valid():
+        field, message = first_error(form)
+        return error(400, "invalid", message, field)
+    try:
+        references = tuple(media.reference_url(image) for image in reference_images(data.get("reference_images")))
+    except Unsupported as exc:
+        return error(400, "invalid", exc.message, exc.field)
+    key = request.headers.get("Idempotency-Key", "")
+    if len(key) > 255:
+        return error(400, "invalid", "Idempotency-Key is at most 255 characters.")
+    try:
+        generation, created = engine.create(
+            request.user, form.to_request(references), provider=form.cleaned_data.get("provider") or None,
+            idempotency_key=key,
+        )
+    except engine.CreateError as exc:
+        refusal = exc.refusal
+        headers = {"Retry_After": refusal.retry_after} if refusal.retry_after else {}
+        return error(refusal.status, refusal.code, refusal.message, refusal.field, **headers)
+    generation = generations_qs().get(pk=generation.pk)
+    return JsonResponse(generation_payload(generation, request), status=202)
+
+
+@require_GET
+@api_view
+def generation(request, pk: int):
+    return JsonResponse(generation_payload(get_object_or_404(generations_qs(), pk=pk), request))
+
+
+@require_POST
+@api_view
+def cancel(request, pk: int):
+    rows = generations_qs() if request.user.is_staff else generations_qs().filter(user=request.user)
+    generation = get_object_or_404(rows, pk=pk)
+    if not engine.cancel(generation, request.user):
+        return error(409, "conflict", f"Generation {pk} is already {generation.status}.")
+    return JsonResponse(generation_payload(generations_qs().get(pk=pk), request))
+
+
+@require_GET
+@api_view
+def image_file(request, pk: int, variant: str):
+    return serve_image(get_object_or_404(Image, pk=pk), variant)
+
+
+def serve_image(image: Image, variant: str) -> FileResponse:
+    field = image.thumbnail if variant == "thumbnail" else image.file
+    content_type = "image/jpeg" if variant == "thumbnail" else image.content_type
+    response = FileResponse(field.open("rb"), content_type=content_type)
+    response["Cache-Control"] = "private, max-age=86400"
+    response["Content-Disposition"] = f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
+    return response
+

@@ -1,0 +1,319 @@
+"""The money: prices, holds, settlement, refunds, quotas and the reconcile check.
+
+Rules (architecture.md, reliability.md 2): integer credits; a create holds the full estimate or is refused;
+success charges what was stored and releases the rest; anything else releases everything. Every movement
+is an append-only ledger entry written in the same transaction as the balance row, which the database
+keeps consistent with CHECK constraints. Callers run these inside `transaction.atomic()`; each function
+locks the user's credit row first so concurrent money moves on PostgreSQL queue behind each other
+(SQLite's IMMEDIATE transactions already serialize writers).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q, Sum
+from django.utils import timezone
+
+from .models import CreditAccount, Generation, LedgerEntry, Price, ProviderAccount, Quota, Usage
+from .providers import GenerationRequest
+
+# Defaults from providers.md section 8, in credits of $0.001.
+DEFAULT_PRICES: dict[tuple[str, str], dict[str, int]] = {
+    ("maxapi", "flux-plus"): {"1MP": 3, "2MP": 6, "4MP": 6},
+    ("maxapi", "flux-pro-2"): {"1MP": 6, "2MP": 12, "4MP": 12},
+    **{
+        (kind, "flux-2-max"): {"1MP": 70, "2MP": 100, "4MP": 160, "input_mp": 30}
+        for kind in ("vtrix", "apiframe", "pixeldojo")
+    },
+}
+
+
+class Refusal(Exception):
+    """A create the user may not make now, with the reason in words and the HTTP status the API uses."""
+
+    def __init__(self, code: str, message: str, *, status: int, retry_after: int | None = None, field: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.field = field
+
+
+# -- prices ---------------------------------------------------------------------------------------------
+def tier_for(megapixels: float) -> str:
+    if megapixels <= 1.0 + 1e-9:
+        return "1MP"
+    if megapixels <= 2.0 + 1e-9:
+        return "2MP"
+    return "4MP"
+
+
+def price_table(kind: str, model: str, at: datetime | None = None) -> dict[str, int]:
+    """The prices in force for one provider kind and model: tier -> credits."""
+    at = at or timezone.now()
+    table: dict[str, int] = {}
+    for price in Price.objects.filter(kind=kind, model=model, effective_from__lte=at).order_by("effective_from"):
+        table[price.tier] = price.credits
+    return table or dict(DEFAULT_PRICES.get((kind, model), {}))
+
+
+@dataclass(frozen=True)
+class Quote:
+    per_image: int
+    references: int
+    n: int
+
+    @property
+    def total(self) -> int:
+        return self.per_image * self.n + self.references
+
+    def for_images(self, stored: int) -> int:
+        return self.per_image * stored + (self.references if stored else 0)
+
+
+def quote(kind: str, request: GenerationRequest, reference_megapixels: list[float] = (), table=None) -> Quote:
+    table = table if table is not None else price_table(kind, request.model)
+    tier = tier_for(request.output_megapixels)
+    if tier not in table:
+        raise Refusal("no_price", f"No price is set for {request.model} at {tier} on {kind}; ask an admin.", status=400)
+    per_input_mp = table.get("input_mp", 0)
+    references = sum(per_input_mp * max(1, math.ceil(mp - 1e-9)) for mp in reference_megapixels)
+    return Quote(per_image=table[tier], references=references, n=request.n)
+
+
+# -- accounts -------------------------------------------------------------------------------------------
+def account_for(user, *, lock: bool = False) -> CreditAccount:
+    """The user's credit row, created on first use. Concurrent first requests race on the unique user id,
+    and the loser reads the winner's row, so a brand-new user is limited like any other (litellm#40095)."""
+    try:
+        with transaction.atomic():
+            account, _ = CreditAccount.objects.get_or_create(user=user)
+    except IntegrityError:
+        account = CreditAccount.objects.get(user=user)
+    if lock:
+        account = CreditAccount.objects.select_for_update().get(pk=account.pk)
+    return account
+
+
+def grant(user, amount: int, *, admin=None, note: str = "") -> LedgerEntry:
+    if amount <= 0:
+        raise ValueError("A grant must be a positive number of credits.")
+    with transaction.atomic():
+        account = account_for(user, lock=True)
+        CreditAccount.objects.filter(pk=account.pk).update(balance=F("balance") + amount)
+        return LedgerEntry.objects.create(user=user, kind=LedgerEntry.Kind.GRANT, amount=amount, admin=admin, note=note)
+
+
+def adjust(user, amount: int, *, admin, note: str) -> LedgerEntry:
+    """An admin correction, up or down; it cannot take away credits that are held or already gone."""
+    with transaction.atomic():
+        account = account_for(user, lock=True)
+        if amount < 0 and account.available < -amount:
+            raise ValueError(f"{user} has only {account.available} credits available to take away.")
+        CreditAccount.objects.filter(pk=account.pk).update(balance=F("balance") + amount)
+        return LedgerEntry.objects.create(user=user, kind=LedgerEntry.Kind.ADJUST, amount=amount, admin=admin, note=note)
+
+
+# -- quotas ---------------------------------------------------------------------------------------------
+def day_window(now: datetime) -> str:
+    return now.strftime("%Y-%m-%d")
+
+
+def month_window(now: datetime) -> str:
+    return now.strftime("%Y-%m")
+
+
+def next_day(now: datetime) -> datetime:
+    return (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(now: datetime) -> datetime:
+    first = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return (first + timedelta(days=32)).replace(day=1)
+
+
+def limits_for(user) -> dict[str, int | None]:
+    rows = {q.user_id: q for q in Quota.objects.filter(Q(user=None) | Q(user=user))}
+    team, own = rows.get(None), rows.get(user.pk)
+    result = {}
+    for name in ("concurrent", "daily_images", "monthly_credits"):
+        value = getattr(own, name, None) if own else None
+        result[name] = value if value is not None else (getattr(team, name, None) if team else None)
+    return result
+
+
+def usage_row(*, user=None, account=None, window: str) -> Usage:
+    try:
+        with transaction.atomic():
+            row, _ = Usage.objects.get_or_create(user=user, account=account, window=window)
+    except IntegrityError:
+        row = Usage.objects.get(user=user, account=account, window=window)
+    return row
+
+
+def count_usage(row: Usage, *, images: int = 0, credits: int = 0, image_limit=None, credit_limit=None) -> bool:
+    """Add to a window's counters only if that keeps them within the limits; one conditional UPDATE."""
+    rows = Usage.objects.filter(pk=row.pk)
+    if image_limit is not None:
+        rows = rows.filter(images__lte=image_limit - images)
+    if credit_limit is not None:
+        rows = rows.filter(credits__lte=credit_limit - credits)
+    return rows.update(images=F("images") + images, credits=F("credits") + credits) == 1
+
+
+def until(moment: datetime, now: datetime) -> int:
+    return max(1, int((moment - now).total_seconds()))
+
+
+def hold_quotas(user, account: ProviderAccount, n: int, amount: int, now: datetime) -> None:
+    """Check and count every quota for a new generation. Call inside the create transaction, after the
+    user's credit row is locked."""
+    limits = limits_for(user)
+    if limits["concurrent"] is not None:
+        running = Generation.objects.filter(user=user, status__in=Generation.IN_FLIGHT).count()
+        if running >= limits["concurrent"]:
+            raise Refusal(
+                "quota_concurrent",
+                f"You already have {running} generations in flight, your limit; "
+                "a new one can start when one of them finishes.",
+                status=429,
+                retry_after=5,
+            )
+    day = usage_row(user=user, window=day_window(now))
+    if not count_usage(day, images=n, image_limit=limits["daily_images"]):
+        resets = next_day(now)
+        raise Refusal(
+            "quota_daily_images",
+            f"Your limit is {limits['daily_images']} images a day and {day.images} are used; "
+            f"it resets at {resets:%Y-%m-%d %H:%M} UTC.",
+            status=429,
+            retry_after=until(resets, now),
+        )
+    month = usage_row(user=user, window=month_window(now))
+    if not count_usage(month, credits=amount, credit_limit=limits["monthly_credits"]):
+        resets = next_month(now)
+        raise Refusal(
+            "quota_monthly_credits",
+            f"Your limit is {limits['monthly_credits']} credits a month and {month.credits} are spent or held; "
+            f"this needs {amount}. It resets on {resets:%Y-%m-%d} UTC.",
+            status=429,
+            retry_after=until(resets, now),
+        )
+    if account.monthly_spend_cap is not None:
+        spent = usage_row(account=account, window=month_window(now))
+        if not count_usage(spent, credits=amount, credit_limit=account.monthly_spend_cap):
+            resets = next_month(now)
+            raise Refusal(
+                "quota_provider_cap",
+                f"The {account.slug} provider account has reached its monthly spend cap of "
+                f"{account.monthly_spend_cap} credits; it resets on {resets:%Y-%m-%d} UTC. Try another provider.",
+                status=429,
+                retry_after=until(resets, now),
+            )
+
+
+def release_usage(generation: Generation, *, images: int, credits: int) -> None:
+    """Give back the part of a generation's counted usage that was not delivered, in the windows it was
+    counted in."""
+    if not (images or credits):
+        return
+    when = generation.created_at
+    Usage.objects.filter(user=generation.user_id, account=None, window=day_window(when)).update(
+        images=F("images") - images
+    )
+    Usage.objects.filter(user=generation.user_id, account=None, window=month_window(when)).update(
+        credits=F("credits") - credits
+    )
+    Usage.objects.filter(account=generation.account_id, user=None, window=month_window(when)).update(
+        credits=F("credits") - credits
+    )
+
+
+# -- the hold and its end ---------------------------------------------------------------------------------
+def reserve(generation: Generation, amount: int, account: CreditAccount) -> None:
+    """Hold `amount` of the (locked) account for `generation`, or refuse with the shortfall."""
+    held = CreditAccount.objects.filter(pk=account.pk, balance__gte=F("reserved") + amount).update(
+        reserved=F("reserved") + amount
+    )
+    if not held:
+        account.refresh_from_db()
+        shortfall = amount - account.available
+        raise Refusal(
+            "insufficient_credits",
+            f"This costs {amount} credits and you have {account.available} available; "
+            f"you are {shortfall} short. Ask an admin for more credits.",
+            status=402,
+        )
+    LedgerEntry.objects.create(
+        user_id=generation.user_id, kind=LedgerEntry.Kind.RESERVE, amount=amount, generation=generation
+    )
+
+
+def settle(generation: Generation, charge: int, *, images: int = 0, note: str = "") -> bool:
+    """End a generation's hold: charge `charge` (at most the hold) and release the rest. Runs once per
+    generation whatever calls it, however often; returns whether this call did the work."""
+    with transaction.atomic():
+        account = account_for(generation.user, lock=True)
+        if LedgerEntry.objects.filter(generation=generation, kind__in=["settle", "refund"]).exists():
+            return False
+        held = generation.credits_reserved
+        charge = max(0, min(charge, held))
+        released = held - charge
+        CreditAccount.objects.filter(pk=account.pk).update(
+            balance=F("balance") - charge, reserved=F("reserved") - held
+        )
+        if charge:
+            LedgerEntry.objects.create(
+                user_id=generation.user_id, kind=LedgerEntry.Kind.SETTLE, amount=charge, generation=generation, note=note
+            )
+        if released or not charge:
+            LedgerEntry.objects.create(
+                user_id=generation.user_id, kind=LedgerEntry.Kind.REFUND, amount=released, generation=generation,
+                note=note,
+            )
+        Generation.objects.filter(pk=generation.pk).update(credits_charged=charge, credits_refunded=released)
+        release_usage(generation, images=max(0, generation.n - images), credits=released)
+        generation.credits_charged, generation.credits_refunded = charge, released
+        return True
+
+
+def refund(generation: Generation, note: str = "") -> bool:
+    return settle(generation, 0, note=note)
+
+
+# -- audit ------------------------------------------------------------------------------------------------
+def reconcile() -> list[str]:
+    """Every way the balances disagree with the ledger; empty when the books are clean."""
+    problems = []
+    sums: dict[int, dict[str, int]] = {}
+    for row in LedgerEntry.objects.values("user_id", "kind").annotate(total=Sum("amount")):
+        sums.setdefault(row["user_id"], {})[row["kind"]] = row["total"]
+    open_holds = dict(
+        LedgerEntry.objects.filter(kind="reserve", generation__status__in=Generation.IN_FLIGHT)
+        .values_list("user_id")
+        .annotate(total=Sum("amount"))
+    )
+    for account in CreditAccount.objects.select_related("user"):
+        kinds = sums.get(account.user_id, {})
+        balance = kinds.get("grant", 0) + kinds.get("adjust", 0) - kinds.get("settle", 0)
+        reserved = kinds.get("reserve", 0) - kinds.get("settle", 0) - kinds.get("refund", 0)
+        if account.balance != balance:
+            problems.append(f"{account.user}: balance {account.balance} but the ledger says {balance}")
+        if account.reserved != reserved:
+            problems.append(f"{account.user}: reserved {account.reserved} but the ledger says {reserved}")
+        if account.reserved != open_holds.get(account.user_id, 0):
+            problems.append(
+                f"{account.user}: reserved {account.reserved} but in-flight holds add up to "
+                f"{open_holds.get(account.user_id, 0)}"
+            )
+    for generation in Generation.objects.filter(status__in=Generation.TERMINAL).annotate(
+        ends=Sum("ledger__amount", filter=Q(ledger__kind__in=["settle", "refund"]))
+    ):
+        if generation.ends != generation.credits_reserved:
+            problems.append(f"generation {generation.pk}: settled {generation.ends} of a {generation.credits_reserved} hold")
+    return problems

@@ -1,0 +1,68 @@
+from django.core.management.base import BaseCommand, CommandError
+
+from generations import crypto
+from generations.models import ProviderAccount
+from generations.providers import PROVIDERS
+
+
+class Command(BaseCommand):
+    help = "List provider accounts, or create/update one. Keys are never printed."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        sub.add_parser("list", help="one line per account")
+        setter = sub.add_parser("set", help="create or update an account")
+        setter.add_argument("slug")
+        setter.add_argument("--kind", choices=sorted(PROVIDERS))
+        setter.add_argument("--base-url")
+        setter.add_argument("--api-key")
+        toggle = setter.add_mutually_exclusive_group()
+        toggle.add_argument("--enable", action="store_true")
+        toggle.add_argument("--disable", action="store_true")
+        setter.add_argument("--priority", type=int)
+        setter.add_argument("--monthly-spend-cap", type=int)
+        sub.add_parser("rotate-keys", help="re-encrypt every stored key under the first FLUXWEB_FERNET_KEYS key")
+
+    def handle(self, *args, action, **options):
+        getattr(self, action.replace("-", "_"))(**options)
+
+    def list(self, **options):
+        for account in ProviderAccount.objects.all():
+            self.stdout.write(
+                f"{account.slug}\t{account.kind}\t{account.base_url}\t"
+                f"{'enabled' if account.enabled else 'disabled'}\tpriority {account.priority}\t"
+                f"{'key set' if account.has_key else 'no key'}"
+            )
+
+    def set(self, slug, kind, base_url, api_key, enable, disable, priority, monthly_spend_cap, **options):
+        account = ProviderAccount.objects.filter(slug=slug).first()
+        if account is None:
+            if not kind:
+                raise CommandError(f"{slug} is a new account: give --kind ({', '.join(sorted(PROVIDERS))}).")
+            account = ProviderAccount(slug=slug, kind=kind, base_url=base_url or PROVIDERS[kind].default_base_url)
+        elif kind:
+            account.kind = kind
+        if base_url:
+            account.base_url = base_url.rstrip("/")
+        if api_key is not None:
+            if not api_key:
+                raise CommandError("--api-key must not be empty.")
+            account.set_api_key(api_key)
+        if enable or disable:
+            account.enabled = enable
+        if priority is not None:
+            account.priority = priority
+        if monthly_spend_cap is not None:
+            account.monthly_spend_cap = monthly_spend_cap or None
+        account.full_clean(exclude=["api_key_encrypted", "key_last4"])
+        account.save()
+        self.stdout.write(f"{account.slug}: {account.kind} at {account.base_url}, "
+                          f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}")
+
+    def rotate_keys(self, **options):
+        count = 0
+        for account in ProviderAccount.objects.exclude(api_key_encrypted=""):
+            account.api_key_encrypted = crypto.rotate(account.api_key_encrypted)
+            account.save(update_fields=["api_key_encrypted"])
+            count += 1
+        self.stdout.write(f"re-encrypted {count} key(s)")

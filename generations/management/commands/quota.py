@@ -1,0 +1,38 @@
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError
+
+from generations.models import Quota
+
+
+class Command(BaseCommand):
+    help = "Set a user's quota overrides, or the team defaults (--default). 0 clears a limit."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="action", required=True)
+        setter = sub.add_parser("set")
+        setter.add_argument("username", nargs="?")
+        setter.add_argument("--default", action="store_true")
+        setter.add_argument("--concurrent", type=int)
+        setter.add_argument("--daily-images", type=int)
+        setter.add_argument("--monthly-credits", type=int)
+
+    def handle(self, *args, action, username, default, **options):
+        if bool(username) == bool(default):
+            raise CommandError("Name a USERNAME or give --default.")
+        user = None
+        if username:
+            user = get_user_model().objects.filter(username=username).first()
+            if user is None:
+                raise CommandError(f"No user {username!r}.")
+        quota, _ = Quota.objects.get_or_create(user=user)
+        for name in ("concurrent", "daily_images", "monthly_credits"):
+            if options[name] is not None:
+                if options[name] < 0:
+                    raise CommandError(f"--{name.replace('_', '-')} must be 0 or more.")
+                setattr(quota, name, options[name] or None)
+        quota.save()
+        shown = lambda v: "unlimited" if v is None else v  # noqa: E731
+        self.stdout.write(
+            f"{'team default' if user is None else user.username}: concurrent {shown(quota.concurrent)}, "
+            f"daily images {shown(quota.daily_images)}, monthly credits {shown(quota.monthly_credits)}"
+        )

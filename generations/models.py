@@ -1,0 +1,434 @@
+"""FluxWeb's data: prompts, generations and their images, provider accounts, credits, quotas, tokens.
+
+State changes are verbs on the models; every status change is one conditional UPDATE that checks its row
+count, so a worker, a webhook and a poll can race and exactly one wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+from django.utils import timezone
+
+from . import crypto
+from .providers import PROVIDERS, Adapter
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Prompt(models.Model):
+    """The team's shared prompt history: one row per distinct text, however often it is used."""
+
+    text = models.TextField()
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(default=timezone.now, db_index=True)
+    uses = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-last_used_at"]
+
+    def __str__(self) -> str:
+        return self.text[:80]
+
+    @classmethod
+    def remember(cls, text: str, user) -> Prompt:
+        text = text.strip()
+        prompt, _ = cls.objects.get_or_create(digest=digest(text), defaults={"text": text, "created_by": user})
+        cls.objects.filter(pk=prompt.pk).update(uses=F("uses") + 1, last_used_at=timezone.now())
+        return prompt
+
+
+class ProviderAccount(models.Model):
+    class Kind(models.TextChoices):
+        MAXAPI = "maxapi", "MaxAPI"
+        VTRIX = "vtrix", "Vtrix"
+        APIFRAME = "apiframe", "Apiframe"
+        PIXELDOJO = "pixeldojo", "PixelDojo"
+
+    slug = models.SlugField(unique=True)
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    base_url = models.URLField(max_length=500)
+    api_key_encrypted = models.TextField(blank=True, editable=False)
+    key_last4 = models.CharField(max_length=4, blank=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    priority = models.IntegerField(default=100, help_text="Lower goes first when FluxWeb chooses a provider.")
+    monthly_spend_cap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Credits this account may be charged per calendar month; empty: no cap."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["priority", "slug"]
+
+    def __str__(self) -> str:
+        return self.slug
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.api_key_encrypted)
+
+    def set_api_key(self, key: str) -> None:
+        self.api_key_encrypted = crypto.encrypt(key)
+        self.key_last4 = key[-4:]
+
+    @property
+    def api_key(self) -> str:
+        return crypto.decrypt(self.api_key_encrypted) if self.api_key_encrypted else ""
+
+    def adapter(self) -> Adapter:
+        return PROVIDERS[self.kind](self.base_url, self.api_key)
+
+    @property
+    def adapter_class(self) -> type[Adapter]:
+        return PROVIDERS[self.kind]
+
+
+class GenerationQuerySet(models.QuerySet):
+    def in_flight(self):
+        return self.filter(status__in=Generation.IN_FLIGHT)
+
+    def due(self, now=None):
+        return self.filter(status=Generation.Status.RUNNING, next_poll_at__lte=now or timezone.now()).exclude(
+            provider_job_id=""
+        )
+
+    def for_user(self, user):
+        return self.filter(user=user)
+
+
+class Generation(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    IN_FLIGHT = (Status.QUEUED, Status.RUNNING)
+    TERMINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELED)
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="generations")
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="generations")
+    model = models.CharField(max_length=40)
+    account = models.ForeignKey(ProviderAccount, on_delete=models.PROTECT, related_name="generations")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    n = models.PositiveSmallIntegerField(default=1)
+    params = models.JSONField(default=dict, help_text="The provider-neutral request, as validated.")
+    seed = models.BigIntegerField(null=True, blank=True)
+
+    provider_job_id = models.CharField(max_length=200, blank=True, db_index=True)
+    poll_url = models.URLField(max_length=1000, blank=True)
+    provider_cost = models.CharField(max_length=40, blank=True, help_text="As the provider reported it.")
+    webhook_token = models.CharField(max_length=64, unique=True, default=secrets.token_urlsafe, editable=False)
+    image_urls = models.JSONField(default=list, blank=True, help_text="Provider result URLs awaiting ingest.")
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    next_poll_at = models.DateTimeField(null=True, blank=True)
+    provider_done_at = models.DateTimeField(null=True, blank=True)
+    progress = models.FloatField(null=True, blank=True)
+    polls = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Submit and ingest attempts, counted by us.")
+
+    credits_reserved = models.PositiveIntegerField(default=0)
+    credits_charged = models.PositiveIntegerField(default=0)
+    credits_refunded = models.PositiveIntegerField(default=0)
+
+    error_code = models.CharField(max_length=40, blank=True)
+    error_message = models.TextField(blank=True)
+
+    idempotency_key = models.CharField(max_length=255, blank=True)
+    request_digest = models.CharField(max_length=64, blank=True)
+
+    objects = GenerationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "idempotency_key"], condition=~Q(idempotency_key=""), name="generation_idempotency"
+            ),
+            models.CheckConstraint(
+                condition=Q(credits_charged__lte=F("credits_reserved")), name="generation_charged_within_hold"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "next_poll_at"])]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.model} {self.status}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in self.TERMINAL
+
+    @property
+    def elapsed(self) -> float:
+        end = self.finished_at or timezone.now()
+        return (end - self.created_at).total_seconds()
+
+    # -- transitions: one conditional UPDATE each ---------------------------------------------------------
+    def transition(self, sources, target: str | None = None, *, event: str, detail: str = "", **fields) -> bool:
+        """Move from one of `sources` to `target` (or just write `fields` while in `sources`). Returns whether
+        this caller won; the instance is refreshed either way."""
+        if target:
+            fields["status"] = target
+        won = Generation.objects.filter(pk=self.pk, status__in=list(sources)).update(**fields) == 1
+        if won:
+            self.events.create(what=event, detail=detail[:2000])
+        self.refresh_from_db()
+        return won
+
+    def mark_submitted(self, job_id: str, poll_url: str, first_poll_in: float) -> bool:
+        now = timezone.now()
+        return self.transition(
+            [self.Status.QUEUED],
+            self.Status.RUNNING,
+            event="submitted",
+            detail=f"provider job {job_id}",
+            provider_job_id=job_id,
+            poll_url=poll_url or "",
+            started_at=now,
+            next_poll_at=now + timedelta(seconds=first_poll_in),
+        )
+
+    def schedule_poll(self, seconds: float) -> None:
+        Generation.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+            next_poll_at=timezone.now() + timedelta(seconds=seconds), polls=F("polls") + 1
+        )
+
+
+class GenerationEvent(models.Model):
+    """The job's timeline: what happened and when, shown on its page."""
+
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    what = models.CharField(max_length=40)
+    detail = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%H:%M:%S} {self.what}"
+
+
+def image_path(instance: Image, filename: str) -> str:
+    return f"images/{instance.created_at:%Y/%m}/{filename}"
+
+
+class ImageQuerySet(models.QuerySet):
+    def gallery(self):
+        return self.select_related("generation__prompt", "generation__user").order_by("-id")
+
+
+class Image(models.Model):
+    generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="images")
+    index = models.PositiveSmallIntegerField(default=0)
+    file = models.FileField(upload_to=image_path, max_length=300)
+    thumbnail = models.FileField(upload_to=image_path, max_length=300)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=10)
+    bytes = models.PositiveIntegerField()
+    seed = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    objects = ImageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["generation", "index"], name="image_once_per_index")]
+
+    def __str__(self) -> str:
+        return f"image {self.pk} of generation {self.generation_id}"
+
+    @property
+    def content_type(self) -> str:
+        return {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[self.format]
+
+
+class Reference(models.Model):
+    """An uploaded reference image, kept private and shown to providers through a short-lived signed URL."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="references")
+    file = models.FileField(upload_to="references/%Y/%m/", max_length=300)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    format = models.CharField(max_length=10)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"reference {self.pk} of {self.user}"
+
+
+class Price(models.Model):
+    """Credits per image for a provider kind, model and size tier, from a date on. The newest row whose
+    `effective_from` has passed wins. Tier `input_mp` prices each megapixel of reference image."""
+
+    class Tier(models.TextChoices):
+        MP1 = "1MP", "up to 1 MP"
+        MP2 = "2MP", "up to 2 MP"
+        MP4 = "4MP", "up to 4 MP"
+        INPUT = "input_mp", "per reference-image megapixel"
+
+    kind = models.CharField(max_length=20, choices=ProviderAccount.Kind.choices)
+    model = models.CharField(max_length=40)
+    tier = models.CharField(max_length=10, choices=Tier.choices)
+    credits = models.PositiveIntegerField()
+    effective_from = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["kind", "model", "tier", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["kind", "model", "tier", "effective_from"], name="price_once_per_date")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.model} {self.tier}: {self.credits}"
+
+
+class CreditAccount(models.Model):
+    """`balance` is every credit the user owns, `reserved` the part in-flight jobs hold; the user can spend
+    `balance - reserved`. The database refuses any row that breaks that arithmetic."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credit_account")
+    balance = models.BigIntegerField(default=0)
+    reserved = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(condition=Q(balance__gte=0), name="credit_balance_not_negative"),
+            models.CheckConstraint(condition=Q(reserved__gte=0), name="credit_reserved_not_negative"),
+            models.CheckConstraint(condition=Q(reserved__lte=F("balance")), name="credit_reserved_within_balance"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user}: {self.available} (+{self.reserved} reserved)"
+
+    @property
+    def available(self) -> int:
+        return self.balance - self.reserved
+
+
+class LedgerEntry(models.Model):
+    """Append-only. Each credit movement is one row; balances are reconcilable from these sums."""
+
+    class Kind(models.TextChoices):
+        GRANT = "grant"
+        RESERVE = "reserve"
+        SETTLE = "settle"
+        REFUND = "refund"
+        ADJUST = "adjust"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ledger")
+    kind = models.CharField(max_length=10, choices=Kind.choices)
+    amount = models.BigIntegerField(help_text="Credits; positive, except an adjust may be negative.")
+    generation = models.ForeignKey(Generation, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger")
+    admin = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    note = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "ledger entries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["generation", "kind"],
+                condition=Q(kind__in=["reserve", "settle", "refund"]),
+                name="ledger_one_entry_per_kind_per_generation",
+            ),
+            models.CheckConstraint(condition=Q(kind="adjust") | Q(amount__gte=0), name="ledger_amount_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} for {self.user}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise ValueError("Ledger entries are append-only.")
+        super().save(*args, **kwargs)
+
+
+class Quota(models.Model):
+    """Limits; the row with no user holds the team defaults, a user's row overrides the fields it sets."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Generations in flight at once.")
+    daily_images = models.PositiveIntegerField(null=True, blank=True, help_text="Images per UTC day.")
+    monthly_credits = models.PositiveIntegerField(null=True, blank=True, help_text="Credits per calendar month.")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user"], condition=Q(user=None), name="one_default_quota")]
+
+    def __str__(self) -> str:
+        return f"quota for {self.user or 'the team'}"
+
+
+class Usage(models.Model):
+    """Counters keyed by their window ("2026-11-25" for a day, "2026-11" for a month), incremented
+    atomically: a new window is a new row, so nothing is ever reset-then-set."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
+    account = models.ForeignKey(ProviderAccount, null=True, blank=True, on_delete=models.CASCADE)
+    window = models.CharField(max_length=10)
+    images = models.PositiveIntegerField(default=0)
+    credits = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "window"], condition=Q(account=None), name="usage_per_user_window"),
+            models.UniqueConstraint(fields=["account", "window"], condition=Q(user=None), name="usage_per_account_window"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user or self.account} {self.window}: {self.images} images, {self.credits} credits"
+
+
+class ApiToken(models.Model):
+    """A personal API token; only its SHA-256 is stored, the token itself is shown once."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    prefix = models.CharField(max_length=12, editable=False)
+    created_at = models.DateTimeField(default=timezone.now)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… ({self.user})"
+
+    @classmethod
+    def issue(cls, user, name: str = "") -> tuple[ApiToken, str]:
+        token = "fw_" + secrets.token_urlsafe(32)
+        return cls.objects.create(user=user, name=name, digest=digest(token), prefix=token[:10]), token
+
+    @classmethod
+    def authenticate(cls, token: str):
+        found = cls.objects.select_related("user").filter(digest=digest(token), user__is_active=True).first()
+        if found is None:
+            return None
+        if found.last_used_at is None or timezone.now() - found.last_used_at > timedelta(minutes=5):
+            cls.objects.filter(pk=found.pk).update(last_used_at=timezone.now())
+        return found.user
+
+
+class Lease(models.Model):
+    """A named lease that keeps one sweeper running across any number of clusters."""
+
+    name = models.CharField(max_length=40, unique=True)
+    holder = models.CharField(max_length=64)
+    expires_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.name} held by {self.holder} until {self.expires_at}"

@@ -1,0 +1,141 @@
+"""Apiframe v2, model flux-2-max: job polling, idempotency keys and signed webhooks.
+
+Docs: providers.md section 3 ([S003] model page, [A7] the SDK's openapi.json, [A8] the SDK).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping
+
+from .base import (
+    Adapter,
+    GenerationRequest,
+    HttpCall,
+    ModelSpec,
+    Outcome,
+    ProviderError,
+    Reply,
+    failed,
+    moderation_or_failure,
+)
+
+# fluxParams.resolution is an enum; the docs page writes "2 MP" with a space, which the schema rejects
+# [A6 vs A7 CONFLICT]: we send the schema's spelling.
+RESOLUTIONS = {0.5: "0.5MP", 1.0: "1MP", 2.0: "2MP", 4.0: "4MP"}
+FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}
+
+
+class Apiframe(Adapter):
+    kind = "apiframe"
+    label = "Apiframe"
+    default_base_url = "https://api.apiframe.ai"
+    webhooks = True
+    models = {
+        "flux-2-max": ModelSpec(
+            id="flux-2-max",
+            provider_model="flux-2-max",
+            aspect_ratios=("1:1", "3:4", "4:3", "9:16", "16:9"),  # the five the model page lists [A9]
+            megapixels=(0.5, 1.0, 2.0, 4.0),
+            max_reference_images=8,  # "up to 8" [A6]; the schema allows 10 [A7]
+            output_formats=("jpeg", "png", "webp"),
+            prompt_upsampling=True,
+            max_prompt_chars=2000,
+        )
+    }
+
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key, "Accept": "application/json"}
+
+    def build_submit(self, request: GenerationRequest) -> HttpCall:
+        params: dict = {
+            "resolution": RESOLUTIONS[request.megapixels or 1.0],
+            "aspect_ratio": request.aspect_ratio or "1:1",
+            "output_format": FORMATS[request.output_format],
+            "prompt_upsampling": request.prompt_upsampling,
+        }
+        if request.output_format != "png":
+            params["output_quality"] = 90
+        if request.seed is not None:
+            params["seed"] = request.seed
+        if request.reference_urls:
+            params["input_images"] = list(request.reference_urls)
+        body: dict = {"prompt": request.prompt, "model": self.spec(request.model).provider_model, "fluxParams": params}
+        if request.webhook_url:
+            # The schema key is webhookUrl; the FAQ's "webhook_url" would be rejected as unknown [S003 vs A7].
+            body["webhookUrl"] = request.webhook_url
+            body["webhookEvents"] = ["completed", "failed"]
+        headers = self.headers()
+        if request.idempotency_key:
+            headers["Idempotency-Key"] = request.idempotency_key[:255]
+        return HttpCall("POST", "/v2/images/generate", headers, body)
+
+    def parse_submit(self, reply: Reply) -> Outcome:
+        data = self.check(reply)
+        job_id = data.get("jobId") if isinstance(data, dict) else None
+        if not job_id:
+            raise ProviderError(ProviderError.MALFORMED, "Apiframe accepted the job but sent no jobId.")
+        return Outcome(state="pending", job_id=str(job_id), raw_status=data.get("status"))
+
+    def build_poll(self, job_id: str, poll_url: str | None = None) -> HttpCall:
+        return HttpCall("GET", f"/v2/jobs/{job_id}", self.headers())
+
+    def parse_poll(self, reply: Reply) -> Outcome:
+        data = self.check(reply)
+        if not isinstance(data, dict) or "status" not in data:
+            raise ProviderError(ProviderError.MALFORMED, "Apiframe sent a job without a status.")
+        return self.parse_job(data)
+
+    def parse_job(self, data: dict) -> Outcome:
+        """A job object or a webhook event: the same fields [A7][A3]."""
+        status = str(data["status"]).upper()
+        cost = None if data.get("creditCost") is None else str(data["creditCost"])
+        job_id = data.get("id") or data.get("jobId")
+        if status == "COMPLETED":
+            if data.get("expired"):
+                return failed(ProviderError.EXPIRED, "Apiframe has already purged this job's images (24 h retention).", status)
+            urls = result_urls(data.get("result"))
+            if not urls:
+                raise ProviderError(ProviderError.MALFORMED, "Apiframe finished the job but listed no image.")
+            return Outcome(state="succeeded", job_id=job_id, image_urls=urls, cost=cost, raw_status=status, progress=1.0)
+        if status in ("FAILED", "CANCELLED"):
+            message = data.get("error") or ("The job was cancelled at Apiframe." if status == "CANCELLED" else "Apiframe failed the job.")
+            outcome = failed(moderation_or_failure(self.label, message), message, status)
+            return Outcome(state="failed", job_id=job_id, error=outcome.error, cost=cost, raw_status=status)
+        progress = data.get("progress")
+        return Outcome(
+            state="pending",
+            job_id=job_id,
+            progress=(progress / 100) if isinstance(progress, int | float) else None,
+            raw_status=status,
+        )
+
+    def build_check(self) -> HttpCall:
+        return HttpCall("GET", "/v2/me", self.headers())
+
+    def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool:
+        """HMAC-SHA256 over the raw body keyed with the raw SHA-256 digest of the API key; the header is
+        `sha256=<hex>` or bare hex [A8 webhooks.ts]. Compared in constant time."""
+        signature = next((v for k, v in headers.items() if k.lower() == "x-webhook-signature"), "")
+        signature = signature.strip()
+        if signature.startswith("sha256="):
+            signature = signature[len("sha256="):]
+        if not signature or not self.api_key:
+            return False
+        key = hashlib.sha256(self.api_key.encode()).digest()
+        expected = hmac.new(key, body, hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected.encode(), signature.lower().encode())
+
+
+def result_urls(result) -> tuple[str, ...]:
+    """`result` is a bare URL in older docs and the SDK tests, `{"images": [...]}` in the current docs
+    [A1/A8 vs A2 CONFLICT]: accept both."""
+    if isinstance(result, str):
+        return (result,)
+    if isinstance(result, dict):
+        images = result.get("images") or []
+        return tuple(str(url) for url in images if isinstance(url, str))
+    if isinstance(result, list):
+        return tuple(str(url) for url in result if isinstance(url, str))
+    return ()

@@ -1,0 +1,27 @@
+"""Provider webhooks: a per-job unguessable URL, the signature checked over the raw body, and the body
+treated only as a hint to poll now (reliability.md 3: never trust a URL in a webhook body)."""
+
+from django.http import HttpResponse
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from . import engine
+from .models import Generation
+
+MAX_BODY = 1024 * 1024
+
+
+@csrf_exempt
+@require_POST
+def receive(request, token: str):
+    if int(request.headers.get("Content-Length") or 0) > MAX_BODY:
+        return HttpResponse(status=413)
+    generation = Generation.objects.select_related("account").filter(webhook_token=token).first()
+    if generation is None:
+        return HttpResponse(status=404)
+    body = request.body
+    if not generation.account.adapter().verify_webhook(request.headers, body):
+        return HttpResponse("bad signature", status=401)
+    if not generation.is_terminal:
+        engine.webhook_hint(generation)
+    return HttpResponse(status=204)
