@@ -1,0 +1,159 @@
+"""PixelDojo, model flux-2-max: async jobs on the v1 API platform, polled through statusUrl.
+
+Docs: providers.md section 4 ([S004] the model page, [P3] llm.txt, [P7]/[P8] legacy v1 docs, [P9]/[P10] helpers).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlsplit
+
+from .base import (
+    Adapter,
+    GenerationRequest,
+    HttpCall,
+    ModelSpec,
+    Outcome,
+    ProviderError,
+    Reply,
+    extract_message,
+    moderation_or_failure,
+    with_error_code,
+)
+
+# The page shows the default as "1 MP", with a space [S004]; it lists no other values, so we assume
+# flux-2-flex's 0.5/1/2/4 MP tiers [P3][INFERRED] in the same spelling.
+RESOLUTIONS = {0.5: "0.5 MP", 1.0: "1 MP", 2.0: "2 MP", 4.0: "4 MP"}
+FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # legacy v1 spelling [P8]
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+class PixelDojo(Adapter):
+    kind = "pixeldojo"
+    label = "PixelDojo"
+    default_base_url = "https://pixeldojo.ai"
+    models = {
+        "flux-2-max": ModelSpec(
+            id="flux-2-max",
+            provider_model="flux-2-max",
+            max_n=4,  # num_outputs has no documented maximum [S004]; legacy v1 allowed 4 [P7]
+            aspect_ratios=("1:1", "16:9", "9:16", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3"),  # [S004]
+            megapixels=tuple(RESOLUTIONS),
+            output_formats=("jpeg", "png", "webp"),
+            # The range is not documented and the default is 5 [S004][UNKNOWN]: BFL's 0-5 [B2], which the
+            # backend enforces, keeps the default in range. Unset, the field is omitted and PixelDojo's 5 applies.
+            safety_tolerance=(0, 5),
+            prompt_upsampling=True,
+            max_prompt_chars=5000,  # no limit documented [UNKNOWN]; bounds what we store and send
+            # The image-input field name is not documented [S004][UNKNOWN], so no reference images.
+        )
+    }
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+
+    def build_submit(self, request: GenerationRequest) -> HttpCall:
+        # The model schema rejects unknown keys [P4], so only the page's parameters; webhook_url is accepted
+        # [P5] but its payload and signing are not documented, so we poll.
+        body: dict = {
+            "prompt": request.prompt,
+            "aspect_ratio": request.aspect_ratio or "1:1",
+            "resolution": RESOLUTIONS[request.megapixels or 1.0],
+            "num_outputs": request.n,
+            "output_format": FORMATS[request.output_format],
+            "prompt_upsampling": request.prompt_upsampling,
+        }
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.safety_tolerance is not None:
+            body["safety_tolerance"] = request.safety_tolerance
+        model = quote(self.spec(request.model).provider_model, safe="")
+        return HttpCall("POST", f"/api/v1/models/{model}/run", self.headers(), body)
+
+    def parse_submit(self, reply: Reply) -> Outcome:
+        data = self.check(reply)
+        if not isinstance(data, dict) or not data.get("jobId"):
+            raise ProviderError(ProviderError.MALFORMED, "PixelDojo accepted the job but sent no jobId.")
+        return self.parse_job(data)
+
+    def build_poll(self, job_id: str, poll_url: str | None = None) -> HttpCall:
+        # statusUrl comes from the provider's reply and the call carries our key: follow it only to where the
+        # account already points, never elsewhere (SSRF, key leak) [S004].
+        if poll_url and same_site(poll_url, self.base_url):
+            return HttpCall("GET", poll_url, self.headers())
+        return HttpCall("GET", f"/api/v1/jobs/{quote(job_id, safe='')}", self.headers())
+
+    def parse_poll(self, reply: Reply) -> Outcome:
+        data = self.check(reply)
+        if not isinstance(data, dict) or not data.get("status"):
+            raise ProviderError(ProviderError.MALFORMED, "PixelDojo sent a job without a status.")
+        return self.parse_job(data)
+
+    def parse_job(self, data: dict) -> Outcome:
+        raw = str(data.get("status") or "")
+        status = raw.lower()
+        job_id = str(data.get("jobId") or data.get("id") or "") or None
+        cost = None if data.get("creditCost") is None else str(data["creditCost"])  # PixelDojo credits [S004]
+        if status == "completed":
+            urls = output_urls(data)
+            if not urls:
+                raise ProviderError(
+                    ProviderError.MALFORMED, "PixelDojo finished the job but listed no image."
+                )
+            return Outcome(
+                state="succeeded", job_id=job_id, image_urls=urls, progress=1.0, cost=cost, raw_status=raw
+            )
+        # `failed` is what the helper scripts read [P10]; cancelled is not seen but cannot be anything else [INFERRED].
+        if status in ("failed", "cancelled", "canceled"):
+            message = extract_message(data.get("error")) or "PixelDojo failed the job."
+            error = ProviderError(moderation_or_failure(self.label, message), message)
+            return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=raw)
+        # pending [S004], processing and queued [INFERRED], and anything new: keep polling.
+        poll_url = data.get("statusUrl") if isinstance(data.get("statusUrl"), str) else None
+        return Outcome(state="pending", job_id=job_id, poll_url=poll_url, cost=cost, raw_status=raw)
+
+    def build_check(self) -> HttpCall:
+        # The documented listing is public [P2], so it proves PixelDojo answers rather than that the key works;
+        # the key is sent anyway, which is harmless.
+        return HttpCall("GET", "/api/v1/models", self.headers())
+
+    def error_message(self, reply: Reply) -> str:
+        # Legacy v1 says 403 {"error": {"code": "insufficient_credits", ...}}; the async API may use 402 [P7]
+        # [UNKNOWN]. With the code in the message base.error_for maps both to PROVIDER_CREDIT.
+        return with_error_code(super().error_message(reply), reply)
+
+
+def same_site(url: str, base_url: str) -> bool:
+    """True when `url` has the scheme, host and port of `base_url` and lies under its path."""
+    try:
+        target, base = urlsplit(url), urlsplit(base_url)
+        ports = target.port or DEFAULT_PORTS.get(target.scheme), base.port or DEFAULT_PORTS.get(base.scheme)
+    except ValueError:
+        return False
+    return (
+        target.scheme in DEFAULT_PORTS
+        and not (target.username or target.password)
+        and (target.scheme, target.hostname) == (base.scheme, base.hostname)
+        and ports[0] == ports[1]
+        and (target.path + "/").startswith(base.path.rstrip("/") + "/")
+    )
+
+
+def output_urls(data: dict) -> tuple[str, ...]:
+    """`output.images[]` [S004], `output.image` [P9], `output.images[0]` objects and `assets[].url` [P5][P10]."""
+    output = data.get("output")
+    found: list[object] = []
+    if isinstance(output, dict):
+        images = output.get("images")
+        found += images if isinstance(images, list) else [images]
+        found.append(output.get("image"))
+    elif isinstance(output, list):
+        found += output
+    else:
+        found.append(output)
+    assets = data.get("assets")
+    found += assets if isinstance(assets, list) else []
+    urls = (
+        item if isinstance(item, str) else item.get("url") if isinstance(item, dict) else None
+        for item in found
+    )
+    return tuple(dict.fromkeys(url for url in urls if isinstance(url, str) and url))
