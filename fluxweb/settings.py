@@ -67,7 +67,8 @@ def sqlite_database(path: Path) -> dict:
             "timeout": 20,
             "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         },
-        "TEST": {"NAME": os.environ.get("FLUXWEB_TEST_SQLITE") or None},
+        # A file, not memory, so a real qcluster process can share the test database.
+        "TEST": {"NAME": path.with_name("test-" + path.name)},
     }
 
 
@@ -160,6 +161,9 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = DATA_DIR / "staticfiles"
+# Serve static files straight from the app and static/ folders, so no collectstatic step is needed.
+WHITENOISE_USE_FINDERS = True
+STATIC_ROOT.mkdir(exist_ok=True)
 STORAGES = {
     "default": {
         "BACKEND": "django.core.files.storage.FileSystemStorage",
@@ -189,7 +193,7 @@ FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:87
 # django-q2: a task's `timeout` stays well under `retry` (plus the guard's 3 s and queue wait), attempts are
 # bounded, and a cluster that was down does not fire every missed schedule slot (reliability.md 1.1, 1.5).
 Q_CLUSTER = {
-    "name": "fluxweb",
+    "name": os.environ.get("FLUXWEB_Q_NAME", "fluxweb"),
     "workers": env_int("FLUXWEB_Q_WORKERS", 2),
     "timeout": 90,
     "retry": 120,

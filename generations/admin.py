@@ -23,6 +23,7 @@ from .providers import http as provider_http
 
 
 class ProviderAccountForm(forms.ModelForm):
+    base_url = forms.URLField(max_length=500, assume_scheme="https")
     api_key = forms.CharField(
         required=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),

@@ -10,7 +10,6 @@ from .providers import GenerationRequest, Unsupported
 from .providers.base import parse_ratio
 
 FORMAT_CHOICES = [("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WebP")]
-MEGAPIXEL_CHOICES = [("0.5", "0.5 MP"), ("1", "1 MP"), ("2", "2 MP"), ("4", "4 MP")]
 
 
 class GenerationForm(forms.Form):
@@ -19,7 +18,7 @@ class GenerationForm(forms.Form):
     provider = forms.CharField(required=False)
     n = forms.IntegerField(min_value=1, max_value=10, initial=1, required=False)
     aspect_ratio = forms.CharField(required=False, initial="1:1")
-    megapixels = forms.TypedChoiceField(choices=MEGAPIXEL_CHOICES, coerce=float, required=False, empty_value=None)
+    megapixels = forms.FloatField(min_value=0.1, max_value=16, required=False)
     width = forms.IntegerField(min_value=16, max_value=8192, required=False)
     height = forms.IntegerField(min_value=16, max_value=8192, required=False)
     seed = forms.IntegerField(min_value=0, max_value=2**63 - 1, required=False)

@@ -98,7 +98,9 @@ def model_options(request):
 @login_required
 def quote(request):
     """The price of what the form says now, and what would remain: shown live under the button."""
-    form = GenerationForm(request.GET)
+    data = request.GET.copy()
+    data["prompt"] = data.get("prompt") or "price check"  # the price does not depend on the words
+    form = GenerationForm(data)
     context = {"account": credits.account_for(request.user)}
     if form.is_valid():
         generation_request = form.to_request(tuple("ref" for _ in request.GET.getlist("reference_images")))
@@ -109,7 +111,7 @@ def quote(request):
         except credits.Refusal as refusal:
             context["problem"] = refusal.message
     else:
-        context["problem"] = first_error(form)[1] if form.data.get("prompt") else None
+        context["problem"] = first_error(form)[1]
     return no_store(render(request, "generations/studio.html#quote", context))
 
 

@@ -1,0 +1,86 @@
+"""What a person does in the studio, in Debian's Chromium driven by Playwright (never a downloaded browser)."""
+
+import os
+
+import pytest
+
+from generations import credits
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = "/usr/bin/chromium"
+# Chromium's own background traffic is refused on these machines; keep it from trying (loopback only).
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (bin/setup --browser installs it)")
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop shares the test thread
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    context = browser.new_context(base_url=live_server.url, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(15000)
+    yield page
+    context.close()
+
+
+def log_in(page, username: str, password: str) -> None:
+    page.goto("/login/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/")
+
+
+def test_it_logs_in_generates_and_shows_the_image_without_a_reload(page, bob, accounts, worker):
+    log_in(page, "bob", "pw-bob-123")
+    assert page.get_by_test_id("balance").inner_text() == "1,000"
+    page.evaluate("window.__not_reloaded = true")
+
+    page.fill("textarea[name=prompt]", "a paper boat on a quiet lake")
+    page.select_option("select[name=model]", "flux-2-max")
+    page.wait_for_selector("#quote [data-testid=price]")
+    assert page.get_by_test_id("price").inner_text() == "70"
+    page.click("button[type=submit]")
+
+    card = page.locator("#jobs article.job").first
+    card.locator(".images img").wait_for(timeout=30000)
+    assert card.get_attribute("data-status") == "succeeded"
+    page.locator("#gallery figure.tile img").first.wait_for()
+    page.wait_for_function("document.querySelector('[data-testid=balance]').innerText === '930'")
+    assert page.evaluate("window.__not_reloaded") is True  # the page updated itself
+    assert credits.account_for(bob).balance == 930
+    image_status = page.evaluate("fetch(document.querySelector('#gallery img').src).then(r => r.status)")
+    assert image_status == 200
+
+
+def test_it_tells_a_user_without_credits_why(page, carol, accounts):
+    log_in(page, "carol", "pw-carol-123")
+    page.fill("textarea[name=prompt]", "a paper boat")
+    page.click("button[type=submit]")
+    error = page.locator("#form-error")
+    error.filter(has_text="short").wait_for()
+    assert "70 credits" in error.inner_text()
+    assert page.locator("#jobs article.job").count() == 0
+
+
+def test_it_changes_the_form_with_the_model(page, bob, accounts):
+    log_in(page, "bob", "pw-bob-123")
+    page.select_option("select[name=model]", "flux-plus")
+    page.wait_for_function("document.querySelector('#model-options select[name=provider]').innerText.includes('sb-maxapi')")
+    assert page.locator("#model-options input[name=seed]").count() == 0  # MaxAPI takes no seed
+    page.select_option("select[name=model]", "flux-2-max")
+    page.wait_for_function("document.querySelector('#model-options select[name=provider]').innerText.includes('sb-vtrix')")
+    assert page.locator("#model-options input[name=seed]").count() == 1

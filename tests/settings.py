@@ -1,0 +1,14 @@
+"""The test suite's settings: production settings (debug off) with test-only secrets, so the suite needs
+no environment variables. The values go into the environment so a `qcluster` subprocess shares them."""
+
+import os
+import tempfile
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
+os.environ.setdefault("FLUXWEB_FERNET_KEYS", "dGVzdC1mZXJuZXQta2V5LTMyLWJ5dGVzLWxvbmctLS0=")
+os.environ.setdefault("FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS", "1")
+if "FLUXWEB_DATA_DIR" not in os.environ:
+    os.environ["FLUXWEB_DATA_DIR"] = tempfile.mkdtemp(prefix="fluxweb-test-")
+os.environ.setdefault("FLUXWEB_Q_NAME", f"fluxweb-test-{os.getpid()}")
+
+from fluxweb.settings import *  # noqa: E402, F403
