@@ -194,12 +194,13 @@ FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:87
 # bounded, and a cluster that was down does not fire every missed schedule slot (reliability.md 1.1, 1.5).
 Q_CLUSTER = {
     "name": os.environ.get("FLUXWEB_Q_NAME", "fluxweb"),
-    "workers": env_int("FLUXWEB_Q_WORKERS", 2),
+    # The sweeper holds one worker while jobs are in flight; the others submit and ingest.
+    "workers": env_int("FLUXWEB_Q_WORKERS", 4),
     "timeout": 90,
     "retry": 120,
     "max_attempts": 3,
     "catch_up": False,
-    "queue_limit": 4,
+    "queue_limit": 8,
     "bulk": 1,
     "save_limit": 1000,
     "ack_failures": True,

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_SUBMIT_ATTEMPTS = 4
 SWEEP_SECONDS = 50  # one sweep task's lifetime; under Q_CLUSTER["timeout"] (90), which is under "retry"
 LEASE_SECONDS = 75
+SWEEP_TICK = 0.2  # how often an idle sweeper looks for newly due jobs: one indexed query
 SUBMIT_LEASE_SECONDS = 45
 DEFAULT_EXPECTED = {"maxapi": 5.0, "vtrix": 20.0, "apiframe": 20.0, "pixeldojo": 44.0}
 
@@ -183,7 +184,7 @@ def submit(generation_id: int) -> None:
     generation = Generation.objects.select_related("account", "prompt").get(pk=generation_id)
     adapter = generation.account.adapter()
     crashed_before = generation.attempts > 1 and not generation.error_code
-    if crashed_before and not adapter.webhooks:  # only Apiframe takes an Idempotency-Key
+    if crashed_before and not adapter.idempotent_submit:
         fail(generation, "submit_lost", "The worker stopped while sending this job; it was not retried so it "
              "cannot run twice. Your credits are back.")
         return
@@ -192,8 +193,10 @@ def submit(generation_id: int) -> None:
              generation.error_message or "The provider could not be reached in time.")
         return
     Generation.objects.filter(pk=generation.pk).update(error_code="", error_message="")
+    request = request_of(generation)
     request = replace(
-        request_of(generation),
+        request,
+        reference_urls=tuple(media.signed_link(key) for key in request.reference_urls),
         webhook_url=webhook_url(generation) if adapter.webhooks else None,
         idempotency_key=f"fluxweb-{generation.pk}-{generation.webhook_token[:16]}",
     )
@@ -202,8 +205,11 @@ def submit(generation_id: int) -> None:
     except ProviderError as error:
         if error.permanent:
             fail(generation, error.code, error.message)
-        else:
+        elif safe_to_resend(adapter, error):
             retry_submit(generation, error)
+        else:
+            fail(generation, error.code, f"{error.message} It was not sent again, because {adapter.label} cannot "
+                 "tell a repeat from a new paid job. Your credits are back; try again.")
         return
     if outcome.state == "succeeded":  # synchronous provider: the images are here now
         if generation.transition([Generation.Status.QUEUED], Generation.Status.RUNNING, event="generated",
@@ -219,6 +225,13 @@ def submit(generation_id: int) -> None:
     if outcome.cost:
         Generation.objects.filter(pk=generation.pk).update(provider_cost=outcome.cost)
     transaction.on_commit(kick_sweeper)
+
+
+def safe_to_resend(adapter, error: ProviderError) -> bool:
+    """A transient submit error may be retried only when a retry cannot create a second paid job: the
+    provider deduplicates, the request never left, or the provider said it did not take it (429, 503).
+    MaxAPI's guide: back off on 429/502/503/504, but no blind retry of create calls [M2-errors]."""
+    return adapter.idempotent_submit or error.unsent or error.status in (429, 503)
 
 
 def synchronous_timeout(adapter) -> float:
@@ -296,13 +309,15 @@ def release_lease(holder: str) -> None:
 
 
 def sweep(seconds: float = SWEEP_SECONDS) -> int:
-    """Poll every due in-flight job concurrently, write results back, sleep until the next is due; for at
-    most `seconds`, then hand over to a fresh task if work remains. Returns the number of polls made."""
+    """Poll every due in-flight job concurrently, write results back, and look again every tick (a new
+    submit or a webhook can make a job due at any moment); for at most `seconds`, then hand over to a fresh
+    task if work remains. Returns the number of polls made."""
     holder = secrets.token_hex(8)
     if not acquire_lease(holder):
         return 0
     polls = 0
-    stop_at = time.monotonic() + seconds
+    started = time.monotonic()
+    renew_at = started + LEASE_SECONDS / 3
     try:
         while True:
             expire_overdue()
@@ -317,12 +332,15 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
                 if seconds_until_next() is None or not acquire_lease(holder):
                     return polls
                 continue
-            if time.monotonic() + wait > stop_at:
+            now = time.monotonic()
+            if now - started > seconds:
                 release_lease(holder)
                 enqueue("sweep")
                 return polls
-            acquire_lease(holder)  # extend
-            time.sleep(max(0.02, wait))
+            if now > renew_at:
+                acquire_lease(holder)
+                renew_at = now + LEASE_SECONDS / 3
+            time.sleep(min(SWEEP_TICK, max(0.02, wait)))
     except BaseException:
         release_lease(holder)
         raise

@@ -32,6 +32,7 @@ class Apiframe(Adapter):
     label = "Apiframe"
     default_base_url = "https://api.apiframe.ai"
     webhooks = True
+    idempotent_submit = True  # Idempotency-Key: same key within 24 h returns the same job [A7]
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",

@@ -37,8 +37,12 @@ class ProviderError(Exception):
 
     TRANSIENT: ClassVar[frozenset[str]] = frozenset({RATE_LIMITED, SERVER, TIMEOUT, MALFORMED})
 
-    def __init__(self, code: str, message: str, *, retry_after: float | None = None, status: int | None = None):
+    def __init__(
+        self, code: str, message: str, *, retry_after: float | None = None, status: int | None = None,
+        unsent: bool = False,
+    ):
         super().__init__(message)
+        self.unsent = unsent  # the request never reached the provider, so resending it cannot double a job
         self.code = code
         self.message = message
         self.retry_after = retry_after
@@ -78,6 +82,7 @@ class GenerationRequest:
     safety_tolerance: int | None = None
     prompt_upsampling: bool = False
     reference_urls: tuple[str, ...] = ()
+    reference_megapixels: tuple[float, ...] = ()  # priced per input megapixel; never sent
     # Filled by the engine at submit time, never by the user.
     webhook_url: str | None = None
     idempotency_key: str | None = None
@@ -217,6 +222,8 @@ class Adapter:
     default_base_url: ClassVar[str]
     synchronous: ClassVar[bool] = False
     webhooks: ClassVar[bool] = False
+    # Whether re-sending a submit cannot create a second paid job (an Idempotency-Key the provider honours).
+    idempotent_submit: ClassVar[bool] = False
     models: ClassVar[dict[str, ModelSpec]]
     # HTTP statuses that mean "your provider account is out of credit", per provider documentation.
     credit_statuses: ClassVar[tuple[int, ...]] = (402,)
@@ -257,11 +264,22 @@ class Adapter:
             low, high = spec.custom_size
             if not (low <= request.width <= high and low <= request.height <= high):
                 raise Unsupported(f"Width and height must each be between {low} and {high} pixels.", "width")
-        elif request.aspect_ratio:
-            parse_ratio(request.aspect_ratio)
-            if spec.aspect_ratios and request.aspect_ratio not in spec.aspect_ratios:
-                ratios = ", ".join(spec.aspect_ratios)
-                raise Unsupported(f"{self.label} offers the aspect ratios {ratios}.", "aspect_ratio")
+        else:
+            if request.aspect_ratio:
+                parse_ratio(request.aspect_ratio)
+                if spec.aspect_ratios and request.aspect_ratio not in spec.aspect_ratios:
+                    ratios = ", ".join(spec.aspect_ratios)
+                    raise Unsupported(f"{self.label} offers the aspect ratios {ratios}.", "aspect_ratio")
+            if spec.custom_size:
+                # The provider takes pixels: the size a ratio and tier work out to must be one it accepts.
+                low, high = spec.custom_size
+                width, height = request.dimensions
+                if not (low <= width <= high and low <= height <= high):
+                    raise Unsupported(
+                        f"{request.aspect_ratio or '1:1'} at {request.megapixels or 1:g} MP is {width}x{height}, but "
+                        f"{self.label} takes {low} to {high} pixels a side; pick a smaller resolution or a squarer ratio.",
+                        "megapixels",
+                    )
         if request.megapixels is not None and request.megapixels not in spec.megapixels:
             tiers = ", ".join(f"{mp:g} MP" for mp in spec.megapixels)
             raise Unsupported(f"{self.label} offers {tiers} for {spec.id}.", "megapixels")

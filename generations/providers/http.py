@@ -55,8 +55,12 @@ def send(adapter: Adapter, call: HttpCall, timeout: float | None = None) -> Repl
             call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json,
             timeout=timeout or TIMEOUT,
         )
+    except httpx.ConnectTimeout:
+        raise ProviderError(ProviderError.TIMEOUT, f"Could not connect to {adapter.label} in time.", unsent=True) from None
     except httpx.TimeoutException:
         raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
+    except httpx.ConnectError:
+        raise ProviderError(ProviderError.SERVER, f"Could not connect to {adapter.label}.", unsent=True) from None
     except httpx.HTTPError as exc:
         raise ProviderError(ProviderError.SERVER, f"Could not reach {adapter.label}: {type(exc).__name__}.") from None
     return Reply(response.status_code, response.headers, response.content)
