@@ -13,11 +13,18 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from . import credits, engine, media
 from .catalog import catalog
-from .forms import GenerationForm, first_error, reference_images
+from .forms import GenerationForm, first_error, reference_images, reference_uploads
 from .models import ApiToken, Generation, Image
 from .providers import Unsupported
 
 PAGE = 50
+# The JSON type each create field must have (contract.md). The form alone would coerce: a list prompt to its
+# repr, "yes" to True for a boolean. null means "not given".
+FIELD_TYPES = {
+    "prompt": str, "model": str, "provider": str, "n": int, "aspect_ratio": str, "megapixels": (int, float),
+    "width": int, "height": int, "seed": int, "output_format": str, "safety_tolerance": int,
+    "prompt_upsampling": bool, "reference_images": list, "reference_uploads": list,
+}
 
 
 def error(status: int, code: str, message: str, field: str | None = None, **headers) -> JsonResponse:
@@ -164,6 +171,11 @@ def listing(request):
     return JsonResponse({"results": [generation_payload(g, request) for g in page], "next": cursor})
 
 
+def json_type(expected) -> str:
+    names = {str: "string", int: "integer", bool: "boolean", list: "array"}
+    return "number" if isinstance(expected, tuple) else names[expected]
+
+
 def create(request):
     try:
         data = json.loads(request.body or b"{}")
@@ -171,15 +183,22 @@ def create(request):
         return error(400, "invalid", "The body is not JSON.")
     if not isinstance(data, dict):
         return error(400, "invalid", "The body must be a JSON object.")
-    unknown = set(data) - set(GenerationForm.base_fields) - {"reference_images"}
+    unknown = set(data) - set(GenerationForm.base_fields) - {"reference_images", "reference_uploads"}
     if unknown:
         return error(400, "invalid", f"Unknown field {sorted(unknown)[0]!r}.", sorted(unknown)[0])
+    for name, value in data.items():
+        expected = FIELD_TYPES.get(name)
+        if value is not None and expected and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+            return error(400, "invalid", f"{name} must be a JSON {json_type(expected)}.", name)
+    data = {name: value for name, value in data.items() if value is not None}
     form = GenerationForm(data)
     if not form.is_valid():
         field, message = first_error(form)
         return error(400, "invalid", message, field)
     try:
-        references = tuple(media.reference_url(image) for image in reference_images(data.get("reference_images")))
+        keys, megapixels = media.reference_keys(
+            reference_images(data.get("reference_images")), reference_uploads(data.get("reference_uploads"), request.user)
+        )
     except Unsupported as exc:
         return error(400, "invalid", exc.message, exc.field)
     key = request.headers.get("Idempotency-Key", "")
@@ -187,7 +206,7 @@ def create(request):
         return error(400, "invalid", "Idempotency-Key is at most 255 characters.")
     try:
         generation, created = engine.create(
-            request.user, form.to_request(references), provider=form.cleaned_data.get("provider") or None,
+            request.user, form.to_request(keys, megapixels), provider=form.cleaned_data.get("provider") or None,
             idempotency_key=key,
         )
     except engine.CreateError as exc:
@@ -227,4 +246,22 @@ def serve_image(image: Image, variant: str) -> FileResponse:
     response["Cache-Control"] = "private, max-age=86400"
     response["Content-Disposition"] = f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
     return response
+
+
+
+@require_POST
+@api_view
+def upload_reference(request):
+    """POST /api/v1/references (multipart, field "file"): a reference image for later generations."""
+    upload = request.FILES.get("file")
+    if upload is None:
+        return error(400, "invalid", 'Send the image as multipart form field "file".', "file")
+    try:
+        reference = media.store_reference(upload, request.user)
+    except media.MediaError as exc:
+        return error(400, exc.code, exc.message, "file")
+    return JsonResponse(
+        {"id": reference.pk, "width": reference.width, "height": reference.height, "format": reference.format},
+        status=201,
+    )
 

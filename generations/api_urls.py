@@ -8,6 +8,7 @@ urlpatterns = [
     path("generations", api.generations, name="api-generations"),
     path("generations/<int:pk>", api.generation, name="api-generation"),
     path("generations/<int:pk>/cancel", api.cancel, name="api-cancel"),
+    path("references", api.upload_reference, name="api-references"),
     path("images/<int:pk>/file", api.image_file, {"variant": "file"}, name="api-image-file"),
     path("images/<int:pk>/thumbnail", api.image_file, {"variant": "thumbnail"}, name="api-image-thumbnail"),
 ]

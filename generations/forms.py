@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 
 from .catalog import model_ids
-from .models import Image
+from .models import Image, Reference
 from .providers import GenerationRequest, Unsupported
 from .providers.base import parse_ratio
 
@@ -39,7 +39,9 @@ class GenerationForm(forms.Form):
                 raise forms.ValidationError(exc.message) from None
         return ratio
 
-    def to_request(self, reference_urls: tuple[str, ...] = ()) -> GenerationRequest:
+    def to_request(
+        self, reference_urls: tuple[str, ...] = (), reference_megapixels: tuple[float, ...] = ()
+    ) -> GenerationRequest:
         data = self.cleaned_data
         return GenerationRequest(
             prompt=data["prompt"].strip(),
@@ -54,6 +56,7 @@ class GenerationForm(forms.Form):
             safety_tolerance=data.get("safety_tolerance"),
             prompt_upsampling=bool(data.get("prompt_upsampling")),
             reference_urls=reference_urls,
+            reference_megapixels=reference_megapixels,
         )
 
 
@@ -74,4 +77,17 @@ def reference_images(ids) -> list[Image]:
     missing = [i for i in ids if int(i) not in found]
     if missing:
         raise Unsupported(f"No image with id {missing[0]}.", "reference_images")
+    return [found[int(i)] for i in ids]
+
+
+def reference_uploads(ids, user) -> list[Reference]:
+    """The user's own uploaded references, in the order given."""
+    if not ids:
+        return []
+    if not isinstance(ids, list | tuple) or not all(isinstance(i, int) or str(i).isdigit() for i in ids):
+        raise Unsupported("reference_uploads must be a list of upload ids.", "reference_uploads")
+    found = Reference.objects.filter(user=user).in_bulk([int(i) for i in ids])
+    missing = [i for i in ids if int(i) not in found]
+    if missing:
+        raise Unsupported(f"No upload with id {missing[0]}.", "reference_uploads")
     return [found[int(i)] for i in ids]

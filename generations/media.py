@@ -199,3 +199,63 @@ def reference_from_token(token: str) -> int | None:
         return signing.loads(token, salt=REFERENCE_SALT, max_age=REFERENCE_MAX_AGE)
     except signing.BadSignature:
         return None
+
+
+UPLOAD_SALT = "fluxweb.upload"
+
+
+def upload_url(upload) -> str:
+    """A short-lived signed link to an uploaded reference image."""
+    from django.core import signing
+    from django.urls import reverse
+
+    return settings.SITE_URL + reverse("reference-upload", args=[signing.dumps(upload.pk, salt=UPLOAD_SALT)])
+
+
+def upload_from_token(token: str) -> int | None:
+    from django.core import signing
+
+    try:
+        return signing.loads(token, salt=UPLOAD_SALT, max_age=REFERENCE_MAX_AGE)
+    except signing.BadSignature:
+        return None
+
+
+def check_upload(upload) -> Checked:
+    """An uploaded reference image: capped in size, decoded fully by Pillow, PNG/JPEG/WebP only."""
+    limit = settings.FLUXWEB_MAX_UPLOAD_BYTES
+    if upload.size > limit:
+        raise MediaError("too_large", f"{upload.name} is larger than {limit // (1024 * 1024)} MB.")
+    data = b"".join(upload.chunks())
+    try:
+        return check_image(data)
+    except MediaError:
+        raise MediaError("not_image", f"{upload.name} is not a PNG, JPEG or WebP image.") from None
+
+
+def reference_keys(images, uploads) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """Stable keys ("image:12", "upload:3") for the chosen references, and their megapixels for the price.
+    The engine turns keys into signed links at submit, so a link's hour starts when the provider needs it."""
+    items = [(f"image:{i.pk}", i) for i in images] + [(f"upload:{u.pk}", u) for u in uploads]
+    return tuple(key for key, _ in items), tuple(i.width * i.height / (1024 * 1024) for _, i in items)
+
+
+def signed_link(key: str) -> str:
+    from .models import Image, Reference
+
+    kind, _, pk = key.partition(":")
+    if kind == "image":
+        return reference_url(Image(pk=int(pk)))
+    if kind == "upload":
+        return upload_url(Reference(pk=int(pk)))
+    return key
+
+
+def store_reference(upload, user):
+    from .models import Reference
+
+    checked = check_upload(upload)
+    return Reference.objects.create(
+        user=user, file=ContentFile(checked.data, name=stored_name(checked.format)), width=checked.width,
+        height=checked.height, format=checked.format,
+    )

@@ -16,5 +16,7 @@ urlpatterns = [
     path("images/<int:pk>/file", views.image, {"variant": "file"}, name="image-file"),
     path("images/<int:pk>/thumbnail", views.image, {"variant": "thumbnail"}, name="image-thumbnail"),
     path("r/<str:token>", views.reference, name="reference"),
+    path("r/u/<str:token>", views.reference_upload, name="reference-upload"),
+    path("studio/reference/<int:pk>", views.reference_chip, name="reference-chip"),
     path("hooks/<str:token>", webhooks.receive, name="webhook"),
 ]

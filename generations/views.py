@@ -6,7 +6,7 @@ import uuid
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, HttpResponseRedirect
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -16,7 +16,7 @@ from . import credits, engine, media
 from .api import serve_image
 from .catalog import NAMES, model_ids
 from .forms import GenerationForm, first_error, reference_images
-from .models import Generation, Image, LedgerEntry
+from .models import Generation, Image, LedgerEntry, Reference
 from .providers import Unsupported
 
 GALLERY_PAGE = 60
@@ -38,19 +38,34 @@ def no_store(response: HttpResponse) -> HttpResponse:
     return response
 
 
-def studio_context(request, form: GenerationForm | None = None) -> dict:
-    model = (form.data.get("model") if form is not None and form.is_bound else None) or request.GET.get("model")
+def studio_context(request) -> dict:
+    initial = remix_of(request)
+    model = initial.get("model") or (model_ids()[-1] if model_ids() else "")
     return {
-        "form": form or GenerationForm(initial={"model": model_ids()[-1] if model_ids() else ""}),
+        "initial": initial,
         "jobs": visible_generations().filter(user=request.user)[:JOBS_SHOWN],
         "gallery": Image.objects.gallery()[:GALLERY_PAGE],
         "account": credits.account_for(request.user),
         "idempotency_key": uuid.uuid4().hex,
-        **options_context(request, model or (model_ids()[-1] if model_ids() else "")),
+        **options_context(request, model, initial.get("provider", ""), initial),
     }
 
 
-def options_context(request, model: str, provider: str = "") -> dict:
+def remix_of(request) -> dict:
+    """`?remix=<id>`: the form filled from a team generation: same prompt, model, options and seed."""
+    pk = request.GET.get("remix", "")
+    source = visible_generations().filter(pk=pk).first() if pk.isdigit() else None
+    if source is None:
+        return {}
+    params = source.params
+    return {
+        "prompt": source.prompt.text, "model": source.model, "provider": source.account.slug, "seed": source.seed,
+        "aspect_ratio": params.get("aspect_ratio") or "1:1", "megapixels": params.get("megapixels") or 1.0,
+        "output_format": params.get("output_format") or "jpeg", "n": source.n,
+    }
+
+
+def options_context(request, model: str, provider: str = "", initial: dict | None = None) -> dict:
     """What the form offers for one model: the accounts that serve it and the union of their options
     (or one account's, when the user picked it)."""
     accounts = [a for a in engine.accounts_serving(model)]
@@ -62,6 +77,7 @@ def options_context(request, model: str, provider: str = "") -> dict:
     ]
     safety = [s.safety_tolerance for s in specs if s.safety_tolerance]
     return {
+        "initial": initial or {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg", "n": 1},
         "model": model,
         "model_names": [(m, NAMES.get(m, m)) for m in model_ids()],
         "accounts": accounts,
@@ -103,7 +119,8 @@ def quote(request):
     form = GenerationForm(data)
     context = {"account": credits.account_for(request.user)}
     if form.is_valid():
-        generation_request = form.to_request(tuple("ref" for _ in request.GET.getlist("reference_images")))
+        picked = reference_images(request.GET.getlist("reference_images"))
+        generation_request = form.to_request(*media.reference_keys(picked, []))
         try:
             account, price = engine.choose_account(generation_request, form.cleaned_data.get("provider") or None)
             remaining = context["account"].available - price.total
@@ -125,12 +142,14 @@ def generate(request):
         problem = first_error(form)[1]
     else:
         try:
-            references = tuple(media.reference_url(i) for i in reference_images(request.POST.getlist("reference_images")))
+            uploads = [media.store_reference(f, request.user) for f in request.FILES.getlist("reference_files")]
+            picked = reference_images(request.POST.getlist("reference_images"))
             generation, created = engine.create(
-                request.user, form.to_request(references), provider=form.cleaned_data.get("provider") or None,
+                request.user, form.to_request(*media.reference_keys(picked, uploads)),
+                provider=form.cleaned_data.get("provider") or None,
                 idempotency_key=key,
             )
-        except Unsupported as exc:
+        except (Unsupported, media.MediaError) as exc:
             problem = exc.message
         except engine.CreateError as exc:
             problem = exc.refusal.message
@@ -226,3 +245,22 @@ def reference(request, token: str):
     if pk is None:
         raise Http404
     return serve_image(get_object_or_404(Image, pk=pk), "file")
+
+
+@require_GET
+def reference_upload(request, token: str):
+    """An uploaded reference image for a provider, by signed short-lived link."""
+    pk = media.upload_from_token(token)
+    if pk is None:
+        raise Http404
+    upload = get_object_or_404(Reference, pk=pk)
+    response = FileResponse(upload.file.open("rb"), content_type=f"image/{upload.format}")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@require_GET
+@login_required
+def reference_chip(request, pk: int):
+    """"Use as reference" on a gallery image: a removable chip carrying the image id into the form."""
+    return no_store(render(request, "generations/studio.html#reference-chip", {"image": get_object_or_404(Image, pk=pk)}))

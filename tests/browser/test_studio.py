@@ -84,3 +84,25 @@ def test_it_changes_the_form_with_the_model(page, bob, accounts):
     page.select_option("select[name=model]", "flux-2-max")
     page.wait_for_function("document.querySelector('#model-options select[name=provider]').innerText.includes('sb-vtrix')")
     assert page.locator("#model-options input[name=seed]").count() == 1
+
+
+def test_it_sends_an_uploaded_reference_image_to_the_provider(page, bob, accounts, worker, tmp_path, fresh_sandbox):
+    from PIL import Image as PILImage
+
+    picture = tmp_path / "reference.png"
+    PILImage.new("RGB", (640, 480), "teal").save(picture)
+    log_in(page, "bob", "pw-bob-123")
+    page.fill("textarea[name=prompt]", "the same scene in winter")
+    page.select_option("select[name=provider]", "sb-apiframe")
+    page.wait_for_selector("input[name=reference_files]")
+    page.set_input_files("input[name=reference_files]", str(picture))
+    page.click("#generate-button")
+    page.locator("#jobs article.job .images img").first.wait_for(timeout=30000)
+
+    submitted = [r for r in fresh_sandbox.requests if r.provider == "apiframe" and r.method == "POST"]
+    links = submitted[-1].json["fluxParams"]["input_images"]
+    assert len(links) == 1 and links[0].startswith("http://127.0.0.1:8000/r/u/")
+    # The link serves the uploaded picture to anyone holding it, with no login.
+    path = links[0].removeprefix("http://127.0.0.1:8000")
+    assert page.evaluate(f"fetch('{path}', {{credentials: 'omit'}}).then(r => r.status)") == 200
+    assert credits.account_for(bob).balance == 1000 - 100  # 70 for the image + 30 for a 0.3 MP reference
