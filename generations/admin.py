@@ -1,7 +1,11 @@
+from decimal import Decimal, InvalidOperation
+
 from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import Sum
+from django.db.models import Count, Q, Sum
 from django.shortcuts import redirect, render
+from django.urls import path
 from django.utils import timezone
 
 from . import credits
@@ -71,13 +75,26 @@ class ProviderAccountAdmin(admin.ModelAdmin):
         for account in queryset:
             try:
                 adapter = account.adapter()
-                adapter.check(provider_http.send(adapter, adapter.build_check(), timeout=10))
+                adapter.parse_check(provider_http.send(adapter, adapter.build_check(), timeout=10))
             except ProviderError as error:
                 self.message_user(request, f"{account.slug}: {error.message}", messages.ERROR)
             except Exception as error:  # a decrypt failure or a bad URL: say it, don't crash the admin
                 self.message_user(request, f"{account.slug}: {error}", messages.ERROR)
             else:
                 self.message_user(request, f"{account.slug}: connected, key accepted.", messages.SUCCESS)
+
+
+COST_UNITS = {"vtrix": "USD", "apiframe": "Apiframe credits", "pixeldojo": "PixelDojo credits"}
+
+
+def sum_costs(values) -> Decimal:
+    total = Decimal(0)
+    for value in values:
+        try:
+            total += Decimal(value)
+        except InvalidOperation:
+            continue
+    return total
 
 
 class EventInline(admin.TabularInline):
@@ -99,6 +116,45 @@ class GenerationAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+    def get_urls(self):
+        extra = [path("usage/", self.admin_site.admin_view(self.usage_view), name="generations_usage")]
+        return extra + super().get_urls()
+
+    def usage_view(self, request):
+        """Spend this month per user and per provider account, FluxWeb's charge beside what the provider
+        reported (Vtrix in USD, Apiframe and PixelDojo in their own credits)."""
+        start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+        month = Generation.objects.filter(created_at__gte=start)
+        images = dict(
+            Image.objects.filter(generation__created_at__gte=start)
+            .values_list("generation__user__username")
+            .annotate(total=Count("id"))
+        )
+        users = list(
+            month.values("user__username")
+            .annotate(jobs=Count("id"), charged=Sum("credits_charged"), refunded=Sum("credits_refunded"),
+                      failed=Count("id", filter=Q(status="failed")))
+            .order_by("-charged")
+        )
+        for row in users:
+            row["images"] = images.get(row["user__username"], 0)
+        providers = []
+        for row in (
+            month.values("account__slug", "account__kind")
+            .annotate(jobs=Count("id"), charged=Sum("credits_charged"), failed=Count("id", filter=Q(status="failed")))
+            .order_by("-charged")
+        ):
+            costs = month.filter(account__slug=row["account__slug"]).exclude(provider_cost="")
+            row["provider_cost"] = sum_costs(costs.values_list("provider_cost", flat=True))
+            row["cost_unit"] = COST_UNITS.get(row["account__kind"], "")
+            row["charged_usd"] = (Decimal(row["charged"] or 0) * Decimal(settings.FLUXWEB_CREDIT_USD)).quantize(
+                Decimal("0.001")
+            )
+            providers.append(row)
+        context = {**self.admin_site.each_context(request), "title": f"Usage since {start:%Y-%m-%d}",
+                   "users": users, "providers": providers, "opts": self.model._meta}
+        return render(request, "admin/usage.html", context)
 
 
 class GrantForm(forms.Form):
