@@ -190,17 +190,20 @@ FLUXWEB_MAX_UPLOAD_BYTES = env_int("FLUXWEB_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = env_bool("FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS", DEBUG)
 FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:8765")
 
-# django-q2: a task's `timeout` stays well under `retry` (plus the guard's 3 s and queue wait), attempts are
-# bounded, and a cluster that was down does not fire every missed schedule slot (reliability.md 1.1, 1.5).
+# django-q2 (reliability.md 1.1, 1.5): `timeout` covers the longest task, a synchronous provider's 120 s submit
+# call; `retry` is counted from dequeue, so it covers a task's run plus the guard's 3 s plus its wait behind
+# the tasks prefetched ahead of it (queue_limit / workers per worker) -- else the broker hands out a second
+# copy. Attempts are bounded, and a cluster that was down does not fire every missed schedule slot.
+Q_WORKERS = env_int("FLUXWEB_Q_WORKERS", 4)
 Q_CLUSTER = {
     "name": os.environ.get("FLUXWEB_Q_NAME", "fluxweb"),
     # The sweeper holds one worker while jobs are in flight; the others submit and ingest.
-    "workers": env_int("FLUXWEB_Q_WORKERS", 4),
-    "timeout": 90,
-    "retry": 120,
+    "workers": Q_WORKERS,
+    "timeout": 150,
+    "retry": 310,  # >= 150 + 3 + 150 (one task ahead per worker)
     "max_attempts": 3,
     "catch_up": False,
-    "queue_limit": 8,
+    "queue_limit": Q_WORKERS,
     "bulk": 1,
     "save_limit": 1000,
     "ack_failures": True,

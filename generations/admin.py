@@ -3,6 +3,7 @@ from decimal import Decimal, InvalidOperation
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.db import models
 from django.db.models import Count, Q, Sum
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -53,6 +54,8 @@ class ProviderAccountAdmin(admin.ModelAdmin):
     list_display = ["slug", "kind", "base_url", "enabled", "priority", "key_hint", "spent_this_month"]
     list_editable = ["enabled", "priority"]
     actions = ["test_connection"]
+    # The changelist's editable-row form is built from the model: say the scheme here too (Django 6 default).
+    formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
 
     def has_module_permission(self, request):
         return request.user.is_superuser

@@ -9,7 +9,6 @@ import json
 from django.http import FileResponse, Http404, HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from . import credits, engine, media
 from .catalog import catalog
@@ -37,35 +36,49 @@ def error(status: int, code: str, message: str, field: str | None = None, **head
     return response
 
 
-def api_view(view):
-    """Authenticate by `Authorization: Bearer <token>`, or by the session (whose unsafe requests keep
-    Django's CSRF check); answer JSON errors, never HTML."""
+def api_view(*methods: str):
+    """Allow `methods`; authenticate by `Authorization: Bearer <token>`, or by the session (whose unsafe
+    requests keep Django's CSRF check); answer JSON errors, never HTML."""
 
-    @csrf_exempt
-    @functools.wraps(view)
-    def wrapper(request: HttpRequest, *args, **kwargs):
-        header = request.headers.get("Authorization", "")
-        if header:
-            scheme, _, token = header.partition(" ")
-            user = ApiToken.authenticate(token.strip()) if scheme.lower() == "bearer" else None
-            if user is None:
-                return error(401, "unauthorized", "The API token is missing, malformed or revoked.")
-            request.user = user
-        elif request.user.is_authenticated:
-            if request.method not in ("GET", "HEAD", "OPTIONS"):
-                from django.middleware.csrf import CsrfViewMiddleware
+    def decorate(view):
+        @csrf_exempt
+        @functools.wraps(view)
+        def wrapper(request: HttpRequest, *args, **kwargs):
+            if request.method not in methods:
+                return error(405, "method_not_allowed", f"Use {' or '.join(methods)}.", Allow=", ".join(methods))
+            return authenticated(view, request, *args, **kwargs)
 
-                reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
-                if reason is not None:
-                    return error(403, "csrf", "CSRF check failed; send the X-CSRFToken header.")
-        else:
-            return error(401, "unauthorized", "Send Authorization: Bearer <token>.")
-        try:
-            return view(request, *args, **kwargs)
-        except Http404:
-            return error(404, "not_found", "Not found.")
+        return wrapper
 
-    return wrapper
+    return decorate
+
+
+def authenticated(view, request: HttpRequest, *args, **kwargs):
+    """Run `view` for a token holder or a session user; anyone else gets a JSON 401."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, token = header.partition(" ")
+        user = ApiToken.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            return error(401, "unauthorized", "The API token is missing, malformed or revoked.")
+        request.user = user
+    elif request.user.is_authenticated:
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            from django.middleware.csrf import CsrfViewMiddleware
+
+            reason = CsrfViewMiddleware(lambda r: None).process_view(request, None, (), {})
+            if reason is not None:
+                return error(403, "csrf", "CSRF check failed; send the X-CSRFToken header.")
+    else:
+        return error(401, "unauthorized", "Send Authorization: Bearer <token>.")
+    try:
+        return view(request, *args, **kwargs)
+    except Http404:
+        return error(404, "not_found", "Not found.")
+
+
+def not_found(request, path: str = ""):
+    return error(404, "not_found", f"There is no API endpoint /api/v1/{path}.")
 
 
 def me_payload(user) -> dict:
@@ -133,20 +146,17 @@ def generations_qs():
     return Generation.objects.select_related("prompt", "account", "user").prefetch_related("images")
 
 
-@require_GET
-@api_view
+@api_view("GET")
 def me(request):
     return JsonResponse(me_payload(request.user))
 
 
-@require_GET
-@api_view
+@api_view("GET")
 def models(request):
     return JsonResponse(catalog(), safe=False)
 
 
-@require_http_methods(["GET", "POST"])
-@api_view
+@api_view("GET", "POST")
 def generations(request):
     return create(request) if request.method == "POST" else listing(request)
 
@@ -188,7 +198,9 @@ def create(request):
         return error(400, "invalid", f"Unknown field {sorted(unknown)[0]!r}.", sorted(unknown)[0])
     for name, value in data.items():
         expected = FIELD_TYPES.get(name)
-        if value is not None and expected and (not isinstance(value, expected) or (expected is not bool and isinstance(value, bool))):
+        if value is None or expected is None:
+            continue
+        if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             return error(400, "invalid", f"{name} must be a JSON {json_type(expected)}.", name)
     data = {name: value for name, value in data.items() if value is not None}
     form = GenerationForm(data)
@@ -217,14 +229,12 @@ def create(request):
     return JsonResponse(generation_payload(generation, request), status=202)
 
 
-@require_GET
-@api_view
+@api_view("GET")
 def generation(request, pk: int):
     return JsonResponse(generation_payload(get_object_or_404(generations_qs(), pk=pk), request))
 
 
-@require_POST
-@api_view
+@api_view("POST")
 def cancel(request, pk: int):
     rows = generations_qs() if request.user.is_staff else generations_qs().filter(user=request.user)
     generation = get_object_or_404(rows, pk=pk)
@@ -233,8 +243,7 @@ def cancel(request, pk: int):
     return JsonResponse(generation_payload(generations_qs().get(pk=pk), request))
 
 
-@require_GET
-@api_view
+@api_view("GET")
 def image_file(request, pk: int, variant: str):
     return serve_image(get_object_or_404(Image, pk=pk), variant)
 
@@ -249,8 +258,7 @@ def serve_image(image: Image, variant: str) -> FileResponse:
 
 
 
-@require_POST
-@api_view
+@api_view("POST")
 def upload_reference(request):
     """POST /api/v1/references (multipart, field "file"): a reference image for later generations."""
     upload = request.FILES.get("file")

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from . import api
 
@@ -11,4 +11,5 @@ urlpatterns = [
     path("references", api.upload_reference, name="api-references"),
     path("images/<int:pk>/file", api.image_file, {"variant": "file"}, name="api-image-file"),
     path("images/<int:pk>/thumbnail", api.image_file, {"variant": "thumbnail"}, name="api-image-thumbnail"),
+    re_path(r"^(?P<path>.*)$", api.not_found),
 ]

@@ -169,7 +169,7 @@ def generate(request):
     )
     if not created:  # a double click: the first click's card is already on the page
         response["HX-Reswap"] = "none"
-    return trigger_client_event(response, "credits-changed")
+    return trigger_client_event(no_store(response), "credits-changed")
 
 
 @require_GET
@@ -192,7 +192,7 @@ def cancel(request, pk: int):
     job = visible_generations().get(pk=pk)
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
-    return trigger_client_event(render(request, "generations/studio.html#job-card", {"job": job}), "credits-changed")
+    return trigger_client_event(no_store(render(request, "generations/studio.html#job-card", {"job": job})), "credits-changed")
 
 
 @require_GET

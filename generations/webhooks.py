@@ -14,7 +14,11 @@ MAX_BODY = 1024 * 1024
 @csrf_exempt
 @require_POST
 def receive(request, token: str):
-    if int(request.headers.get("Content-Length") or 0) > MAX_BODY:
+    try:
+        length = int(request.headers.get("Content-Length") or 0)
+    except ValueError:
+        return HttpResponse("malformed Content-Length", status=400)
+    if length > MAX_BODY:
         return HttpResponse(status=413)
     generation = Generation.objects.select_related("account").filter(webhook_token=token).first()
     if generation is None:

@@ -1,3 +1,5 @@
+from cryptography.fernet import InvalidToken
+from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from generations import crypto
@@ -54,15 +56,28 @@ class Command(BaseCommand):
             account.priority = priority
         if monthly_spend_cap is not None:
             account.monthly_spend_cap = monthly_spend_cap or None
-        account.full_clean(exclude=["api_key_encrypted", "key_last4"])
+        try:
+            account.full_clean(exclude=["api_key_encrypted", "key_last4"])
+        except ValidationError as exc:
+            problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
+            raise CommandError(problems) from None
         account.save()
         self.stdout.write(f"{account.slug}: {account.kind} at {account.base_url}, "
                           f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}")
 
     def rotate_keys(self, **options):
-        count = 0
+        count, unreadable = 0, []
         for account in ProviderAccount.objects.exclude(api_key_encrypted=""):
-            account.api_key_encrypted = crypto.rotate(account.api_key_encrypted)
+            try:
+                account.api_key_encrypted = crypto.rotate(account.api_key_encrypted)
+            except InvalidToken:
+                unreadable.append(account.slug)  # left as it is; rotating the others still helps
+                continue
             account.save(update_fields=["api_key_encrypted"])
             count += 1
         self.stdout.write(f"re-encrypted {count} key(s)")
+        if unreadable:
+            raise CommandError(
+                f"no FLUXWEB_FERNET_KEYS key opens the stored key of {', '.join(unreadable)}; "
+                "set it again with `provider set SLUG --api-key ...`"
+            )

@@ -24,11 +24,13 @@ class Command(BaseCommand):
             user = get_user_model().objects.filter(username=username).first()
             if user is None:
                 raise CommandError(f"No user {username!r}.")
+        names = ("concurrent", "daily_images", "monthly_credits")
+        for name in names:
+            if options[name] is not None and options[name] < 0:
+                raise CommandError(f"--{name.replace('_', '-')} must be 0 or more.")
         quota, _ = Quota.objects.get_or_create(user=user)
-        for name in ("concurrent", "daily_images", "monthly_credits"):
+        for name in names:
             if options[name] is not None:
-                if options[name] < 0:
-                    raise CommandError(f"--{name.replace('_', '-')} must be 0 or more.")
                 setattr(quota, name, options[name] or None)
         quota.save()
         shown = lambda v: "unlimited" if v is None else v  # noqa: E731
