@@ -21,7 +21,7 @@ from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from . import credits, media
+from . import credits, crypto, media
 from .models import Generation, Image, Lease, Prompt, ProviderAccount, digest
 from .providers import GenerationRequest, Outcome, ProviderError, Unsupported
 from .providers import http as provider_http
@@ -29,10 +29,12 @@ from .providers import http as provider_http
 log = logging.getLogger(__name__)
 
 MAX_SUBMIT_ATTEMPTS = 4
-SWEEP_SECONDS = 50  # one sweep task's lifetime; under Q_CLUSTER["timeout"] (90), which is under "retry"
+SWEEP_SECONDS = 50  # one sweep task's lifetime; well under Q_CLUSTER["timeout"], which is under "retry"
 LEASE_SECONDS = 75
 SWEEP_TICK = 0.2  # how often an idle sweeper looks for newly due jobs: one indexed query
-SUBMIT_LEASE_SECONDS = 45
+# A claimed submit is not handed out again for this long: longer than the slowest synchronous call (MaxAPI
+# holds the request until the image is made; see synchronous_timeout).
+SUBMIT_LEASE_SECONDS = 135
 DEFAULT_EXPECTED = {"maxapi": 5.0, "vtrix": 20.0, "apiframe": 20.0, "pixeldojo": 44.0}
 
 
@@ -103,11 +105,20 @@ def create(
         if request.seed is None and account.adapter_class.models[request.model].seed:
             # Pick the seed ourselves so every image can be re-run exactly.
             request = replace(request, seed=random.randrange(2**31))
-        now = timezone.now()
         with transaction.atomic():
             credit_account = credits.account_for(user, lock=True)
+            if idempotency_key:
+                # The credit row lock serializes this user's creates, so a duplicate that passed the check
+                # above while the first was saving finds it here, before quotas or credits refuse it.
+                existing = Generation.objects.filter(user=user, idempotency_key=idempotency_key).first()
+                if existing:
+                    return replay(existing, fingerprint), False
+            # One moment for the quota windows and the job's created_at, so a refund releases its usage
+            # from the windows it was counted in, even when midnight passes during the create.
+            now = timezone.now()
             credits.hold_quotas(user, account, request.n, price.total, now)
             generation = Generation.objects.create(
+                created_at=now,
                 user=user,
                 prompt=Prompt.remember(request.prompt, user),
                 model=request.model,
@@ -182,7 +193,11 @@ def submit(generation_id: int) -> None:
     if not claimed:
         return
     generation = Generation.objects.select_related("account", "prompt").get(pk=generation_id)
-    adapter = generation.account.adapter()
+    try:
+        adapter = generation.account.adapter()
+    except crypto.KeyUnavailable as error:
+        fail(generation, ProviderError.AUTH, f"The {generation.account.slug} provider account is misconfigured: {error}")
+        return
     crashed_before = generation.attempts > 1 and not generation.error_code
     if crashed_before and not adapter.idempotent_submit:
         fail(generation, "submit_lost", "The worker stopped while sending this job; it was not retried so it "
@@ -379,7 +394,17 @@ def expire_overdue() -> None:
 def poll_batch(due: list[Generation]) -> int:
     """One round: every due job polled at once over one AsyncClient, bounded by a semaphore (httpx
     degrades past ~10 in flight, performance.md). Network in the event loop, ORM outside it."""
-    adapters = {g.account_id: g.account.adapter() for g in due}
+    adapters = {}
+    for account in {g.account_id: g.account for g in due}.values():
+        try:
+            adapters[account.pk] = account.adapter()
+        except crypto.KeyUnavailable as error:
+            log.error("provider account %s: %s", account.slug, error)
+    for generation in [g for g in due if g.account_id not in adapters]:
+        # One account with an unreadable key must not stop polling for the others.
+        fail(generation, ProviderError.AUTH, f"The {generation.account.slug} provider account is misconfigured: "
+             "its API key cannot be decrypted. Your credits are back.")
+    due = [g for g in due if g.account_id in adapters]
     calls = [(g, adapters[g.account_id], adapters[g.account_id].build_poll(g.provider_job_id, g.poll_url or None)) for g in due]
 
     async def run() -> list:
