@@ -312,7 +312,7 @@ def test_it_maps_a_gateway_timeout(adapter):
         ({"megapixels": 4.0}, "megapixels", "0.25 MP, 1 MP, 2 MP"),
         ({"width": 128, "height": 128}, "width", "between 256 and 2048"),
         ({"width": 1024}, "width", "both width and height"),
-        ({"aspect_ratio": "4:1", "megapixels": 2.0}, "aspect_ratio", "2896x720"),
+        ({"aspect_ratio": "4:1", "megapixels": 2.0}, "megapixels", "2896x720"),
         ({"model": "flux-2-max"}, "model", "serves flux-plus, flux-pro-2"),
     ],
 )

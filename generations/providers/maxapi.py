@@ -13,7 +13,6 @@ from .base import (
     Outcome,
     ProviderError,
     Reply,
-    Unsupported,
     failed,
     with_error_code,
 )
@@ -44,18 +43,6 @@ class MaxApi(Adapter):
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-
-    def validate(self, request: GenerationRequest) -> None:
-        super().validate(request)
-        # An aspect ratio at a tier can land outside the sides we allow (4:1 at 2 MP is 2896x720).
-        low, high = self.spec(request.model).custom_size
-        width, height = request.dimensions
-        if not (low <= width <= high and low <= height <= high):
-            raise Unsupported(
-                f"That size comes to {width}x{height}; {self.label} takes {low} to {high} pixels a side. "
-                "Pick a squarer aspect ratio or fewer megapixels.",
-                "aspect_ratio",
-            )
 
     def build_submit(self, request: GenerationRequest) -> HttpCall:
         width, height = request.dimensions
