@@ -211,7 +211,11 @@ def submit(generation_id: int) -> None:
     request = request_of(generation)
     request = replace(
         request,
-        reference_urls=tuple(media.signed_link(key) for key in request.reference_urls),
+        # Links live until the job's deadline plus an hour, the same on every attempt.
+        reference_urls=tuple(
+            media.signed_link(key, generation.deadline_at.timestamp() + media.REFERENCE_MAX_AGE)
+            for key in request.reference_urls
+        ),
         webhook_url=webhook_url(generation) if adapter.webhooks else None,
         idempotency_key=f"fluxweb-{generation.pk}-{generation.webhook_token[:16]}",
     )
@@ -254,7 +258,9 @@ def synchronous_timeout(adapter) -> float:
 
 
 def retry_submit(generation: Generation, error: ProviderError) -> None:
-    delay = error.retry_after or min(30.0, 2.0 ** generation.attempts) * (0.5 + random.random() / 2)
+    delay = error.retry_after if error.retry_after is not None else (
+        min(30.0, 2.0 ** generation.attempts) * (0.5 + random.random() / 2)
+    )
     Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
         error_code=error.code, error_message=error.message, next_poll_at=timezone.now() + timedelta(seconds=delay)
     )
@@ -267,9 +273,9 @@ def webhook_url(generation: Generation) -> str:
 
 
 # -- polling cadence -----------------------------------------------------------------------------------------
-def expected_latency(account: ProviderAccount) -> tuple[float, float]:
-    """(low, high) completion times this account has shown lately: the 10th and 90th percentile of the
-    last 20 jobs' submit-to-done times, or the provider's documented average before there is history."""
+def expected_latency(account: ProviderAccount) -> tuple[float, float] | None:
+    """(low, high): the 10th and 90th percentile of this account's last 20 submit-to-done times, or None
+    before it has finished three jobs."""
     durations = sorted(
         (done - started).total_seconds()
         for started, done in Generation.objects.filter(account=account, provider_done_at__isnull=False)
@@ -278,24 +284,31 @@ def expected_latency(account: ProviderAccount) -> tuple[float, float]:
         if started and done
     )
     if len(durations) < 3:
-        typical = DEFAULT_EXPECTED.get(account.kind, 10.0)
-        return typical * 0.1, typical * 1.5
+        return None
     return durations[len(durations) // 10], durations[min(len(durations) - 1, len(durations) * 9 // 10)]
 
 
 def first_poll_delay(account: ProviderAccount) -> float:
-    low, _ = expected_latency(account)
-    return max(0.5, low - 0.2)
+    history = expected_latency(account)
+    # Without history, look early: the first answer usually carries progress to time the rest by.
+    return max(0.5, history[0] - 0.2) if history else 1.0
 
 
-def next_poll_delay(generation: Generation, progress: float | None, low: float, high: float) -> float:
-    """Poll often while completion is likely, back off after: low lag and few provider calls."""
+def next_poll_delay(generation: Generation, progress: float | None, history: tuple[float, float] | None) -> float:
+    """When to ask again: just after the provider's own progress says it will be done; else through the
+    spread of recent completion times; else backing off. Low detection lag AND few provider calls."""
     elapsed = (timezone.now() - (generation.started_at or generation.created_at)).total_seconds()
-    if elapsed < low:
-        return max(0.3, low - elapsed)
-    if elapsed < high * 1.5:
-        return 0.35
-    return min(5.0, 0.5 + elapsed * 0.1)
+    if progress is not None and 0.05 <= progress < 1:
+        remaining = elapsed / progress - elapsed
+        return min(5.0, max(0.25, remaining))
+    if history:
+        low, high = history
+        if elapsed < low:
+            return max(0.25, low - elapsed)
+        if elapsed < high * 1.2:
+            return 0.3
+        return min(5.0, 0.5 + elapsed * 0.1)
+    return min(5.0, max(0.5, elapsed * 0.3))
 
 
 # -- the sweeper -----------------------------------------------------------------------------------------------
@@ -333,13 +346,14 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     polls = 0
     started = time.monotonic()
     renew_at = started + LEASE_SECONDS / 3
+    poller = Poller(settings.FLUXWEB_POLL_CONCURRENCY)
     try:
         while True:
             expire_overdue()
             resubmit_due()
             due = list(Generation.objects.due().select_related("account")[:500])
             if due:
-                polls += poll_batch(due)
+                polls += poll_batch(due, poller)
             wait = seconds_until_next()
             if wait is None:
                 release_lease(holder)
@@ -359,6 +373,8 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     except BaseException:
         release_lease(holder)
         raise
+    finally:
+        poller.close()
 
 
 def seconds_until_next() -> float | None:
@@ -377,11 +393,10 @@ def resubmit_due() -> None:
     for pk in Generation.objects.filter(
         status=Generation.Status.QUEUED, next_poll_at__lte=timezone.now()
     ).values_list("pk", flat=True)[:100]:
+        # Clear the retry time first: the next loop will not enqueue it again, and the submit task's claim
+        # (which takes a job whose next_poll_at is empty or past) still succeeds.
+        Generation.objects.filter(pk=pk, status=Generation.Status.QUEUED).update(next_poll_at=None)
         enqueue("submit", pk)
-        # Push it out so the next loop does not enqueue it again before the submit task claims it.
-        Generation.objects.filter(pk=pk, status=Generation.Status.QUEUED).update(
-            next_poll_at=timezone.now() + timedelta(seconds=SUBMIT_LEASE_SECONDS)
-        )
 
 
 def expire_overdue() -> None:
@@ -391,9 +406,40 @@ def expire_overdue() -> None:
         fail(generation, ProviderError.TIMEOUT, "The provider did not finish in time. Your credits are back.")
 
 
-def poll_batch(due: list[Generation]) -> int:
-    """One round: every due job polled at once over one AsyncClient, bounded by a semaphore (httpx
-    degrades past ~10 in flight, performance.md). Network in the event loop, ORM outside it."""
+class Poller:
+    """One event loop and one AsyncClient for a whole sweep, so connections and TLS set-up are reused from
+    round to round (a client costs ~18 ms to build, performance.md). Each round polls every due job at
+    once, bounded by a semaphore (httpx degrades past ~10 in flight). Network inside the loop, ORM outside."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.loop = asyncio.new_event_loop()
+        self.client = None
+
+    def poll(self, calls: list) -> list:
+        return self.loop.run_until_complete(self.round(calls))
+
+    async def round(self, calls: list) -> list:
+        if self.client is None:
+            self.client = provider_http.async_client(self.limit)
+        semaphore = asyncio.Semaphore(self.limit)
+
+        async def one(adapter, call):
+            async with semaphore:
+                try:
+                    return adapter.parse_poll(await provider_http.send_async(self.client, adapter, call))
+                except ProviderError as error:
+                    return error
+
+        return await asyncio.gather(*(one(adapter, call) for adapter, call in calls))
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.loop.run_until_complete(self.client.aclose())
+        self.loop.close()
+
+
+def poll_batch(due: list[Generation], poller: Poller) -> int:
     adapters = {}
     for account in {g.account_id: g.account for g in due}.values():
         try:
@@ -405,39 +451,25 @@ def poll_batch(due: list[Generation]) -> int:
         fail(generation, ProviderError.AUTH, f"The {generation.account.slug} provider account is misconfigured: "
              "its API key cannot be decrypted. Your credits are back.")
     due = [g for g in due if g.account_id in adapters]
-    calls = [(g, adapters[g.account_id], adapters[g.account_id].build_poll(g.provider_job_id, g.poll_url or None)) for g in due]
-
-    async def run() -> list:
-        semaphore = asyncio.Semaphore(settings.FLUXWEB_POLL_CONCURRENCY)
-        async with provider_http.async_client(settings.FLUXWEB_POLL_CONCURRENCY) as client:
-
-            async def one(adapter, call):
-                async with semaphore:
-                    try:
-                        return adapter.parse_poll(await provider_http.send_async(client, adapter, call))
-                    except ProviderError as error:
-                        return error
-
-            return await asyncio.gather(*(one(adapter, call) for _, adapter, call in calls))
-
-    results = asyncio.run(run())
-    expectations = {}
-    for (generation, _, _), result in zip(calls, results, strict=True):
-        if generation.account_id not in expectations:
-            expectations[generation.account_id] = expected_latency(generation.account)
-        apply_poll(generation, result, *expectations[generation.account_id])
+    calls = [(adapters[g.account_id], adapters[g.account_id].build_poll(g.provider_job_id, g.poll_url or None)) for g in due]
+    results = poller.poll(calls)
+    histories = {}
+    for generation, result in zip(due, results, strict=True):
+        if generation.account_id not in histories:
+            histories[generation.account_id] = expected_latency(generation.account)
+        apply_poll(generation, result, histories[generation.account_id])
     return len(calls)
 
 
-def apply_poll(generation: Generation, result: Outcome | ProviderError, low: float, high: float) -> None:
+def apply_poll(generation: Generation, result: Outcome | ProviderError, history: tuple[float, float] | None) -> None:
     if isinstance(result, ProviderError):
         if result.permanent:
             fail(generation, result.code, result.message)
         else:
-            generation.schedule_poll(result.retry_after or 2.0)
+            generation.schedule_poll(2.0 if result.retry_after is None else result.retry_after)
         return
     if result.state == "pending":
-        generation.schedule_poll(next_poll_delay(generation, result.progress, low, high))
+        generation.schedule_poll(next_poll_delay(generation, result.progress, history))
         if result.progress is not None:
             Generation.objects.filter(pk=generation.pk).update(progress=result.progress)
         return
@@ -541,9 +573,23 @@ def cancel(generation: Generation, by) -> bool:
 
 # -- webhooks -------------------------------------------------------------------------------------------------------
 def webhook_hint(generation: Generation) -> None:
-    """A verified webhook says the job changed: poll it now rather than trust the body."""
+    """A verified webhook says the job changed: ask the provider now, in this request, rather than trust
+    the body (reliability.md 3). If that poll fails, the job is due for the sweeper at once."""
+    generation.events.create(what="webhook", detail="provider notified us; polling now")
     Generation.objects.filter(pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False).update(
         next_poll_at=timezone.now()
     )
-    generation.events.create(what="webhook", detail="provider notified us; polling now")
+    generation.refresh_from_db()
+    if generation.status != Generation.Status.RUNNING or generation.next_poll_at is None:
+        return
+    try:
+        adapter = generation.account.adapter()
+        result = adapter.parse_poll(provider_http.send(adapter, adapter.build_poll(generation.provider_job_id,
+                                                                                   generation.poll_url or None)))
+    except ProviderError as error:
+        result = error
+    except crypto.KeyUnavailable:
+        kick_sweeper()
+        return
+    apply_poll(generation, result, expected_latency(generation.account))
     kick_sweeper()

@@ -26,7 +26,7 @@ from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
 from .providers import ProviderError
-from .providers.http import client
+from .providers.http import broke, client
 
 # Flux outputs are at most ~4 MP; refuse anything past 8x that before decoding it (decompression bombs).
 PILImage.MAX_IMAGE_PIXELS = 32 * 1024 * 1024
@@ -131,7 +131,7 @@ def download(url: str, kind: str, base_url: str, limit: int | None = None) -> by
                     raise MediaError("download_failed", "The image download took too long.")
                 chunks.append(chunk)
     except httpx.HTTPError as exc:
-        raise MediaError("download_failed", f"The image download failed: {type(exc).__name__}.") from None
+        raise MediaError("download_failed", f"The image download failed: the connection {broke(exc)}.") from None
     return b"".join(chunks)
 
 
@@ -160,8 +160,12 @@ def check_image(data: bytes) -> Checked:
 def thumbnail(data: bytes) -> bytes:
     with PILImage.open(io.BytesIO(data), formats=FORMATS) as im:
         im.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))  # JPEG decodes at a reduced scale: ~2x faster
-        im = im.convert("RGB")
+        if im.mode not in ("RGB", "RGBA", "L"):
+            im = im.convert("RGB")  # palette and CMYK images resample badly
+        # Shrink first, convert after: converting a full-size RGB image only copies 12 MB for nothing.
         im.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+        if im.mode != "RGB":
+            im = im.convert("RGB")
         out = io.BytesIO()
         im.save(out, "JPEG", quality=82, optimize=False)
     return out.getvalue()
@@ -198,42 +202,53 @@ REFERENCE_SALT = "fluxweb.reference"
 REFERENCE_MAX_AGE = 3600
 
 
-def reference_url(image) -> str:
-    """A short-lived signed link a provider can fetch a gallery image from, without a login."""
+def link_token(key: str, expires: int) -> str:
+    """A signed, expiring token for a reference ("image:12" or "upload:3"). Deterministic for the same key
+    and expiry, so a resent submit carries the same body (Apiframe refuses a changed body under the same
+    Idempotency-Key)."""
     from django.core import signing
+
+    return signing.Signer(salt=REFERENCE_SALT).sign_object({"k": key, "e": expires})
+
+
+def from_token(token: str, kind: str) -> int | None:
+    """The id a valid, unexpired token names, when it names a reference of `kind`."""
+    from django.core import signing
+
+    try:
+        data = signing.Signer(salt=REFERENCE_SALT).unsign_object(token)
+    except (signing.BadSignature, ValueError, TypeError):
+        return None
+    found, _, pk = str(data.get("k", "")).partition(":")
+    if found != kind or not pk.isdigit() or int(data.get("e", 0)) < time.time():
+        return None
+    return int(pk)
+
+
+def signed_link(key: str, expires: float | None = None) -> str:
+    """The URL a provider fetches a reference from, without a login, until `expires` (unix time; an hour
+    from now by default)."""
     from django.urls import reverse
 
-    token = signing.dumps(image.pk, salt=REFERENCE_SALT)
-    return settings.SITE_URL + reverse("reference", args=[token])
+    token = link_token(key, int(expires or time.time() + REFERENCE_MAX_AGE))
+    view = "reference" if key.startswith("image:") else "reference-upload"
+    return settings.SITE_URL + reverse(view, args=[token])
+
+
+def reference_url(image) -> str:
+    return signed_link(f"image:{image.pk}")
 
 
 def reference_from_token(token: str) -> int | None:
-    from django.core import signing
-
-    try:
-        return signing.loads(token, salt=REFERENCE_SALT, max_age=REFERENCE_MAX_AGE)
-    except signing.BadSignature:
-        return None
-
-
-UPLOAD_SALT = "fluxweb.upload"
+    return from_token(token, "image")
 
 
 def upload_url(upload) -> str:
-    """A short-lived signed link to an uploaded reference image."""
-    from django.core import signing
-    from django.urls import reverse
-
-    return settings.SITE_URL + reverse("reference-upload", args=[signing.dumps(upload.pk, salt=UPLOAD_SALT)])
+    return signed_link(f"upload:{upload.pk}")
 
 
 def upload_from_token(token: str) -> int | None:
-    from django.core import signing
-
-    try:
-        return signing.loads(token, salt=UPLOAD_SALT, max_age=REFERENCE_MAX_AGE)
-    except signing.BadSignature:
-        return None
+    return from_token(token, "upload")
 
 
 def check_upload(upload) -> Checked:
@@ -253,17 +268,6 @@ def reference_keys(images, uploads) -> tuple[tuple[str, ...], tuple[float, ...]]
     The engine turns keys into signed links at submit, so a link's hour starts when the provider needs it."""
     items = [(f"image:{i.pk}", i) for i in images] + [(f"upload:{u.pk}", u) for u in uploads]
     return tuple(key for key, _ in items), tuple(i.width * i.height / (1024 * 1024) for _, i in items)
-
-
-def signed_link(key: str) -> str:
-    from .models import Image, Reference
-
-    kind, _, pk = key.partition(":")
-    if kind == "image":
-        return reference_url(Image(pk=int(pk)))
-    if kind == "upload":
-        return upload_url(Reference(pk=int(pk)))
-    return key
 
 
 def store_reference(upload, user):

@@ -42,19 +42,22 @@ def no_network(monkeypatch):
 
 
 @pytest.fixture
-def running(bob, accounts, drain) -> Generation:
-    """An Apiframe job in flight whose next poll is a minute away (`drain` captures what gets enqueued)."""
-    return Generation.objects.create(
-        user=bob,
-        prompt=Prompt.remember("a lighthouse", bob),
-        model="flux-2-max",
-        account=accounts["apiframe"],
-        status="running",
-        provider_job_id="5f0c1c1e-0000-4000-8000-000000000001",
-        started_at=timezone.now(),
-        next_poll_at=timezone.now() + timedelta(seconds=60),
-        credits_reserved=70,
+def running(bob, accounts, drain, fresh_sandbox) -> Generation:
+    """An Apiframe job the sandbox is still making (30 s) whose next poll is a minute away (`drain`
+    captures what gets enqueued)."""
+    fresh_sandbox.set_latency(30, 30)
+    generation, _ = engine.create(
+        bob, GenerationRequest(prompt="a lighthouse", model="flux-2-max"), provider="sb-apiframe"
     )
+    engine.submit(generation.pk)
+    Generation.objects.filter(pk=generation.pk).update(next_poll_at=timezone.now() + timedelta(seconds=60))
+    generation.refresh_from_db()
+    assert generation.status == "running"
+    return generation
+
+
+def polls_of(sandbox, generation: Generation) -> list:
+    return [r for r in sandbox.requests if r.method == "GET" and r.path == f"/v2/jobs/{generation.provider_job_id}"]
 
 
 def event(job_id: str = "5f0c1c1e-0000-4000-8000-000000000001", **fields) -> bytes:
@@ -95,7 +98,7 @@ def test_it_gives_every_job_its_own_unguessable_url(running, settings):
 
 
 @pytest.mark.parametrize("form", ["prefixed", "bare hex", "upper-case hex"])
-def test_it_polls_at_once_on_a_valid_signature(client, running, drain, form):
+def test_it_polls_at_once_on_a_valid_signature(client, running, drain, form, fresh_sandbox):
     raw = event()
     signature = apiframe_signature(KEY, raw)
     signature = {
@@ -108,13 +111,15 @@ def test_it_polls_at_once_on_a_valid_signature(client, running, drain, form):
     response = deliver(client, running, raw, signature)
 
     assert response.status_code == 204
+    assert len(polls_of(fresh_sandbox, running)) == 1  # asked the provider at once, with our own key
     running.refresh_from_db()
-    assert before <= running.next_poll_at <= timezone.now()  # due now, not in a minute
-    assert [e.what for e in running.events.all()] == ["webhook"]
+    assert running.status == "running"  # the sandbox says it is still working, whatever the body says
+    assert before < running.next_poll_at < timezone.now() + timedelta(seconds=30)  # not a minute away any more
+    assert [e.what for e in running.events.all()][-1] == "webhook"
     assert ("sweep", ()) in drain.queue
 
 
-def test_it_trusts_nothing_in_the_body(client, running, drain, no_network):
+def test_it_trusts_nothing_in_the_body(client, running, drain, fresh_sandbox):
     # A correctly signed but hostile body: a foreign image URL, a success it did not earn, another job's id.
     raw = event(
         job_id="00000000-0000-4000-8000-00000000dead",
@@ -130,8 +135,11 @@ def test_it_trusts_nothing_in_the_body(client, running, drain, no_network):
     assert running.image_urls == []
     assert running.provider_done_at is None and running.provider_cost == ""
     assert not running.images.exists()
-    assert [name for name, _ in drain.queue] == ["sweep"]  # a poll through our own API key, nothing more
-    assert not running.ledger.exists()
+    # One poll of our own job through our own API key, nothing else: not the body's job, not its URL.
+    assert len(polls_of(fresh_sandbox, running)) == 1
+    assert not [r for r in fresh_sandbox.requests if "dead" in r.path]
+    assert "ingest" not in [name for name, _ in drain.queue]
+    assert list(running.ledger.values_list("kind", flat=True)) == ["reserve"]
 
 
 @pytest.mark.parametrize(
@@ -179,7 +187,7 @@ def test_it_refuses_a_bad_signature_without_writing(client, running, drain, case
     assert writes(queries.captured_queries) == []
     running.refresh_from_db()
     assert running.next_poll_at == poll_at
-    assert not running.events.exists()
+    assert not running.events.filter(what="webhook").exists()
     assert drain.queue == []
 
 
@@ -221,7 +229,7 @@ def test_it_ignores_a_webhook_for_a_finished_job(client, running, drain):
     raw = event()
     response = deliver(client, running, raw, apiframe_signature(KEY, raw))
     assert response.status_code == 204
-    assert not running.events.exists()
+    assert not running.events.filter(what="webhook").exists()
     assert drain.queue == []
 
 

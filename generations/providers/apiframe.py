@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 from collections.abc import Mapping
 
 from .base import (
@@ -114,6 +115,22 @@ class Apiframe(Adapter):
 
     def build_check(self) -> HttpCall:
         return HttpCall("GET", "/v2/me", self.headers())
+
+    def error_message(self, reply: Reply) -> str:
+        """A 400 names what is wrong in `details`, keyed by JSON path [A7][A8 errors.ts]; `error` alone is
+        only "Validation failed", which tells nobody what to change."""
+        message = super().error_message(reply)
+        try:
+            details = json.loads(reply.body).get("details")
+        except (ValueError, AttributeError):
+            return message
+        if not isinstance(details, dict) or not details:
+            return message
+        parts = [
+            f"{path}: {'; '.join(str(p) for p in problems) if isinstance(problems, list) else problems}"
+            for path, problems in list(details.items())[:3]
+        ]
+        return f"{message} ({', '.join(parts)})"
 
     def verify_webhook(self, headers: Mapping[str, str], body: bytes) -> bool:
         """HMAC-SHA256 over the raw body keyed with the raw SHA-256 digest of the API key; the header is

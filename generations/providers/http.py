@@ -62,8 +62,19 @@ def send(adapter: Adapter, call: HttpCall, timeout: float | None = None) -> Repl
     except httpx.ConnectError:
         raise ProviderError(ProviderError.SERVER, f"Could not connect to {adapter.label}.", unsent=True) from None
     except httpx.HTTPError as exc:
-        raise ProviderError(ProviderError.SERVER, f"Could not reach {adapter.label}: {type(exc).__name__}.") from None
+        raise ProviderError(ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}.") from None
     return Reply(response.status_code, response.headers, response.content)
+
+
+def broke(exc: httpx.HTTPError) -> str:
+    """What went wrong on the wire, in words a user can act on (never an exception's class name)."""
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "closed before a complete answer arrived"
+    if isinstance(exc, httpx.ConnectError):
+        return "could not be opened"
+    if isinstance(exc, httpx.ReadError | httpx.WriteError):
+        return "broke off mid-answer"
+    return "failed"
 
 
 async def send_async(http: httpx.AsyncClient, adapter: Adapter, call: HttpCall) -> Reply:
@@ -71,6 +82,8 @@ async def send_async(http: httpx.AsyncClient, adapter: Adapter, call: HttpCall) 
         response = await http.request(call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json)
     except httpx.TimeoutException:
         raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
-    except (TimeoutError, httpx.HTTPError) as exc:
-        raise ProviderError(ProviderError.SERVER, f"Could not reach {adapter.label}: {type(exc).__name__}.") from None
+    except TimeoutError:
+        raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
+    except httpx.HTTPError as exc:
+        raise ProviderError(ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}.") from None
     return Reply(response.status_code, response.headers, response.content)
