@@ -11,11 +11,13 @@ locks the user's credit row first so concurrent money moves on PostgreSQL queue 
 from __future__ import annotations
 
 import math
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q, Sum
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .models import CreditAccount, Generation, LedgerEntry, Price, ProviderAccount, Quota, Usage
@@ -35,7 +37,15 @@ DEFAULT_PRICES: dict[tuple[str, str], dict[str, int]] = {
 class Refusal(Exception):
     """A create the user may not make now, with the reason in words and the HTTP status the API uses."""
 
-    def __init__(self, code: str, message: str, *, status: int, retry_after: int | None = None, field: str | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int,
+        retry_after: int | None = None,
+        field: str | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -54,12 +64,16 @@ def tier_for(megapixels: float) -> str:
 
 
 def price_table(kind: str, model: str, at: datetime | None = None) -> dict[str, int]:
-    """The prices in force for one provider kind and model: tier -> credits."""
+    """The prices in force for one provider kind and model: tier -> credits. Per tier the newest row whose
+    date has passed wins; a tier no row names keeps its default, so a row for one tier cannot make the
+    others unpriced (and every create at those sizes refused)."""
     at = at or timezone.now()
-    table: dict[str, int] = {}
-    for price in Price.objects.filter(kind=kind, model=model, effective_from__lte=at).order_by("effective_from"):
+    table = dict(DEFAULT_PRICES.get((kind, model), {}))
+    for price in Price.objects.filter(kind=kind, model=model, effective_from__lte=at).order_by(
+        "effective_from"
+    ):
         table[price.tier] = price.credits
-    return table or dict(DEFAULT_PRICES.get((kind, model), {}))
+    return table
 
 
 @dataclass(frozen=True)
@@ -76,27 +90,41 @@ class Quote:
         return self.per_image * stored + (self.references if stored else 0)
 
 
-def quote(kind: str, request: GenerationRequest, reference_megapixels: list[float] = (), table=None) -> Quote:
+def billed_megapixels(request: GenerationRequest) -> float:
+    """The size the price is for. A ratio at a chosen tier is rounded to multiples of 16 px, which can
+    land a hair above the tier (1:1 at 2 MP is 1456x1456 = 2.02 MP, 5:4 at 1 MP is 1.002 MP); providers
+    render and bill the tier asked for, so that tier is the price. Explicit pixel sizes pay for their area."""
+    if request.width and request.height:
+        return request.output_megapixels
+    return request.megapixels or 1.0
+
+
+def quote(kind: str, request: GenerationRequest, table=None) -> Quote:
     table = table if table is not None else price_table(kind, request.model)
-    tier = tier_for(request.output_megapixels)
+    tier = tier_for(billed_megapixels(request))
     if tier not in table:
-        raise Refusal("no_price", f"No price is set for {request.model} at {tier} on {kind}; ask an admin.", status=400)
+        raise Refusal(
+            "no_price", f"No price is set for {request.model} at {tier} on {kind}; ask an admin.", status=400
+        )
     per_input_mp = table.get("input_mp", 0)
-    references = sum(per_input_mp * max(1, math.ceil(mp - 1e-9)) for mp in reference_megapixels)
+    references = sum(per_input_mp * max(1, math.ceil(mp - 1e-9)) for mp in request.reference_megapixels)
     return Quote(per_image=table[tier], references=references, n=request.n)
 
 
 # -- accounts -------------------------------------------------------------------------------------------
 def account_for(user, *, lock: bool = False) -> CreditAccount:
-    """The user's credit row, created on first use. Concurrent first requests race on the unique user id,
-    and the loser reads the winner's row, so a brand-new user is limited like any other (litellm#40095)."""
-    try:
-        with transaction.atomic():
-            account, _ = CreditAccount.objects.get_or_create(user=user)
-    except IntegrityError:
-        account = CreditAccount.objects.get(user=user)
-    if lock:
-        account = CreditAccount.objects.select_for_update().get(pk=account.pk)
+    """The user's credit row (locked with `lock`, inside a transaction), created on first use. Concurrent
+    first requests race on the unique user id and the loser reads the winner's row, so a brand-new user
+    is limited like any other (litellm#40095). One query when the row exists, as it nearly always does."""
+    rows = CreditAccount.objects.select_for_update() if lock else CreditAccount.objects.all()
+    account = rows.filter(user=user).first()
+    if account is None:
+        try:
+            with transaction.atomic():
+                CreditAccount.objects.create(user=user)
+        except IntegrityError:
+            pass  # a concurrent first request created it
+        account = rows.get(user=user)
     return account
 
 
@@ -106,17 +134,25 @@ def grant(user, amount: int, *, admin=None, note: str = "") -> LedgerEntry:
     with transaction.atomic():
         account = account_for(user, lock=True)
         CreditAccount.objects.filter(pk=account.pk).update(balance=F("balance") + amount)
-        return LedgerEntry.objects.create(user=user, kind=LedgerEntry.Kind.GRANT, amount=amount, admin=admin, note=note)
+        return LedgerEntry.objects.create(
+            user=user, kind=LedgerEntry.Kind.GRANT, amount=amount, admin=admin, note=note
+        )
 
 
 def adjust(user, amount: int, *, admin, note: str) -> LedgerEntry:
     """An admin correction, up or down; it cannot take away credits that are held or already gone."""
+    if not amount:
+        raise ValueError("An adjustment must move some credits.")
+    if not note.strip():
+        raise ValueError("An adjustment needs a note saying why; the ledger keeps it.")
     with transaction.atomic():
         account = account_for(user, lock=True)
         if amount < 0 and account.available < -amount:
             raise ValueError(f"{user} has only {account.available} credits available to take away.")
         CreditAccount.objects.filter(pk=account.pk).update(balance=F("balance") + amount)
-        return LedgerEntry.objects.create(user=user, kind=LedgerEntry.Kind.ADJUST, amount=amount, admin=admin, note=note)
+        return LedgerEntry.objects.create(
+            user=user, kind=LedgerEntry.Kind.ADJUST, amount=amount, admin=admin, note=note
+        )
 
 
 # -- quotas ---------------------------------------------------------------------------------------------
@@ -148,15 +184,21 @@ def limits_for(user) -> dict[str, int | None]:
 
 
 def usage_row(*, user=None, account=None, window: str) -> Usage:
-    try:
-        with transaction.atomic():
-            row, _ = Usage.objects.get_or_create(user=user, account=account, window=window)
-    except IntegrityError:
-        row = Usage.objects.get(user=user, account=account, window=window)
+    """A window's counters, created on first use; like `account_for`, a concurrent first use reads the
+    winner's row."""
+    row = Usage.objects.filter(user=user, account=account, window=window).first()
+    if row is None:
+        try:
+            with transaction.atomic():
+                row = Usage.objects.create(user=user, account=account, window=window)
+        except IntegrityError:
+            row = Usage.objects.get(user=user, account=account, window=window)
     return row
 
 
-def count_usage(row: Usage, *, images: int = 0, credits: int = 0, image_limit=None, credit_limit=None) -> bool:
+def count_usage(
+    row: Usage, *, images: int = 0, credits: int = 0, image_limit=None, credit_limit=None
+) -> bool:
     """Add to a window's counters only if that keeps them within the limits; one conditional UPDATE."""
     rows = Usage.objects.filter(pk=row.pk)
     if image_limit is not None:
@@ -204,33 +246,35 @@ def hold_quotas(user, account: ProviderAccount, n: int, amount: int, now: dateti
             status=429,
             retry_after=until(resets, now),
         )
-    if account.monthly_spend_cap is not None:
-        spent = usage_row(account=account, window=month_window(now))
-        if not count_usage(spent, credits=amount, credit_limit=account.monthly_spend_cap):
-            resets = next_month(now)
-            raise Refusal(
-                "quota_provider_cap",
-                f"The {account.slug} provider account has reached its monthly spend cap of "
-                f"{account.monthly_spend_cap} credits; it resets on {resets:%Y-%m-%d} UTC. Try another provider.",
-                status=429,
-                retry_after=until(resets, now),
-            )
+    # Counted with or without a cap: refunds give spend back to this row, so a cap set mid-month must
+    # find every hold in it (otherwise an older job's refund takes a newer one's spend off, or below 0).
+    spent = usage_row(account=account, window=month_window(now))
+    if not count_usage(spent, credits=amount, credit_limit=account.monthly_spend_cap):
+        resets = next_month(now)
+        raise Refusal(
+            "quota_provider_cap",
+            f"The {account.slug} provider account has reached its monthly spend cap of "
+            f"{account.monthly_spend_cap} credits; it resets on {resets:%Y-%m-%d} UTC. Try another provider.",
+            status=429,
+            retry_after=until(resets, now),
+        )
 
 
 def release_usage(generation: Generation, *, images: int, credits: int) -> None:
     """Give back the part of a generation's counted usage that was not delivered, in the windows it was
-    counted in."""
+    counted in (engine.create stamps `created_at` with the moment it counted). Counters stop at zero: a
+    usage row must never be able to make a refund fail."""
     if not (images or credits):
         return
     when = generation.created_at
     Usage.objects.filter(user=generation.user_id, account=None, window=day_window(when)).update(
-        images=F("images") - images
+        images=Greatest(F("images") - images, 0)
     )
     Usage.objects.filter(user=generation.user_id, account=None, window=month_window(when)).update(
-        credits=F("credits") - credits
+        credits=Greatest(F("credits") - credits, 0)
     )
     Usage.objects.filter(account=generation.account_id, user=None, window=month_window(when)).update(
-        credits=F("credits") - credits
+        credits=Greatest(F("credits") - credits, 0)
     )
 
 
@@ -261,6 +305,11 @@ def settle(generation: Generation, charge: int, *, images: int = 0, note: str = 
         account = account_for(generation.user, lock=True)
         if LedgerEntry.objects.filter(generation=generation, kind__in=["settle", "refund"]).exists():
             return False
+        # The hold ends with the job: callers make the terminal transition first, in this transaction.
+        # Ending it while the job is in flight would leave a queued job holding nothing.
+        status = Generation.objects.filter(pk=generation.pk).values_list("status", flat=True).get()
+        if status not in Generation.TERMINAL:
+            raise ValueError(f"Generation {generation.pk} is still {status}; its hold ends when it does.")
         held = generation.credits_reserved
         charge = max(0, min(charge, held))
         released = held - charge
@@ -269,11 +318,18 @@ def settle(generation: Generation, charge: int, *, images: int = 0, note: str = 
         )
         if charge:
             LedgerEntry.objects.create(
-                user_id=generation.user_id, kind=LedgerEntry.Kind.SETTLE, amount=charge, generation=generation, note=note
+                user_id=generation.user_id,
+                kind=LedgerEntry.Kind.SETTLE,
+                amount=charge,
+                generation=generation,
+                note=note,
             )
         if released or not charge:
             LedgerEntry.objects.create(
-                user_id=generation.user_id, kind=LedgerEntry.Kind.REFUND, amount=released, generation=generation,
+                user_id=generation.user_id,
+                kind=LedgerEntry.Kind.REFUND,
+                amount=released,
+                generation=generation,
                 note=note,
             )
         Generation.objects.filter(pk=generation.pk).update(credits_charged=charge, credits_refunded=released)
@@ -288,32 +344,53 @@ def refund(generation: Generation, note: str = "") -> bool:
 
 # -- audit ------------------------------------------------------------------------------------------------
 def reconcile() -> list[str]:
-    """Every way the balances disagree with the ledger; empty when the books are clean."""
+    """Every way the balances disagree with the ledger; empty when the books are clean. Three plain
+    queries (ledger sums per user, generation and kind; the generations; the accounts) compared here."""
     problems = []
-    sums: dict[int, dict[str, int]] = {}
-    for row in LedgerEntry.objects.values("user_id", "kind").annotate(total=Sum("amount")):
-        sums.setdefault(row["user_id"], {})[row["kind"]] = row["total"]
-    open_holds = dict(
-        LedgerEntry.objects.filter(kind="reserve", generation__status__in=Generation.IN_FLIGHT)
-        .values_list("user_id")
-        .annotate(total=Sum("amount"))
-    )
-    for account in CreditAccount.objects.select_related("user"):
-        kinds = sums.get(account.user_id, {})
-        balance = kinds.get("grant", 0) + kinds.get("adjust", 0) - kinds.get("settle", 0)
-        reserved = kinds.get("reserve", 0) - kinds.get("settle", 0) - kinds.get("refund", 0)
-        if account.balance != balance:
-            problems.append(f"{account.user}: balance {account.balance} but the ledger says {balance}")
-        if account.reserved != reserved:
-            problems.append(f"{account.user}: reserved {account.reserved} but the ledger says {reserved}")
-        if account.reserved != open_holds.get(account.user_id, 0):
-            problems.append(
-                f"{account.user}: reserved {account.reserved} but in-flight holds add up to "
-                f"{open_holds.get(account.user_id, 0)}"
-            )
-    for generation in Generation.objects.filter(status__in=Generation.TERMINAL).annotate(
-        ends=Sum("ledger__amount", filter=Q(ledger__kind__in=["settle", "refund"]))
+    per_user: dict[int, Counter] = defaultdict(Counter)
+    per_job: dict[int, Counter] = defaultdict(Counter)
+    for user_id, generation_id, kind, total in (
+        LedgerEntry.objects.order_by().values_list("user_id", "generation_id", "kind").annotate(Sum("amount"))
     ):
-        if generation.ends != generation.credits_reserved:
-            problems.append(f"generation {generation.pk}: settled {generation.ends} of a {generation.credits_reserved} hold")
+        per_user[user_id][kind] += total
+        if generation_id is not None:
+            per_job[generation_id][kind] = total  # one entry per kind and generation (a unique constraint)
+    open_holds: Counter = Counter()
+    jobs = Generation.objects.order_by("pk").values_list(
+        "pk", "user_id", "status", "credits_reserved", "credits_charged", "credits_refunded"
+    )
+    for pk, user_id, status, reserved, charged, refunded in jobs:
+        ledger = per_job.get(pk, Counter())
+        ends = ledger.keys() & {"settle", "refund"}
+        if status in Generation.IN_FLIGHT:
+            open_holds[user_id] += ledger["reserve"]
+        if ledger["reserve"] != reserved:
+            problems.append(f"generation {pk}: holds {reserved} but the ledger reserved {ledger['reserve']}")
+        elif status in Generation.IN_FLIGHT:
+            if ends:
+                problems.append(f"generation {pk}: {status} but its hold has ended")
+        elif not ends or ledger["settle"] + ledger["refund"] != reserved:
+            problems.append(
+                f"generation {pk}: settled {ledger['settle'] + ledger['refund']} of a {reserved} hold"
+            )
+        elif (charged, refunded) != (ledger["settle"], ledger["refund"]):
+            problems.append(
+                f"generation {pk}: charged {charged} and refunded {refunded} "
+                f"but the ledger says {ledger['settle']} and {ledger['refund']}"
+            )
+    accounts = CreditAccount.objects.values_list("user_id", "user__username", "balance", "reserved")
+    for user_id, username, balance, reserved in accounts:
+        kinds = per_user.pop(user_id, Counter())
+        owned = kinds["grant"] + kinds["adjust"] - kinds["settle"]
+        held = kinds["reserve"] - kinds["settle"] - kinds["refund"]
+        if balance != owned:
+            problems.append(f"{username}: balance {balance} but the ledger says {owned}")
+        if reserved != held:
+            problems.append(f"{username}: reserved {reserved} but the ledger says {held}")
+        if reserved != open_holds[user_id]:
+            problems.append(
+                f"{username}: reserved {reserved} but in-flight holds add up to {open_holds[user_id]}"
+            )
+    for user_id in per_user:
+        problems.append(f"user {user_id}: has ledger entries but no credit account")
     return problems

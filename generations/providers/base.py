@@ -111,15 +111,17 @@ def resolve_dimensions(
     aspect_ratio: str | None, width: int | None, height: int | None, megapixels: float | None, *, multiple: int = 16
 ) -> tuple[int, int]:
     """Width and height in pixels: explicit ones win, otherwise the ratio at `megapixels` (default 1 MP),
-    rounded to `multiple` because BFL-family backends require multiples of 16 [B1]."""
+    in multiples of `multiple` because BFL-family backends require multiples of 16 [B1]."""
     if width and height:
         return int(width), int(height)
     w, h = parse_ratio(aspect_ratio or "1:1")
     area = (megapixels or 1.0) * MEGAPIXEL
     unit = math.sqrt(area / (w * h))
+    # Rounded down, so the area never passes the tier: providers that bill the pixels sent (MaxAPI doubles
+    # above 1024x1024) charge the tier the user picked.
     return (
-        max(multiple, round(w * unit / multiple) * multiple),
-        max(multiple, round(h * unit / multiple) * multiple),
+        max(multiple, math.floor(w * unit / multiple + 1e-9) * multiple),
+        max(multiple, math.floor(h * unit / multiple + 1e-9) * multiple),
     )
 
 
