@@ -86,7 +86,7 @@ def test_it_names_flux_pro_2(adapter):
     [
         ({}, "1024x1024"),
         ({"megapixels": 0.25}, "512x512"),
-        ({"megapixels": 2.0}, "1456x1456"),
+        ({"megapixels": 2.0}, "1440x1440"),
         ({"aspect_ratio": "16:9"}, "1360x768"),
         ({"aspect_ratio": "4:1", "megapixels": 0.25}, "1024x256"),
         ({"width": 256, "height": 256}, "256x256"),

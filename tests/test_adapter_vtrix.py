@@ -73,9 +73,9 @@ def test_it_builds_the_wrapped_request(adapter):
 @pytest.mark.parametrize(
     "kwargs,size",
     [
-        ({"megapixels": 0.5, "aspect_ratio": "3:2"}, (880, 592)),
+        ({"megapixels": 0.5, "aspect_ratio": "3:2"}, (880, 576)),
         ({"aspect_ratio": "16:9"}, (1360, 768)),
-        ({"megapixels": 2.0, "aspect_ratio": "9:16"}, (1088, 1936)),
+        ({"megapixels": 2.0, "aspect_ratio": "9:16"}, (1072, 1920)),
         ({"megapixels": 4.0}, (2048, 2048)),
         ({"width": 1024, "height": 768}, (1024, 768)),
         ({"width": 64, "height": 2048}, (64, 2048)),

@@ -52,7 +52,6 @@ class Case:
     per_image: int  # the documented price, in credits
     n: int = 1
     refs: int = 0
-    xfail: str = ""  # why the price is expected to differ from the documented one
 
 
 def max_price(options: dict, size: tuple[int, int]) -> int:
@@ -62,16 +61,20 @@ def max_price(options: dict, size: tuple[int, int]) -> int:
     return MAX_TIERS[next(t for t in MAX_TIERS if picked <= t + 1e-9)]
 
 
+def sent_size(ratio: str, megapixels: float) -> tuple[int, int]:
+    """The pixels FluxWeb sends for a ratio at a tier to a provider that takes pixels (MaxAPI, Vtrix): sides in
+    multiples of 16 [B1], rounded down so the area never passes the tier the user picked and pays for."""
+    w, h = (int(part) for part in ratio.split(":"))
+    unit = math.sqrt(megapixels * MP / (w * h))
+    return max(16, int(w * unit // 16) * 16), max(16, int(h * unit // 16) * 16)
+
+
 def maxapi(model: str, name: str, options: dict, size: tuple[int, int], n: int = 1) -> Case:
-    """MaxAPI bills what it renders: the price doubles "for resolutions above 1024*1024" [S000], and FluxWeb
-    sends it the pixel size, so 4:5 at 1 MP (912x1152 = 1.002 MP) costs FluxWeb the doubled price."""
+    """MaxAPI bills what it renders: the price doubles "for resolutions above 1024*1024" [S000]."""
     w, h = size
     sent = {"model": model, "prompt": PROMPT, "n": n, "size": f"{w}x{h}"}
     price = MAXAPI_PRICE[model] * (1 if w * h <= MP else 2)
-    xfail = ""
-    if w * h > MP and "width" not in options and options.get("megapixels", 1.0) <= 1.0:
-        xfail = "credits.billed_megapixels prices MaxAPI by the tier picked; MaxAPI bills the pixels sent"
-    return Case(name, "maxapi", model, options, sent, size, "jpeg", price, n, 0, xfail)
+    return Case(name, "maxapi", model, options, sent, size, "jpeg", price, n, 0)
 
 
 def vtrix(name: str, options: dict, size: tuple[int, int], refs: int = 0, **extra) -> Case:
@@ -145,19 +148,20 @@ GROUPS: dict[str, list[Case]] = {
                 maxapi(model, "n=4", {"n": 4}, (1024, 1024), n=4),
                 maxapi(model, "n=2 16:9", {"n": 2, "aspect_ratio": "16:9"}, (1360, 768), n=2),
                 maxapi(model, "0.25 MP", {"megapixels": 0.25}, (512, 512)),
-                maxapi(model, "2 MP 3:2", {"megapixels": 2, "aspect_ratio": "3:2"}, implied_size("3:2", 2)),
+                maxapi(model, "2 MP 3:2", {"megapixels": 2, "aspect_ratio": "3:2"}, sent_size("3:2", 2)),
                 maxapi(model, "800x600", {"width": 800, "height": 600}, (800, 600)),
                 maxapi(model, "256x256", {"width": 256, "height": 256}, (256, 256)),
             ],
-            "4:5-above-1024x1024": [maxapi(model, "4:5", {"aspect_ratio": "4:5"}, (912, 1152))],
+            # 4:5 at 1 MP stays within 1024*1024 pixels, so it is not the doubled price.
+            "4:5-within-1024x1024": [maxapi(model, "4:5", {"aspect_ratio": "4:5"}, sent_size("4:5", 1))],
         }.items()
     },
     "vtrix-sizes": [
         vtrix("defaults", {}, (1024, 1024)),
         vtrix("9:16", {"aspect_ratio": "9:16"}, (768, 1360)),
-        vtrix("21:9", {"aspect_ratio": "21:9"}, implied_size("21:9", 1)),
+        vtrix("21:9", {"aspect_ratio": "21:9"}, sent_size("21:9", 1)),
         vtrix("0.5 MP", {"megapixels": 0.5}, (720, 720)),
-        vtrix("2 MP", {"megapixels": 2}, implied_size("1:1", 2)),
+        vtrix("2 MP", {"megapixels": 2}, sent_size("1:1", 2)),
         vtrix("4 MP", {"megapixels": 4}, (2048, 2048)),
         vtrix("1024x768", {"width": 1024, "height": 768}, (1024, 768)),
         vtrix("512x2048", {"width": 512, "height": 2048}, (512, 2048)),
@@ -206,9 +210,7 @@ GROUPS: dict[str, list[Case]] = {
 
 
 def group_param(name: str, cases: list[Case]):
-    reasons = {case.xfail for case in cases if case.xfail}
-    marks = [pytest.mark.xfail(raises=PriceMismatch, strict=True, reason=reason) for reason in reasons]
-    return pytest.param(cases, id=name, marks=marks)
+    return pytest.param(cases, id=name)
 
 
 @pytest.fixture(scope="session")
