@@ -35,7 +35,6 @@ SWEEP_TICK = 0.2  # how often an idle sweeper looks for newly due jobs: one inde
 # A claimed submit is not handed out again for this long: longer than the slowest synchronous call (MaxAPI
 # holds the request until the image is made; see synchronous_timeout).
 SUBMIT_LEASE_SECONDS = 135
-DEFAULT_EXPECTED = {"maxapi": 5.0, "vtrix": 20.0, "apiframe": 20.0, "pixeldojo": 44.0}
 
 
 class CreateError(Exception):
@@ -76,13 +75,12 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
         except Unsupported as exc:
             refusals.append(exc)
             continue
-        choices.append((account.priority, credits.quote(account.kind, request).total, account))
+        choices.append((account.priority, credits.quote(account.kind, request), account))
     if not choices:
         first = refusals[0]
         raise credits.Refusal("unsupported", first.message, status=400, field=first.field)
-    choices.sort(key=lambda c: (c[0], c[1], c[2].slug))
-    account = choices[0][2]
-    return account, credits.quote(account.kind, request)
+    _, price, account = min(choices, key=lambda c: (c[0], c[1].total, c[2].slug))
+    return account, price
 
 
 # -- create -------------------------------------------------------------------------------------------------

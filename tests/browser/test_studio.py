@@ -94,7 +94,8 @@ def test_it_sends_an_uploaded_reference_image_to_the_provider(page, bob, account
     log_in(page, "bob", "pw-bob-123")
     page.fill("textarea[name=prompt]", "the same scene in winter")
     page.select_option("select[name=provider]", "sb-apiframe")
-    page.wait_for_selector("input[name=reference_files]")
+    # Choosing a provider re-renders the options (file input included): attach the file after that.
+    page.wait_for_selector("#model-options select[name=provider] option[value=sb-apiframe][selected]", state="attached")
     page.set_input_files("input[name=reference_files]", str(picture))
     page.click("#generate-button")
     page.locator("#jobs article.job .images img").first.wait_for(timeout=30000)

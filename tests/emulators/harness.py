@@ -55,12 +55,10 @@ class Api:
 
 
 def fast_engine(monkeypatch, sweep_slice: float = 0.3, first_poll: float = 0.1) -> None:
-    """Test pacing, not behaviour: the first poll comes `first_poll` s after submit and later ones every
-    0.35 s (the providers' documented 20-44 s averages would make the first one 2-4 s away), and the
-    sweeper works in short slices so a job that never ends fails an assertion instead of sleeping 50 s."""
+    """Test pacing, not behaviour: the first poll comes `first_poll` s after submit, and the sweeper works
+    in short slices so a job that never ends fails an assertion instead of sleeping 50 s."""
     from generations import tasks
 
-    monkeypatch.setattr(engine, "DEFAULT_EXPECTED", dict.fromkeys(engine.DEFAULT_EXPECTED, 1.0))
     monkeypatch.setattr(engine, "first_poll_delay", lambda account: first_poll)
     monkeypatch.setattr(tasks, "sweep", lambda: engine.sweep(seconds=sweep_slice))
 
