@@ -224,9 +224,13 @@ class Bench:
         self.sandbox.set_latency(*LATENCY)
         log(f"sandbox on {self.sandbox.url}, latency uniform {LATENCY[0]:g}..{LATENCY[1]:g} s")
 
-        self.user = get_user_model().objects.create_user("bench", "bench@example.invalid", secrets.token_urlsafe(16))
+        self.user = get_user_model().objects.create_user(
+            "bench", "bench@example.invalid", secrets.token_urlsafe(16)
+        )
         credits.grant(self.user, 10_000_000, note="bench credits")
-        account = ProviderAccount(slug=ACCOUNT, kind=PROVIDER, base_url=self.sandbox.base_url(PROVIDER), priority=0)
+        account = ProviderAccount(
+            slug=ACCOUNT, kind=PROVIDER, base_url=self.sandbox.base_url(PROVIDER), priority=0
+        )
         account.set_api_key(API_KEY)
         account.save()
         self.account = account
@@ -236,9 +240,15 @@ class Bench:
         from django.core.wsgi import get_wsgi_application
 
         self.httpd = make_server(
-            "127.0.0.1", 0, get_wsgi_application(), server_class=ThreadingWSGIServer, handler_class=QuietHandler
+            "127.0.0.1",
+            0,
+            get_wsgi_application(),
+            server_class=ThreadingWSGIServer,
+            handler_class=QuietHandler,
         )
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="bench-wsgi", daemon=True).start()
+        threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="bench-wsgi", daemon=True
+        ).start()
         url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         log(f"Django app (wsgiref, threaded) on {url}")
         return url
@@ -249,7 +259,11 @@ class Bench:
         t = time.perf_counter()
         self.qcluster = subprocess.Popen(
             [sys.executable, str(ROOT / "manage.py"), "qcluster"],
-            env=env, cwd=ROOT, stdout=self.qlog, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            cwd=ROOT,
+            stdout=self.qlog,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         # Ready when it has run a task: enqueue a no-op and wait for its result.
         from django_q.tasks import async_task, result
@@ -258,12 +272,16 @@ class Bench:
         deadline = time.monotonic() + 30
         while result(task_id) is None:
             if self.qcluster.poll() is not None:
-                raise RuntimeError(f"qcluster exited with {self.qcluster.returncode}; see {self.tmp / 'qcluster.log'}")
+                raise RuntimeError(
+                    f"qcluster exited with {self.qcluster.returncode}; see {self.tmp / 'qcluster.log'}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError("qcluster did not run a task within 30 s")
             time.sleep(0.05)
         broker = "Redis" if self.redis else "ORM"
-        log(f"qcluster pid {self.qcluster.pid} ({broker} broker, webhooks to {site_url}) ready in {time.perf_counter() - t:.1f} s")
+        log(
+            f"qcluster pid {self.qcluster.pid} ({broker} broker, webhooks to {site_url}) ready in {time.perf_counter() - t:.1f} s"
+        )
 
     def stop_qcluster(self) -> None:
         proc, self.qcluster = self.qcluster, None
@@ -333,20 +351,32 @@ class Bench:
     def request(self, prompt: str):
         from generations.providers import GenerationRequest
 
-        return GenerationRequest(prompt=prompt, model=MODEL, aspect_ratio="1:1", megapixels=1.0, output_format="jpeg")
+        return GenerationRequest(
+            prompt=prompt, model=MODEL, aspect_ratio="1:1", megapixels=1.0, output_format="jpeg"
+        )
 
     def create_engine(self, phase: str, i: int) -> Job:
         from generations import engine
 
         t0 = time.time()
-        generation, _ = engine.create(self.user, self.request(f"bench {phase} job {i}: a lighthouse at dusk"), provider=ACCOUNT)
+        generation, _ = engine.create(
+            self.user, self.request(f"bench {phase} job {i}: a lighthouse at dusk"), provider=ACCOUNT
+        )
         return Job(phase, generation.pk, t0, time.time())
 
     def create_api(self, client, web: str, phase: str, i: int) -> Job:
-        body = {"prompt": f"bench {phase} job {i}: a lighthouse at dusk", "model": MODEL, "aspect_ratio": "1:1",
-                "megapixels": 1.0, "output_format": "jpeg", "provider": ACCOUNT}
+        body = {
+            "prompt": f"bench {phase} job {i}: a lighthouse at dusk",
+            "model": MODEL,
+            "aspect_ratio": "1:1",
+            "megapixels": 1.0,
+            "output_format": "jpeg",
+            "provider": ACCOUNT,
+        }
         t0 = time.time()
-        response = client.post(f"{web}/api/v1/generations", json=body, headers={"Authorization": f"Bearer {self.token}"})
+        response = client.post(
+            f"{web}/api/v1/generations", json=body, headers={"Authorization": f"Bearer {self.token}"}
+        )
         t1 = time.time()
         if response.status_code != 202:
             raise RuntimeError(f"API create answered {response.status_code}: {response.text[:300]}")
@@ -379,9 +409,15 @@ class Bench:
         from generations.models import Generation
 
         requests = [r for r in self.sandbox.requests if r.provider == PROVIDER]
-        deliveries = {d["job"]: d for d in self.sandbox.deliveries if d["provider"] == PROVIDER and d["event"] == "completed"}
+        deliveries = {
+            d["job"]: d
+            for d in self.sandbox.deliveries
+            if d["provider"] == PROVIDER and d["event"] == "completed"
+        }
         history = list(
-            Generation.objects.filter(account=self.account, provider_done_at__isnull=False).values_list("provider_done_at", flat=True)
+            Generation.objects.filter(account=self.account, provider_done_at__isnull=False).values_list(
+                "provider_done_at", flat=True
+            )
         )
         for job in jobs:
             g = Generation.objects.get(pk=job.pk)
@@ -394,11 +430,19 @@ class Bench:
             if sandbox_job is not None:
                 job.ready = sandbox_job.completed_wall
             prefix = f"fluxweb-{g.pk}-"
-            submits = [r.time for r in requests if r.method == "POST" and r.path == SUBMIT_PATH
-                       and (r.headers.get("idempotency-key") or "").startswith(prefix)]
+            submits = [
+                r.time
+                for r in requests
+                if r.method == "POST"
+                and r.path == SUBMIT_PATH
+                and (r.headers.get("idempotency-key") or "").startswith(prefix)
+            ]
             job.submit_seen = min(submits) if submits else 0.0
-            job.polls = sorted(r.time for r in requests if r.method == "GET" and g.provider_job_id
-                               and r.path == POLL_PREFIX + g.provider_job_id)
+            job.polls = sorted(
+                r.time
+                for r in requests
+                if r.method == "GET" and g.provider_job_id and r.path == POLL_PREFIX + g.provider_job_id
+            )
             job.warm = g.started_at is not None and sum(1 for d in history if d < g.started_at) >= 3
             if g.provider_job_id in deliveries:
                 job.webhook_at = deliveries[g.provider_job_id]["time"]
@@ -408,21 +452,44 @@ class Bench:
         ok_jobs = [j for j in jobs if j.status == "succeeded" and j.ready and j.finished_at]
         failed = [j for j in jobs if j.status != "succeeded"]
         if failed:
-            self.rows.append(Row(f"{label}: jobs not succeeded", f"{len(failed)} of {len(jobs)} "
-                                 f"({', '.join(sorted({j.status for j in failed}))})", "0", False))
+            self.rows.append(
+                Row(
+                    f"{label}: jobs not succeeded",
+                    f"{len(failed)} of {len(jobs)} ({', '.join(sorted({j.status for j in failed}))})",
+                    "0",
+                    False,
+                )
+            )
         done = [j.provider_done_at - j.ready for j in ok_jobs if j.provider_done_at]
         fin = [j.finished_at - j.ready for j in ok_jobs]
         if fin:
             p50, p95 = pct(fin, 50), pct(fin, 95)
             if p50_target is not None:
-                self.rows.append(Row(f"{label}: ready -> succeeded p50", secs(p50), f"<= {p50_target:g} s", p50 <= p50_target))
-            self.rows.append(Row(f"{label}: ready -> succeeded p95", secs(p95), f"<= {p95_target:g} s", p95 <= p95_target))
+                self.rows.append(
+                    Row(
+                        f"{label}: ready -> succeeded p50",
+                        secs(p50),
+                        f"<= {p50_target:g} s",
+                        p50 <= p50_target,
+                    )
+                )
+            self.rows.append(
+                Row(f"{label}: ready -> succeeded p95", secs(p95), f"<= {p95_target:g} s", p95 <= p95_target)
+            )
         if done:
-            self.rows.append(Row(f"{label}:   detected (ready -> provider_done_at) p50 / p95",
-                                 f"{secs(pct(done, 50))} / {secs(pct(done, 95))}"))
+            self.rows.append(
+                Row(
+                    f"{label}:   detected (ready -> provider_done_at) p50 / p95",
+                    f"{secs(pct(done, 50))} / {secs(pct(done, 95))}",
+                )
+            )
             ingest = [j.finished_at - j.provider_done_at for j in ok_jobs if j.provider_done_at]
-            self.rows.append(Row(f"{label}:   ingest (provider_done_at -> succeeded) p50 / p95",
-                                 f"{secs(pct(ingest, 50))} / {secs(pct(ingest, 95))}"))
+            self.rows.append(
+                Row(
+                    f"{label}:   ingest (provider_done_at -> succeeded) p50 / p95",
+                    f"{secs(pct(ingest, 50))} / {secs(pct(ingest, 95))}",
+                )
+            )
 
     def poll_rows(self, jobs: list[Job], label: str, judged: bool) -> None:
         done = [j for j in jobs if j.status == "succeeded"]
@@ -437,13 +504,17 @@ class Bench:
         # Gaps between polls of one job that end before it was ready: the engine's "likely" cadence asks 0.35 s.
         gaps = [b - a for j in done for a, b in zip(j.polls, j.polls[1:], strict=False) if b <= j.ready]
         cold = sum(1 for j in done if not j.warm)
-        self.rows.append(Row(
-            f"{label}:   first poll after submit p50 / poll gap p50 / cold-submitted jobs",
-            f"{secs(pct(first, 50))} / {secs(pct(gaps, 50)) if gaps else '-'} / {cold} of {len(done)}",
-        ))
+        self.rows.append(
+            Row(
+                f"{label}:   first poll after submit p50 / poll gap p50 / cold-submitted jobs",
+                f"{secs(pct(first, 50))} / {secs(pct(gaps, 50)) if gaps else '-'} / {cold} of {len(done)}",
+            )
+        )
 
     def phase_polling(self, label: str) -> list[Job]:
-        log(f"{label}: polling only, {self.args.jobs} jobs {SPACING:g} s apart (webhooks go to a closed port)")
+        log(
+            f"{label}: polling only, {self.args.jobs} jobs {SPACING:g} s apart (webhooks go to a closed port)"
+        )
         jobs = self.run_jobs(label, lambda i: self.create_engine(label, i))
         self.lag_rows(jobs, label, 0.4, 1.0)
         self.poll_rows(jobs, label, judged=True)
@@ -459,8 +530,12 @@ class Bench:
         self.lag_rows(jobs, label, None, 0.3)
         delivered = [j.webhook_at - j.ready for j in jobs if j.webhook_at and j.ready]
         if delivered:
-            self.rows.append(Row(f"{label}:   webhook answered (ready -> 204 at the sandbox) p50 / p95",
-                                 f"{secs(pct(delivered, 50))} / {secs(pct(delivered, 95))}"))
+            self.rows.append(
+                Row(
+                    f"{label}:   webhook answered (ready -> 204 at the sandbox) p50 / p95",
+                    f"{secs(pct(delivered, 50))} / {secs(pct(delivered, 95))}",
+                )
+            )
         self.poll_rows(jobs, label, judged=False)
         return jobs
 
@@ -472,20 +547,39 @@ class Bench:
         broker = "Redis" if self.redis else "ORM"
         target = 0.030 if self.redis else 0.150
         p50 = pct(lags, 50)
-        self.rows.append(Row(f"create -> submit ({how} -> sandbox saw the POST), {broker} broker, p50 / p95",
-                             f"{ms(p50)} / {ms(pct(lags, 95))}", f"p50 <= {target * 1000:.0f} ms", p50 <= target))
+        self.rows.append(
+            Row(
+                f"create -> submit ({how} -> sandbox saw the POST), {broker} broker, p50 / p95",
+                f"{ms(p50)} / {ms(pct(lags, 95))}",
+                f"p50 <= {target * 1000:.0f} ms",
+                p50 <= target,
+            )
+        )
         returned = [j.t_created - j.t_create for j in jobs]
-        self.rows.append(Row(f"  {how.split(' ')[0]} call itself p50 / p95", f"{ms(pct(returned, 50))} / {ms(pct(returned, 95))}"))
+        self.rows.append(
+            Row(
+                f"  {how.split(' ')[0]} call itself p50 / p95",
+                f"{ms(pct(returned, 50))} / {ms(pct(returned, 95))}",
+            )
+        )
         # A fresh worker process pays one-time costs on its first task (task import, the httpx client and its
         # CA bundle, a DB connection): show the figure without the first Q_WORKERS jobs after the start.
         from django.conf import settings
 
         skip = range(cluster_start, cluster_start + settings.Q_WORKERS)
-        later = [j.submit_seen - (j.t_created if from_return else j.t_create) for i, j in enumerate(jobs)
-                 if j.submit_seen and i not in skip]
+        later = [
+            j.submit_seen - (j.t_created if from_return else j.t_create)
+            for i, j in enumerate(jobs)
+            if j.submit_seen and i not in skip
+        ]
         if later:
-            self.rows.append(Row(f"  without the first {settings.Q_WORKERS} jobs after the qcluster start (fresh workers) "
-                                 "p50 / p95", f"{ms(pct(later, 50))} / {ms(pct(later, 95))}"))
+            self.rows.append(
+                Row(
+                    f"  without the first {settings.Q_WORKERS} jobs after the qcluster start (fresh workers) "
+                    "p50 / p95",
+                    f"{ms(pct(later, 50))} / {ms(pct(later, 95))}",
+                )
+            )
 
     # -- media micro-benchmarks -------------------------------------------------------------------------------
     def media_rows(self) -> None:
@@ -494,7 +588,11 @@ class Bench:
         log("media: thumbnail and metadata micro-benchmarks, 2048x2048")
         photo = self.photo_like(2048)
         encoded = {}
-        for fmt, kwargs in (("jpeg", {"quality": 90}), ("webp", {"quality": 90, "method": 4}), ("png", {"compress_level": 6})):
+        for fmt, kwargs in (
+            ("jpeg", {"quality": 90}),
+            ("webp", {"quality": 90, "method": 4}),
+            ("png", {"compress_level": 6}),
+        ):
             out = io.BytesIO()
             photo.save(out, fmt.upper(), **kwargs)
             encoded[fmt] = out.getvalue()
@@ -502,7 +600,10 @@ class Bench:
         reps = 7 if self.args.quick else 15
         self.media_set("photo-like", encoded, reps, judged=True)
         # What the sandbox serves (a smooth gradient with a caption): what the ingest in phases 1-2 handled.
-        rendered = {fmt: sandbox_images.render(2048, 2048, fmt, "a lighthouse at dusk", 42) for fmt in ("jpeg", "webp", "png")}
+        rendered = {
+            fmt: sandbox_images.render(2048, 2048, fmt, "a lighthouse at dusk", 42)
+            for fmt in ("jpeg", "webp", "png")
+        }
         self.media_set("sandbox-rendered", rendered, reps, judged=False)
         self.rss_row()
 
@@ -527,8 +628,15 @@ class Bench:
     def media_set(self, kind: str, encoded: dict[str, bytes], reps: int, judged: bool) -> None:
         from generations import media
 
-        metadata = {"prompt": "a lighthouse at dusk, " * 10, "model": MODEL, "provider": PROVIDER, "seed": 123456789,
-                    "params": {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg"}, "generation": 1, "index": 0}
+        metadata = {
+            "prompt": "a lighthouse at dusk, " * 10,
+            "model": MODEL,
+            "provider": PROVIDER,
+            "seed": 123456789,
+            "params": {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg"},
+            "generation": 1,
+            "index": 0,
+        }
         targets = {"jpeg": 0.050, "webp": 0.050, "png": 0.200}
         embed_all = []
         for fmt, data in encoded.items():
@@ -543,7 +651,9 @@ class Bench:
             figure = f"thumbnail 2048² {fmt.upper()} ({kind}, {len(data) // 1024} KiB) -> 512 px, p50 (min)"
             measured = f"{ms(p50)} ({ms(min(times))})"
             if judged:
-                self.rows.append(Row(figure, measured, f"p50 <= {targets[fmt] * 1000:.0f} ms", p50 <= targets[fmt]))
+                self.rows.append(
+                    Row(figure, measured, f"p50 <= {targets[fmt] * 1000:.0f} ms", p50 <= targets[fmt])
+                )
             else:
                 self.rows.append(Row(figure, measured))
             embed = []
@@ -555,8 +665,16 @@ class Bench:
                 media.check_image(out)  # the spliced file still decodes
             embed_all.append((fmt, pct(embed, 50)))
         worst = max(v for _, v in embed_all)
-        figure = f"metadata embedding p50, {kind} (" + ", ".join(f"{f.upper()} {ms(v)}" for f, v in embed_all) + ")"
-        self.rows.append(Row(figure, ms(worst) + " worst", "<= 5 ms", worst <= 0.005) if judged else Row(figure, ms(worst) + " worst"))
+        figure = (
+            f"metadata embedding p50, {kind} ("
+            + ", ".join(f"{f.upper()} {ms(v)}" for f, v in embed_all)
+            + ")"
+        )
+        self.rows.append(
+            Row(figure, ms(worst) + " worst", "<= 5 ms", worst <= 0.005)
+            if judged
+            else Row(figure, ms(worst) + " worst")
+        )
 
     def rss_row(self) -> None:
         """Peak RSS one thumbnail adds, per format, each in a fresh process so no other heap hides it.
@@ -572,14 +690,27 @@ class Bench:
         grown = {}
         for fmt in ("jpeg", "webp", "png"):
             try:
-                done = subprocess.run([sys.executable, "-c", script, str(self.tmp / f"bench.{fmt}")], env=self.env,
-                                      cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+                done = subprocess.run(
+                    [sys.executable, "-c", script, str(self.tmp / f"bench.{fmt}")],
+                    env=self.env,
+                    cwd=ROOT,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
                 grown[fmt] = int(done.stdout.strip().splitlines()[-1]) / 1024
             except (subprocess.SubprocessError, ValueError, IndexError) as exc:
                 self.rows.append(Row(f"thumbnail extra peak RSS, {fmt.upper()}", f"not measured ({exc!r})"))
         for fmt, mib in grown.items():
-            self.rows.append(Row(f"thumbnail extra peak RSS, 2048² {fmt.upper()} (photo-like, fresh process)",
-                                 f"{mib:.1f} MiB", "<= 35 MiB", mib <= 35))
+            self.rows.append(
+                Row(
+                    f"thumbnail extra peak RSS, 2048² {fmt.upper()} (photo-like, fresh process)",
+                    f"{mib:.1f} MiB",
+                    "<= 35 MiB",
+                    mib <= 35,
+                )
+            )
 
     # -- main ---------------------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -603,13 +734,18 @@ class Bench:
         self.media_rows()
         took = time.monotonic() - t_all
         self.load.append(os.getloadavg())
-        header = (f"FluxWeb bench: {self.args.jobs} jobs per phase {SPACING:g} s apart, sandbox latency uniform "
-                  f"{LATENCY[0]:g}..{LATENCY[1]:g} s, {broker} broker, SQLite WAL, {os.cpu_count()} CPUs, {took:.0f} s; "
-                  f"1-min load average {self.load[0][0]:.2f} before, {self.load[1][0]:.2f} after")
+        header = (
+            f"FluxWeb bench: {self.args.jobs} jobs per phase {SPACING:g} s apart, sandbox latency uniform "
+            f"{LATENCY[0]:g}..{LATENCY[1]:g} s, {broker} broker, SQLite WAL, {os.cpu_count()} CPUs, {took:.0f} s; "
+            f"1-min load average {self.load[0][0]:.2f} before, {self.load[1][0]:.2f} after"
+        )
         print_table(self.rows, header)
         if self.args.json:
-            raw = {"rows": [r.__dict__ | {"ok": r.verdict} for r in self.rows],
-                   "load": self.load, "jobs": [j.__dict__ for j in self.jobs]}
+            raw = {
+                "rows": [r.__dict__ | {"ok": r.verdict} for r in self.rows],
+                "load": self.load,
+                "jobs": [j.__dict__ for j in self.jobs],
+            }
             Path(self.args.json).write_text(json.dumps(raw, indent=1))
         return 0 if all(r.ok is not False for r in self.rows) else 1
 
@@ -617,9 +753,15 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=None, help="jobs per phase (default 20; 5 with --quick)")
-    parser.add_argument("--quick", action="store_true", help="5 jobs per phase and fewer micro-benchmark repeats")
-    parser.add_argument("--redis", action="store_true", help="use the Redis broker when 127.0.0.1:6379 answers")
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (DB, qcluster.log) for a post-mortem")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 jobs per phase and fewer micro-benchmark repeats"
+    )
+    parser.add_argument(
+        "--redis", action="store_true", help="use the Redis broker when 127.0.0.1:6379 answers"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir (DB, qcluster.log) for a post-mortem"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     args = parser.parse_args()
     if args.jobs is None:

@@ -70,7 +70,9 @@ class ProviderAccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="charged this month")
     def spent_this_month(self, account):
-        usage = Usage.objects.filter(account=account, user=None, window=credits.month_window(timezone.now())).first()
+        usage = Usage.objects.filter(
+            account=account, user=None, window=credits.month_window(timezone.now())
+        ).first()
         return usage.credits if usage else 0
 
     @admin.action(description="Test connection (one cheap authenticated call)")
@@ -109,8 +111,18 @@ class EventInline(admin.TabularInline):
 
 @admin.register(Generation)
 class GenerationAdmin(admin.ModelAdmin):
-    list_display = ["id", "user", "model", "account", "status", "credits_reserved", "credits_charged",
-                    "credits_refunded", "provider_cost", "created_at"]
+    list_display = [
+        "id",
+        "user",
+        "model",
+        "account",
+        "status",
+        "credits_reserved",
+        "credits_charged",
+        "credits_refunded",
+        "provider_cost",
+        "created_at",
+    ]
     list_filter = ["status", "model", "account"]
     search_fields = ["prompt__text", "provider_job_id", "user__username"]
     list_select_related = ["user", "account"]
@@ -136,8 +148,12 @@ class GenerationAdmin(admin.ModelAdmin):
         )
         users = list(
             month.values("user__username")
-            .annotate(jobs=Count("id"), charged=Sum("credits_charged"), refunded=Sum("credits_refunded"),
-                      failed=Count("id", filter=Q(status="failed")))
+            .annotate(
+                jobs=Count("id"),
+                charged=Sum("credits_charged"),
+                refunded=Sum("credits_refunded"),
+                failed=Count("id", filter=Q(status="failed")),
+            )
             .order_by("-charged")
         )
         for row in users:
@@ -145,18 +161,27 @@ class GenerationAdmin(admin.ModelAdmin):
         providers = []
         for row in (
             month.values("account__slug", "account__kind")
-            .annotate(jobs=Count("id"), charged=Sum("credits_charged"), failed=Count("id", filter=Q(status="failed")))
+            .annotate(
+                jobs=Count("id"),
+                charged=Sum("credits_charged"),
+                failed=Count("id", filter=Q(status="failed")),
+            )
             .order_by("-charged")
         ):
             costs = month.filter(account__slug=row["account__slug"]).exclude(provider_cost="")
             row["provider_cost"] = sum_costs(costs.values_list("provider_cost", flat=True))
             row["cost_unit"] = COST_UNITS.get(row["account__kind"], "")
-            row["charged_usd"] = (Decimal(row["charged"] or 0) * Decimal(settings.FLUXWEB_CREDIT_USD)).quantize(
-                Decimal("0.001")
-            )
+            row["charged_usd"] = (
+                Decimal(row["charged"] or 0) * Decimal(settings.FLUXWEB_CREDIT_USD)
+            ).quantize(Decimal("0.001"))
             providers.append(row)
-        context = {**self.admin_site.each_context(request), "title": f"Usage since {start:%Y-%m-%d}",
-                   "users": users, "providers": providers, "opts": self.model._meta}
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Usage since {start:%Y-%m-%d}",
+            "users": users,
+            "providers": providers,
+            "opts": self.model._meta,
+        }
         return render(request, "admin/usage.html", context)
 
 
@@ -178,13 +203,18 @@ class CreditAccountAdmin(admin.ModelAdmin):
     @admin.display(description="charged this month")
     def charged_this_month(self, account):
         start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        return LedgerEntry.objects.filter(user=account.user_id, kind="settle", created_at__gte=start).aggregate(
-            total=Sum("amount")
-        )["total"] or 0
+        return (
+            LedgerEntry.objects.filter(user=account.user_id, kind="settle", created_at__gte=start).aggregate(
+                total=Sum("amount")
+            )["total"]
+            or 0
+        )
 
     @admin.display(description="images today")
     def images_today(self, account):
-        usage = Usage.objects.filter(user=account.user_id, account=None, window=credits.day_window(timezone.now())).first()
+        usage = Usage.objects.filter(
+            user=account.user_id, account=None, window=credits.day_window(timezone.now())
+        ).first()
         return usage.images if usage else 0
 
     @admin.action(description="Grant or adjust credits (with a note)")
@@ -200,10 +230,20 @@ class CreditAccountAdmin(admin.ModelAdmin):
                         credits.adjust(account.user, amount, admin=request.user, note=note)
                 except ValueError as error:
                     self.message_user(request, str(error), messages.ERROR)
-            self.message_user(request, f"{amount:+} credits for {queryset.count()} user(s).", messages.SUCCESS)
+            self.message_user(
+                request, f"{amount:+} credits for {queryset.count()} user(s).", messages.SUCCESS
+            )
             return redirect(request.get_full_path())
-        return render(request, "admin/grant_credits.html", {**self.admin_site.each_context(request), "form": form,
-                      "accounts": queryset, "opts": self.model._meta})
+        return render(
+            request,
+            "admin/grant_credits.html",
+            {
+                **self.admin_site.each_context(request),
+                "form": form,
+                "accounts": queryset,
+                "opts": self.model._meta,
+            },
+        )
 
 
 @admin.register(LedgerEntry)
@@ -241,7 +281,9 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 admin.site.register(Prompt, search_fields=["text"], list_display=["__str__", "uses", "last_used_at"])
-admin.site.register(Image, list_display=["id", "generation", "width", "height", "format", "bytes"],
-                    readonly_fields=["generation", "file", "thumbnail"])
+admin.site.register(
+    Image,
+    list_display=["id", "generation", "width", "height", "format", "bytes"],
+    readonly_fields=["generation", "file", "thumbnail"],
+)
 admin.site.site_header = "FluxWeb admin"
-

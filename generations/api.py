@@ -20,9 +20,20 @@ PAGE = 50
 # The JSON type each create field must have (contract.md). The form alone would coerce: a list prompt to its
 # repr, "yes" to True for a boolean. null means "not given".
 FIELD_TYPES = {
-    "prompt": str, "model": str, "provider": str, "n": int, "aspect_ratio": str, "megapixels": (int, float),
-    "width": int, "height": int, "seed": int, "output_format": str, "safety_tolerance": int,
-    "prompt_upsampling": bool, "reference_images": list, "reference_uploads": list,
+    "prompt": str,
+    "model": str,
+    "provider": str,
+    "n": int,
+    "aspect_ratio": str,
+    "megapixels": (int, float),
+    "width": int,
+    "height": int,
+    "seed": int,
+    "output_format": str,
+    "safety_tolerance": int,
+    "prompt_upsampling": bool,
+    "reference_images": list,
+    "reference_uploads": list,
 }
 
 
@@ -45,7 +56,9 @@ def api_view(*methods: str):
         @functools.wraps(view)
         def wrapper(request: HttpRequest, *args, **kwargs):
             if request.method not in methods:
-                return error(405, "method_not_allowed", f"Use {' or '.join(methods)}.", Allow=", ".join(methods))
+                return error(
+                    405, "method_not_allowed", f"Use {' or '.join(methods)}.", Allow=", ".join(methods)
+                )
             return authenticated(view, request, *args, **kwargs)
 
         return wrapper
@@ -95,7 +108,10 @@ def me_payload(user) -> dict:
         "username": user.get_username(),
         "credits": {"balance": account.available, "reserved": account.reserved},
         "quota": {
-            "concurrent": {"limit": limits["concurrent"], "used": Generation.objects.for_user(user).in_flight().count()},
+            "concurrent": {
+                "limit": limits["concurrent"],
+                "used": Generation.objects.for_user(user).in_flight().count(),
+            },
             "daily_images": {"limit": limits["daily_images"], "used": day.images if day else 0},
             "monthly_credits": {"limit": limits["monthly_credits"], "used": month.credits if month else 0},
         },
@@ -103,7 +119,11 @@ def me_payload(user) -> dict:
 
 
 def generation_payload(generation: Generation, request: HttpRequest) -> dict:
-    error_body = {"code": generation.error_code, "message": generation.error_message} if generation.status == "failed" else None
+    error_body = (
+        {"code": generation.error_code, "message": generation.error_message}
+        if generation.status == "failed"
+        else None
+    )
     return {
         "id": generation.pk,
         "status": generation.status,
@@ -209,7 +229,8 @@ def create(request):
         return error(400, "invalid", message, field)
     try:
         keys, megapixels = media.reference_keys(
-            reference_images(data.get("reference_images")), reference_uploads(data.get("reference_uploads"), request.user)
+            reference_images(data.get("reference_images")),
+            reference_uploads(data.get("reference_uploads"), request.user),
         )
     except Unsupported as exc:
         return error(400, "invalid", exc.message, exc.field)
@@ -218,7 +239,9 @@ def create(request):
         return error(400, "invalid", "Idempotency-Key is at most 255 characters.")
     try:
         generation, created = engine.create(
-            request.user, form.to_request(keys, megapixels), provider=form.cleaned_data.get("provider") or None,
+            request.user,
+            form.to_request(keys, megapixels),
+            provider=form.cleaned_data.get("provider") or None,
             idempotency_key=key,
         )
     except engine.CreateError as exc:
@@ -253,9 +276,10 @@ def serve_image(image: Image, variant: str) -> FileResponse:
     content_type = "image/jpeg" if variant == "thumbnail" else image.content_type
     response = FileResponse(field.open("rb"), content_type=content_type)
     response["Cache-Control"] = "private, max-age=86400"
-    response["Content-Disposition"] = f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
+    response["Content-Disposition"] = (
+        f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
+    )
     return response
-
 
 
 @api_view("POST")
@@ -269,7 +293,11 @@ def upload_reference(request):
     except media.MediaError as exc:
         return error(400, exc.code, exc.message, "file")
     return JsonResponse(
-        {"id": reference.pk, "width": reference.width, "height": reference.height, "format": reference.format},
+        {
+            "id": reference.pk,
+            "width": reference.width,
+            "height": reference.height,
+            "format": reference.format,
+        },
         status=201,
     )
-

@@ -59,13 +59,21 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
     if slug:
         account = ProviderAccount.objects.filter(slug=slug).first()
         if account is None or not account.enabled or not account.has_key:
-            raise credits.Refusal("unknown_provider", f"There is no enabled provider account {slug!r}.", status=400, field="provider")
+            raise credits.Refusal(
+                "unknown_provider",
+                f"There is no enabled provider account {slug!r}.",
+                status=400,
+                field="provider",
+            )
         candidates = [account]
     else:
         candidates = accounts_serving(request.model)
         if not candidates:
             raise credits.Refusal(
-                "no_provider", f"No enabled provider account serves {request.model}; ask an admin.", status=400, field="model"
+                "no_provider",
+                f"No enabled provider account serves {request.model}; ask an admin.",
+                status=400,
+                field="model",
             )
     refusals: list[Unsupported] = []
     choices = []
@@ -136,7 +144,11 @@ def create(
         raise CreateError(refusal) from None
     except IntegrityError:
         # A concurrent request with the same idempotency key won the insert.
-        existing = Generation.objects.filter(user=user, idempotency_key=idempotency_key).first() if idempotency_key else None
+        existing = (
+            Generation.objects.filter(user=user, idempotency_key=idempotency_key).first()
+            if idempotency_key
+            else None
+        )
         if existing is None:
             raise
         return replay(existing, fingerprint), False
@@ -171,7 +183,9 @@ def params_of(request: GenerationRequest) -> dict:
 def request_of(generation: Generation) -> GenerationRequest:
     params = {k: v for k, v in generation.params.items() if k in GenerationRequest.__dataclass_fields__}
     params["reference_urls"] = tuple(params.get("reference_urls") or ())
-    return GenerationRequest(prompt=generation.prompt.text, model=generation.model, n=generation.n, seed=generation.seed, **params)
+    return GenerationRequest(
+        prompt=generation.prompt.text, model=generation.model, n=generation.n, seed=generation.seed, **params
+    )
 
 
 def enqueue(task: str, *args) -> None:
@@ -186,7 +200,9 @@ def submit(generation_id: int) -> None:
     mid-call is only re-sent where the provider deduplicates (Idempotency-Key), otherwise refunded."""
     now = timezone.now()
     claimed = Generation.objects.filter(
-        Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now), pk=generation_id, status=Generation.Status.QUEUED
+        Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
+        pk=generation_id,
+        status=Generation.Status.QUEUED,
     ).update(attempts=F("attempts") + 1, next_poll_at=now + timedelta(seconds=SUBMIT_LEASE_SECONDS))
     if not claimed:
         return
@@ -194,16 +210,27 @@ def submit(generation_id: int) -> None:
     try:
         adapter = generation.account.adapter()
     except crypto.KeyUnavailable as error:
-        fail(generation, ProviderError.AUTH, f"The {generation.account.slug} provider account is misconfigured: {error}")
+        fail(
+            generation,
+            ProviderError.AUTH,
+            f"The {generation.account.slug} provider account is misconfigured: {error}",
+        )
         return
     crashed_before = generation.attempts > 1 and not generation.error_code
     if crashed_before and not adapter.idempotent_submit:
-        fail(generation, "submit_lost", "The worker stopped while sending this job; it was not retried so it "
-             "cannot run twice. Your credits are back.")
+        fail(
+            generation,
+            "submit_lost",
+            "The worker stopped while sending this job; it was not retried so it "
+            "cannot run twice. Your credits are back.",
+        )
         return
     if generation.attempts > MAX_SUBMIT_ATTEMPTS or timezone.now() >= generation.deadline_at:
-        fail(generation, generation.error_code or ProviderError.TIMEOUT,
-             generation.error_message or "The provider could not be reached in time.")
+        fail(
+            generation,
+            generation.error_code or ProviderError.TIMEOUT,
+            generation.error_message or "The provider could not be reached in time.",
+        )
         return
     Generation.objects.filter(pk=generation.pk).update(error_code="", error_message="")
     request = request_of(generation)
@@ -218,20 +245,33 @@ def submit(generation_id: int) -> None:
         idempotency_key=f"fluxweb-{generation.pk}-{generation.webhook_token[:16]}",
     )
     try:
-        outcome = adapter.parse_submit(provider_http.send(adapter, adapter.build_submit(request), timeout=synchronous_timeout(adapter)))
+        outcome = adapter.parse_submit(
+            provider_http.send(adapter, adapter.build_submit(request), timeout=synchronous_timeout(adapter))
+        )
     except ProviderError as error:
         if error.permanent:
             fail(generation, error.code, error.message)
         elif safe_to_resend(adapter, error):
             retry_submit(generation, error)
         else:
-            fail(generation, error.code, f"{error.message} It was not sent again, because {adapter.label} cannot "
-                 "tell a repeat from a new paid job. Your credits are back; try again.")
+            fail(
+                generation,
+                error.code,
+                f"{error.message} It was not sent again, because {adapter.label} cannot "
+                "tell a repeat from a new paid job. Your credits are back; try again.",
+            )
         return
     if outcome.state == "succeeded":  # synchronous provider: the images are here now
-        if generation.transition([Generation.Status.QUEUED], Generation.Status.RUNNING, event="generated",
-                                 started_at=timezone.now(), next_poll_at=None, image_urls=list(outcome.image_urls),
-                                 provider_cost=outcome.cost or "", seed=generation.seed or outcome.seed):
+        if generation.transition(
+            [Generation.Status.QUEUED],
+            Generation.Status.RUNNING,
+            event="generated",
+            started_at=timezone.now(),
+            next_poll_at=None,
+            image_urls=list(outcome.image_urls),
+            provider_cost=outcome.cost or "",
+            seed=generation.seed or outcome.seed,
+        ):
             enqueue("ingest", generation.pk)
         return
     if outcome.state == "failed":
@@ -256,11 +296,15 @@ def synchronous_timeout(adapter) -> float:
 
 
 def retry_submit(generation: Generation, error: ProviderError) -> None:
-    delay = error.retry_after if error.retry_after is not None else (
-        min(30.0, 2.0 ** generation.attempts) * (0.5 + random.random() / 2)
+    delay = (
+        error.retry_after
+        if error.retry_after is not None
+        else (min(30.0, 2.0**generation.attempts) * (0.5 + random.random() / 2))
     )
     Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
-        error_code=error.code, error_message=error.message, next_poll_at=timezone.now() + timedelta(seconds=delay)
+        error_code=error.code,
+        error_message=error.message,
+        next_poll_at=timezone.now() + timedelta(seconds=delay),
     )
     generation.events.create(what="submit retry", detail=f"{error.message} (again in {delay:.1f} s)")
     kick_sweeper()
@@ -292,7 +336,9 @@ def first_poll_delay(account: ProviderAccount) -> float:
     return max(0.5, history[0] - 0.2) if history else 1.0
 
 
-def next_poll_delay(generation: Generation, progress: float | None, history: tuple[float, float] | None) -> float:
+def next_poll_delay(
+    generation: Generation, progress: float | None, history: tuple[float, float] | None
+) -> float:
     """When to ask again: just after the provider's own progress says it will be done; else through the
     spread of recent completion times; else backing off. Low detection lag AND few provider calls."""
     elapsed = (timezone.now() - (generation.started_at or generation.created_at)).total_seconds()
@@ -320,7 +366,9 @@ def kick_sweeper() -> None:
 def acquire_lease(holder: str) -> bool:
     now = timezone.now()
     expires = now + timedelta(seconds=LEASE_SECONDS)
-    if Lease.objects.filter(Q(expires_at__lte=now) | Q(holder=holder), name="sweeper").update(holder=holder, expires_at=expires):
+    if Lease.objects.filter(Q(expires_at__lte=now) | Q(holder=holder), name="sweeper").update(
+        holder=holder, expires_at=expires
+    ):
         return True
     try:
         with transaction.atomic():
@@ -398,8 +446,10 @@ def resubmit_due() -> None:
 
 
 def expire_overdue() -> None:
-    for generation in Generation.objects.in_flight().filter(deadline_at__lte=timezone.now()).exclude(
-        status=Generation.Status.RUNNING, next_poll_at__isnull=True
+    for generation in (
+        Generation.objects.in_flight()
+        .filter(deadline_at__lte=timezone.now())
+        .exclude(status=Generation.Status.RUNNING, next_poll_at__isnull=True)
     ):
         fail(generation, ProviderError.TIMEOUT, "The provider did not finish in time. Your credits are back.")
 
@@ -446,10 +496,17 @@ def poll_batch(due: list[Generation], poller: Poller) -> int:
             log.error("provider account %s: %s", account.slug, error)
     for generation in [g for g in due if g.account_id not in adapters]:
         # One account with an unreadable key must not stop polling for the others.
-        fail(generation, ProviderError.AUTH, f"The {generation.account.slug} provider account is misconfigured: "
-             "its API key cannot be decrypted. Your credits are back.")
+        fail(
+            generation,
+            ProviderError.AUTH,
+            f"The {generation.account.slug} provider account is misconfigured: "
+            "its API key cannot be decrypted. Your credits are back.",
+        )
     due = [g for g in due if g.account_id in adapters]
-    calls = [(adapters[g.account_id], adapters[g.account_id].build_poll(g.provider_job_id, g.poll_url or None)) for g in due]
+    calls = [
+        (adapters[g.account_id], adapters[g.account_id].build_poll(g.provider_job_id, g.poll_url or None))
+        for g in due
+    ]
     results = poller.poll(calls)
     histories = {}
     for generation, result in zip(due, results, strict=True):
@@ -459,7 +516,9 @@ def poll_batch(due: list[Generation], poller: Poller) -> int:
     return len(calls)
 
 
-def apply_poll(generation: Generation, result: Outcome | ProviderError, history: tuple[float, float] | None) -> None:
+def apply_poll(
+    generation: Generation, result: Outcome | ProviderError, history: tuple[float, float] | None
+) -> None:
     if isinstance(result, ProviderError):
         if result.permanent:
             fail(generation, result.code, result.message)
@@ -479,7 +538,9 @@ def apply_poll(generation: Generation, result: Outcome | ProviderError, history:
 
 def provider_done(generation: Generation, outcome: Outcome) -> None:
     """The provider has the images: stop polling and hand the download to the ingest task, once."""
-    won = Generation.objects.filter(pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False).update(
+    won = Generation.objects.filter(
+        pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False
+    ).update(
         next_poll_at=None,
         image_urls=list(outcome.image_urls),
         provider_done_at=timezone.now(),
@@ -504,11 +565,20 @@ def ingest(generation_id: int) -> None:
         if index in stored:
             continue
         try:
-            checked = media.check_image(media.download(url, generation.account.kind, generation.account.base_url))
+            checked = media.check_image(
+                media.download(url, generation.account.kind, generation.account.base_url)
+            )
             original, thumb = media.files_for(checked, metadata_of(generation, index))
             Image.objects.create(
-                generation=generation, index=index, file=original, thumbnail=thumb, width=checked.width,
-                height=checked.height, format=checked.format, bytes=original.size, seed=generation.seed,
+                generation=generation,
+                index=index,
+                file=original,
+                thumbnail=thumb,
+                width=checked.width,
+                height=checked.height,
+                format=checked.format,
+                bytes=original.size,
+                seed=generation.seed,
             )
             stored.add(index)
         except media.MediaError as error:
@@ -532,15 +602,22 @@ def metadata_of(generation: Generation, index: int) -> dict:
 
 def finish(generation: Generation, stored: int, problem: media.MediaError | None) -> None:
     if stored == 0:
-        fail(generation, problem.code if problem else "no_images", problem.message if problem else "No image arrived.")
+        fail(
+            generation,
+            problem.code if problem else "no_images",
+            problem.message if problem else "No image arrived.",
+        )
         return
     # The hold is n images plus the reference images; what was not delivered goes back.
     per_image = generation.params.get("credits_per_image", 0)
     charge = generation.credits_reserved - per_image * (generation.n - stored)
     with transaction.atomic():
         if not generation.transition(
-            [Generation.Status.RUNNING], Generation.Status.SUCCEEDED, event="succeeded",
-            detail=f"{stored} image(s) stored" + (f"; {problem.message}" if problem else ""), finished_at=timezone.now(),
+            [Generation.Status.RUNNING],
+            Generation.Status.SUCCEEDED,
+            event="succeeded",
+            detail=f"{stored} image(s) stored" + (f"; {problem.message}" if problem else ""),
+            finished_at=timezone.now(),
         ):
             return
         credits.settle(generation, charge, images=stored, note=f"{stored} of {generation.n} image(s)")
@@ -550,8 +627,14 @@ def finish(generation: Generation, stored: int, problem: media.MediaError | None
 def fail(generation: Generation, code: str, message: str) -> bool:
     with transaction.atomic():
         if not generation.transition(
-            Generation.IN_FLIGHT, Generation.Status.FAILED, event="failed", detail=message,
-            finished_at=timezone.now(), error_code=code, error_message=message, next_poll_at=None,
+            Generation.IN_FLIGHT,
+            Generation.Status.FAILED,
+            event="failed",
+            detail=message,
+            finished_at=timezone.now(),
+            error_code=code,
+            error_message=message,
+            next_poll_at=None,
         ):
             return False
         credits.refund(generation, note=message[:500])
@@ -561,8 +644,12 @@ def fail(generation: Generation, code: str, message: str) -> bool:
 def cancel(generation: Generation, by) -> bool:
     with transaction.atomic():
         if not generation.transition(
-            Generation.IN_FLIGHT, Generation.Status.CANCELED, event="canceled", detail=f"by {by}",
-            finished_at=timezone.now(), next_poll_at=None,
+            Generation.IN_FLIGHT,
+            Generation.Status.CANCELED,
+            event="canceled",
+            detail=f"by {by}",
+            finished_at=timezone.now(),
+            next_poll_at=None,
         ):
             return False
         credits.refund(generation, note="canceled")
@@ -574,16 +661,19 @@ def webhook_hint(generation: Generation) -> None:
     """A verified webhook says the job changed: ask the provider now, in this request, rather than trust
     the body (reliability.md 3). If that poll fails, the job is due for the sweeper at once."""
     generation.events.create(what="webhook", detail="provider notified us; polling now")
-    Generation.objects.filter(pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False).update(
-        next_poll_at=timezone.now()
-    )
+    Generation.objects.filter(
+        pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False
+    ).update(next_poll_at=timezone.now())
     generation.refresh_from_db()
     if generation.status != Generation.Status.RUNNING or generation.next_poll_at is None:
         return
     try:
         adapter = generation.account.adapter()
-        result = adapter.parse_poll(provider_http.send(adapter, adapter.build_poll(generation.provider_job_id,
-                                                                                   generation.poll_url or None)))
+        result = adapter.parse_poll(
+            provider_http.send(
+                adapter, adapter.build_poll(generation.provider_job_id, generation.poll_url or None)
+            )
+        )
     except ProviderError as error:
         result = error
     except crypto.KeyUnavailable:

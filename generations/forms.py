@@ -13,7 +13,9 @@ FORMAT_CHOICES = [("jpeg", "JPEG"), ("png", "PNG"), ("webp", "WebP")]
 
 
 class GenerationForm(forms.Form):
-    prompt = forms.CharField(max_length=5000, widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Describe the image"}))
+    prompt = forms.CharField(
+        max_length=5000, widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Describe the image"})
+    )
     model = forms.ChoiceField(choices=())
     provider = forms.CharField(required=False)
     n = forms.IntegerField(min_value=1, max_value=10, initial=1, required=False)
@@ -63,7 +65,10 @@ class GenerationForm(forms.Form):
 def first_error(form: forms.Form) -> tuple[str, str]:
     """(field, message) of the first problem, for one clear line to the user."""
     for field, errors in form.errors.items():
-        return field, f"{field.replace('_', ' ').capitalize()}: {errors[0]}" if field != "__all__" else errors[0]
+        return (
+            field,
+            f"{field.replace('_', ' ').capitalize()}: {errors[0]}" if field != "__all__" else errors[0],
+        )
     return "", "The request is not valid."
 
 

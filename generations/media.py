@@ -89,7 +89,9 @@ def check_url(url: str, kind: str, base_url: str) -> None:
     elif host and host == (base.hostname or "").lower():
         expected_port = base.port or (443 if base.scheme == "https" else 80)
     else:
-        raise MediaError("forbidden_url", f"Refused to download from {host}: not a delivery host of this provider.")
+        raise MediaError(
+            "forbidden_url", f"Refused to download from {host}: not a delivery host of this provider."
+        )
     if port != expected_port:
         raise MediaError("forbidden_url", f"Refused to download from {host} on port {port}.")
     if parts.scheme == "http" and not _is_loopback_name(host):
@@ -100,7 +102,9 @@ def check_url(url: str, kind: str, base_url: str) -> None:
         raise MediaError("download_failed", f"Could not resolve {host}.") from None
     for info in infos:
         if not address_allowed(info[4][0]):
-            raise MediaError("forbidden_url", f"Refused to download from {host}: it resolves to {info[4][0]}.")
+            raise MediaError(
+                "forbidden_url", f"Refused to download from {host}: it resolves to {info[4][0]}."
+            )
 
 
 def _is_loopback_name(host: str) -> bool:
@@ -122,16 +126,22 @@ def download(url: str, kind: str, base_url: str, limit: int | None = None) -> by
             if response.status_code in (403, 404, 410):
                 raise MediaError(ProviderError.EXPIRED, "The provider's image link has expired or vanished.")
             if response.status_code >= 400:
-                raise MediaError("download_failed", f"The provider's file server answered HTTP {response.status_code}.")
+                raise MediaError(
+                    "download_failed", f"The provider's file server answered HTTP {response.status_code}."
+                )
             for chunk in response.iter_bytes(64 * 1024):
                 size += len(chunk)
                 if size > limit:
-                    raise MediaError("too_large", f"The image is larger than the {limit // (1024 * 1024)} MB limit.")
+                    raise MediaError(
+                        "too_large", f"The image is larger than the {limit // (1024 * 1024)} MB limit."
+                    )
                 if time.monotonic() - started > DOWNLOAD_DEADLINE:
                     raise MediaError("download_failed", "The image download took too long.")
                 chunks.append(chunk)
     except httpx.HTTPError as exc:
-        raise MediaError("download_failed", f"The image download failed: the connection {broke(exc)}.") from None
+        raise MediaError(
+            "download_failed", f"The image download failed: the connection {broke(exc)}."
+        ) from None
     return b"".join(chunks)
 
 
@@ -153,7 +163,9 @@ def check_image(data: bytes) -> Checked:
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning):
         raise MediaError("not_image", "The image is too large to decode safely.") from None
     except Exception:
-        raise MediaError("not_image", "The provider sent a file that is not a valid PNG, JPEG or WebP image.") from None
+        raise MediaError(
+            "not_image", "The provider sent a file that is not a valid PNG, JPEG or WebP image."
+        ) from None
     return Checked(data=data, width=width, height=height, format=fmt)
 
 
@@ -275,6 +287,9 @@ def store_reference(upload, user):
 
     checked = check_upload(upload)
     return Reference.objects.create(
-        user=user, file=ContentFile(checked.data, name=stored_name(checked.format)), width=checked.width,
-        height=checked.height, format=checked.format,
+        user=user,
+        file=ContentFile(checked.data, name=stored_name(checked.format)),
+        width=checked.width,
+        height=checked.height,
+        format=checked.format,
     )

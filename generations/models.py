@@ -28,7 +28,9 @@ class Prompt(models.Model):
 
     text = models.TextField()
     digest = models.CharField(max_length=64, unique=True, editable=False)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(default=timezone.now)
     last_used_at = models.DateTimeField(default=timezone.now, db_index=True)
     uses = models.PositiveIntegerField(default=0)
@@ -42,7 +44,9 @@ class Prompt(models.Model):
     @classmethod
     def remember(cls, text: str, user) -> Prompt:
         text = text.strip()
-        prompt, _ = cls.objects.get_or_create(digest=digest(text), defaults={"text": text, "created_by": user})
+        prompt, _ = cls.objects.get_or_create(
+            digest=digest(text), defaults={"text": text, "created_by": user}
+        )
         cls.objects.filter(pk=prompt.pk).update(uses=F("uses") + 1, last_used_at=timezone.now())
         return prompt
 
@@ -62,7 +66,9 @@ class ProviderAccount(models.Model):
     enabled = models.BooleanField(default=True)
     priority = models.IntegerField(default=100, help_text="Lower goes first when FluxWeb chooses a provider.")
     monthly_spend_cap = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Credits this account may be charged per calendar month; empty: no cap."
+        null=True,
+        blank=True,
+        help_text="Credits this account may be charged per calendar month; empty: no cap.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -128,7 +134,9 @@ class Generation(models.Model):
     provider_job_id = models.CharField(max_length=200, blank=True, db_index=True)
     poll_url = models.URLField(max_length=1000, blank=True)
     provider_cost = models.CharField(max_length=40, blank=True, help_text="As the provider reported it.")
-    webhook_token = models.CharField(max_length=64, unique=True, default=secrets.token_urlsafe, editable=False)
+    webhook_token = models.CharField(
+        max_length=64, unique=True, default=secrets.token_urlsafe, editable=False
+    )
     image_urls = models.JSONField(default=list, blank=True, help_text="Provider result URLs awaiting ingest.")
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -139,7 +147,9 @@ class Generation(models.Model):
     provider_done_at = models.DateTimeField(null=True, blank=True)
     progress = models.FloatField(null=True, blank=True)
     polls = models.PositiveIntegerField(default=0)
-    attempts = models.PositiveSmallIntegerField(default=0, help_text="Submit and ingest attempts, counted by us.")
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Submit and ingest attempts, counted by us."
+    )
 
     credits_reserved = models.PositiveIntegerField(default=0)
     credits_charged = models.PositiveIntegerField(default=0)
@@ -157,7 +167,9 @@ class Generation(models.Model):
         ordering = ["-created_at", "-id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["user", "idempotency_key"], condition=~Q(idempotency_key=""), name="generation_idempotency"
+                fields=["user", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="generation_idempotency",
             ),
             models.CheckConstraint(
                 condition=Q(credits_charged__lte=F("credits_reserved")), name="generation_charged_within_hold"
@@ -178,7 +190,9 @@ class Generation(models.Model):
         return (end - self.created_at).total_seconds()
 
     # -- transitions: one conditional UPDATE each ---------------------------------------------------------
-    def transition(self, sources, target: str | None = None, *, event: str, detail: str = "", **fields) -> bool:
+    def transition(
+        self, sources, target: str | None = None, *, event: str, detail: str = "", **fields
+    ) -> bool:
         """Move from one of `sources` to `target` (or just write `fields` while in `sources`). Returns whether
         this caller won; the instance is refreshed either way."""
         if target:
@@ -291,7 +305,9 @@ class Price(models.Model):
     class Meta:
         ordering = ["kind", "model", "tier", "-effective_from"]
         constraints = [
-            models.UniqueConstraint(fields=["kind", "model", "tier", "effective_from"], name="price_once_per_date")
+            models.UniqueConstraint(
+                fields=["kind", "model", "tier", "effective_from"], name="price_once_per_date"
+            )
         ]
 
     def __str__(self) -> str:
@@ -302,7 +318,9 @@ class CreditAccount(models.Model):
     """`balance` is every credit the user owns, `reserved` the part in-flight jobs hold; the user can spend
     `balance - reserved`. The database refuses any row that breaks that arithmetic."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credit_account")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="credit_account"
+    )
     balance = models.BigIntegerField(default=0)
     reserved = models.BigIntegerField(default=0)
 
@@ -310,7 +328,9 @@ class CreditAccount(models.Model):
         constraints = [
             models.CheckConstraint(condition=Q(balance__gte=0), name="credit_balance_not_negative"),
             models.CheckConstraint(condition=Q(reserved__gte=0), name="credit_reserved_not_negative"),
-            models.CheckConstraint(condition=Q(reserved__lte=F("balance")), name="credit_reserved_within_balance"),
+            models.CheckConstraint(
+                condition=Q(reserved__lte=F("balance")), name="credit_reserved_within_balance"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -334,8 +354,12 @@ class LedgerEntry(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ledger")
     kind = models.CharField(max_length=10, choices=Kind.choices)
     amount = models.BigIntegerField(help_text="Credits; positive, except an adjust may be negative.")
-    generation = models.ForeignKey(Generation, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger")
-    admin = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    generation = models.ForeignKey(
+        Generation, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger"
+    )
+    admin = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
     note = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
 
@@ -348,7 +372,9 @@ class LedgerEntry(models.Model):
                 condition=Q(kind__in=["reserve", "settle", "refund"]),
                 name="ledger_one_entry_per_kind_per_generation",
             ),
-            models.CheckConstraint(condition=Q(kind="adjust") | Q(amount__gte=0), name="ledger_amount_positive"),
+            models.CheckConstraint(
+                condition=Q(kind="adjust") | Q(amount__gte=0), name="ledger_amount_positive"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -364,12 +390,18 @@ class Quota(models.Model):
     """Limits; the row with no user holds the team defaults, a user's row overrides the fields it sets."""
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE)
-    concurrent = models.PositiveIntegerField(null=True, blank=True, help_text="Generations in flight at once.")
+    concurrent = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Generations in flight at once."
+    )
     daily_images = models.PositiveIntegerField(null=True, blank=True, help_text="Images per UTC day.")
-    monthly_credits = models.PositiveIntegerField(null=True, blank=True, help_text="Credits per calendar month.")
+    monthly_credits = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Credits per calendar month."
+    )
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["user"], condition=Q(user=None), name="one_default_quota")]
+        constraints = [
+            models.UniqueConstraint(fields=["user"], condition=Q(user=None), name="one_default_quota")
+        ]
 
     def __str__(self) -> str:
         return f"quota for {self.user or 'the team'}"
@@ -387,8 +419,12 @@ class Usage(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["user", "window"], condition=Q(account=None), name="usage_per_user_window"),
-            models.UniqueConstraint(fields=["account", "window"], condition=Q(user=None), name="usage_per_account_window"),
+            models.UniqueConstraint(
+                fields=["user", "window"], condition=Q(account=None), name="usage_per_user_window"
+            ),
+            models.UniqueConstraint(
+                fields=["account", "window"], condition=Q(user=None), name="usage_per_account_window"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -59,9 +59,14 @@ def remix_of(request) -> dict:
         return {}
     params = source.params
     return {
-        "prompt": source.prompt.text, "model": source.model, "provider": source.account.slug, "seed": source.seed,
-        "aspect_ratio": params.get("aspect_ratio") or "1:1", "megapixels": params.get("megapixels") or 1.0,
-        "output_format": params.get("output_format") or "jpeg", "n": source.n,
+        "prompt": source.prompt.text,
+        "model": source.model,
+        "provider": source.account.slug,
+        "seed": source.seed,
+        "aspect_ratio": params.get("aspect_ratio") or "1:1",
+        "megapixels": params.get("megapixels") or 1.0,
+        "output_format": params.get("output_format") or "jpeg",
+        "n": source.n,
     }
 
 
@@ -72,9 +77,11 @@ def options_context(request, model: str, provider: str = "", initial: dict | Non
     chosen = [a for a in accounts if a.slug == provider] or accounts
     specs = [a.adapter_class.models[model] for a in chosen]
     union = lambda attr: sorted({v for s in specs for v in getattr(s, attr)}, key=str)  # noqa: E731
-    ratios = union("aspect_ratios") if all(s.aspect_ratios for s in specs) else [
-        "1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4"
-    ]
+    ratios = (
+        union("aspect_ratios")
+        if all(s.aspect_ratios for s in specs)
+        else ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4"]
+    )
     safety = [s.safety_tolerance for s in specs if s.safety_tolerance]
     return {
         "initial": initial or {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg", "n": 1},
@@ -122,7 +129,9 @@ def quote(request):
         picked = reference_images(request.GET.getlist("reference_images"))
         generation_request = form.to_request(*media.reference_keys(picked, []))
         try:
-            account, price = engine.choose_account(generation_request, form.cleaned_data.get("provider") or None)
+            account, price = engine.choose_account(
+                generation_request, form.cleaned_data.get("provider") or None
+            )
             remaining = context["account"].available - price.total
             context.update(price=price.total, via=account.slug, remaining=remaining, shortfall=-remaining)
         except credits.Refusal as refusal:
@@ -142,10 +151,13 @@ def generate(request):
         problem = first_error(form)[1]
     else:
         try:
-            uploads = [media.store_reference(f, request.user) for f in request.FILES.getlist("reference_files")]
+            uploads = [
+                media.store_reference(f, request.user) for f in request.FILES.getlist("reference_files")
+            ]
             picked = reference_images(request.POST.getlist("reference_images"))
             generation, created = engine.create(
-                request.user, form.to_request(*media.reference_keys(picked, uploads)),
+                request.user,
+                form.to_request(*media.reference_keys(picked, uploads)),
                 provider=form.cleaned_data.get("provider") or None,
                 idempotency_key=key,
             )
@@ -164,7 +176,8 @@ def generate(request):
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
     response = render(
-        request, "generations/studio.html#created",
+        request,
+        "generations/studio.html#created",
         {"job": visible_generations().get(pk=generation.pk), "idempotency_key": uuid.uuid4().hex},
     )
     if not created:  # a double click: the first click's card is already on the page
@@ -192,7 +205,9 @@ def cancel(request, pk: int):
     job = visible_generations().get(pk=pk)
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
-    return trigger_client_event(no_store(render(request, "generations/studio.html#job-card", {"job": job})), "credits-changed")
+    return trigger_client_event(
+        no_store(render(request, "generations/studio.html#job-card", {"job": job})), "credits-changed"
+    )
 
 
 @require_GET
@@ -205,22 +220,32 @@ def gallery(request):
         new = list(images.filter(id__gt=int(after))[:GALLERY_PAGE])
         if not new:
             return no_store(HttpResponse(status=204))
-        return no_store(render(request, "generations/studio.html#gallery-new", {"gallery": new, "newest": new[0].pk}))
+        return no_store(
+            render(request, "generations/studio.html#gallery-new", {"gallery": new, "newest": new[0].pk})
+        )
     if before and before.isdigit():
         images = images.filter(id__lt=int(before))
-    return no_store(render(request, "generations/studio.html#gallery-page", {"gallery": images[:GALLERY_PAGE]}))
+    return no_store(
+        render(request, "generations/studio.html#gallery-page", {"gallery": images[:GALLERY_PAGE]})
+    )
 
 
 @require_GET
 @login_required
 def credit_badge(request):
-    return no_store(render(request, "generations/studio.html#credit-badge", {"account": credits.account_for(request.user)}))
+    return no_store(
+        render(
+            request, "generations/studio.html#credit-badge", {"account": credits.account_for(request.user)}
+        )
+    )
 
 
 @require_GET
 @login_required
 def credits_page(request):
-    entries = LedgerEntry.objects.filter(user=request.user).select_related("generation__prompt", "admin")[:200]
+    entries = LedgerEntry.objects.filter(user=request.user).select_related("generation__prompt", "admin")[
+        :200
+    ]
     context = {"entries": entries, "account": credits.account_for(request.user)}
     return no_store(render(request, "generations/credits.html", context))
 
@@ -229,7 +254,11 @@ def credits_page(request):
 @login_required
 def generation_page(request, pk: int):
     job = get_object_or_404(visible_generations().prefetch_related("events"), pk=pk)
-    return no_store(render(request, "generations/generation.html", {"job": job, "account": credits.account_for(request.user)}))
+    return no_store(
+        render(
+            request, "generations/generation.html", {"job": job, "account": credits.account_for(request.user)}
+        )
+    )
 
 
 @require_GET
@@ -262,5 +291,7 @@ def reference_upload(request, token: str):
 @require_GET
 @login_required
 def reference_chip(request, pk: int):
-    """"Use as reference" on a gallery image: a removable chip carrying the image id into the form."""
-    return no_store(render(request, "generations/studio.html#reference-chip", {"image": get_object_or_404(Image, pk=pk)}))
+    """ "Use as reference" on a gallery image: a removable chip carrying the image id into the form."""
+    return no_store(
+        render(request, "generations/studio.html#reference-chip", {"image": get_object_or_404(Image, pk=pk)})
+    )

@@ -18,7 +18,12 @@ from generations.models import ProviderAccount
 from generations.providers.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
-KEYS = {"apiframe": "afk_test_key_1234", "vtrix": "vtrix_test_key", "pixeldojo": "pd_test_key", "maxapi": "sk-test-key"}
+KEYS = {
+    "apiframe": "afk_test_key_1234",
+    "vtrix": "vtrix_test_key",
+    "pixeldojo": "pd_test_key",
+    "maxapi": "sk-test-key",
+}
 
 
 @pytest.fixture
@@ -58,7 +63,9 @@ def accounts(db, fresh_sandbox) -> dict[str, ProviderAccount]:
     """One account of every kind, each pointed at its prefix on the sandbox."""
     made = {}
     for priority, kind in enumerate(["apiframe", "vtrix", "pixeldojo", "maxapi"]):
-        account = ProviderAccount(slug=f"sb-{kind}", kind=kind, base_url=f"{fresh_sandbox.url}/{kind}", priority=priority)
+        account = ProviderAccount(
+            slug=f"sb-{kind}", kind=kind, base_url=f"{fresh_sandbox.url}/{kind}", priority=priority
+        )
         account.set_api_key(KEYS[kind])
         account.save()
         made[kind] = account
@@ -110,7 +117,11 @@ def worker(transactional_db, tmp_path):
     env["FLUXWEB_DATA_DIR"] = str(settings.DATA_DIR)
     log = open(tmp_path / "qcluster.log", "w")  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "qcluster"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT
+        [sys.executable, str(ROOT / "manage.py"), "qcluster"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     time.sleep(0.5)
     yield process

@@ -442,4 +442,7 @@ def test_it_answers_405_as_json_with_the_allowed_methods(bob):
 def test_it_answers_an_unknown_endpoint_as_json(bob):
     response = api(bob).get("/api/v1/nothing/here")
     assert response.status_code == 404
-    assert response.json()["error"] == {"code": "not_found", "message": "There is no API endpoint /api/v1/nothing/here."}
+    assert response.json()["error"] == {
+        "code": "not_found",
+        "message": "There is no API endpoint /api/v1/nothing/here.",
+    }

@@ -37,19 +37,29 @@ def test_it_generates_stores_and_settles_through_the_engine(bob, accounts, drain
     account = credits.account_for(bob)
     assert (account.balance, account.reserved) == (930, 0)
     assert (generation.credits_charged, generation.credits_refunded) == (70, 0)
-    assert list(generation.ledger.values_list("kind", "amount").order_by("id")) == [("reserve", 70), ("settle", 70)]
+    assert list(generation.ledger.values_list("kind", "amount").order_by("id")) == [
+        ("reserve", 70),
+        ("settle", 70),
+    ]
     assert credits.reconcile() == []
     assert [e.what for e in generation.events.all()] == ["created", "submitted", "provider done", "succeeded"]
 
 
 def test_it_sends_what_the_user_chose_to_apiframe(bob, accounts, drain, fresh_sandbox):
-    engine.create(bob, request(aspect_ratio="3:4", megapixels=2.0, seed=42, output_format="png", prompt_upsampling=True),
-                  provider="sb-apiframe")
+    engine.create(
+        bob,
+        request(aspect_ratio="3:4", megapixels=2.0, seed=42, output_format="png", prompt_upsampling=True),
+        provider="sb-apiframe",
+    )
     drain()
     sent = [r for r in fresh_sandbox.requests if r.method == "POST" and r.provider == "apiframe"][0]
     assert sent.headers["X-API-Key"] == "afk_test_key_1234"
     assert sent.json["fluxParams"] == {
-        "resolution": "2MP", "aspect_ratio": "3:4", "output_format": "png", "prompt_upsampling": True, "seed": 42,
+        "resolution": "2MP",
+        "aspect_ratio": "3:4",
+        "output_format": "png",
+        "prompt_upsampling": True,
+        "seed": 42,
     }
     assert sent.headers["Idempotency-Key"].startswith("fluxweb-")
 

@@ -33,8 +33,6 @@ class NotResent(AssertionError):
     """A job whose submit failed transiently was never sent again."""
 
 
-
-
 @pytest.fixture(scope="session")
 def servers():
     started = {kind: cls(delay=0.05, hang=1.5, retry_after="1").start() for kind, cls in EMULATORS.items()}

@@ -11,7 +11,10 @@ def test_it_reports_spend_per_user_and_provider(client, alice, bob, accounts, dr
     client.force_login(alice)
     page = client.get("/admin/generations/generation/usage/").content.decode()
     assert "<td>bob</td><td>2</td><td>0</td><td>2</td><td>140</td><td>0</td>" in page
-    assert "<td>sb-vtrix</td><td>vtrix</td><td>1</td><td>0</td><td>70</td><td>$0.070</td><td>0.0700 USD</td>" in page
+    assert (
+        "<td>sb-vtrix</td><td>vtrix</td><td>1</td><td>0</td><td>70</td><td>$0.070</td><td>0.0700 USD</td>"
+        in page
+    )
     assert "10 Apiframe credits" in page
 
 

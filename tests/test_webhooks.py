@@ -57,7 +57,11 @@ def running(bob, accounts, drain, fresh_sandbox) -> Generation:
 
 
 def polls_of(sandbox, generation: Generation) -> list:
-    return [r for r in sandbox.requests if r.method == "GET" and r.path == f"/v2/jobs/{generation.provider_job_id}"]
+    return [
+        r
+        for r in sandbox.requests
+        if r.method == "GET" and r.path == f"/v2/jobs/{generation.provider_job_id}"
+    ]
 
 
 def event(job_id: str = "5f0c1c1e-0000-4000-8000-000000000001", **fields) -> bytes:
@@ -114,7 +118,9 @@ def test_it_polls_at_once_on_a_valid_signature(client, running, drain, form, fre
     assert len(polls_of(fresh_sandbox, running)) == 1  # asked the provider at once, with our own key
     running.refresh_from_db()
     assert running.status == "running"  # the sandbox says it is still working, whatever the body says
-    assert before < running.next_poll_at < timezone.now() + timedelta(seconds=30)  # not a minute away any more
+    assert (
+        before < running.next_poll_at < timezone.now() + timedelta(seconds=30)
+    )  # not a minute away any more
     assert [e.what for e in running.events.all()][-1] == "webhook"
     assert ("sweep", ()) in drain.queue
 

@@ -63,7 +63,11 @@ class Apiframe(Adapter):
             params["seed"] = request.seed
         if request.reference_urls:
             params["input_images"] = list(request.reference_urls)
-        body: dict = {"prompt": request.prompt, "model": self.spec(request.model).provider_model, "fluxParams": params}
+        body: dict = {
+            "prompt": request.prompt,
+            "model": self.spec(request.model).provider_model,
+            "fluxParams": params,
+        }
         if request.webhook_url:
             # The schema key is webhookUrl; the FAQ's "webhook_url" would be rejected as unknown [S003 vs A7].
             body["webhookUrl"] = request.webhook_url
@@ -96,13 +100,21 @@ class Apiframe(Adapter):
         job_id = data.get("id") or data.get("jobId")
         if status == "COMPLETED":
             if data.get("expired"):
-                return failed(ProviderError.EXPIRED, "Apiframe has already purged this job's images (24 h retention).", status)
+                return failed(
+                    ProviderError.EXPIRED,
+                    "Apiframe has already purged this job's images (24 h retention).",
+                    status,
+                )
             urls = result_urls(data.get("result"))
             if not urls:
                 raise ProviderError(ProviderError.MALFORMED, "Apiframe finished the job but listed no image.")
-            return Outcome(state="succeeded", job_id=job_id, image_urls=urls, cost=cost, raw_status=status, progress=1.0)
+            return Outcome(
+                state="succeeded", job_id=job_id, image_urls=urls, cost=cost, raw_status=status, progress=1.0
+            )
         if status in ("FAILED", "CANCELLED"):
-            message = data.get("error") or ("The job was cancelled at Apiframe." if status == "CANCELLED" else "Apiframe failed the job.")
+            message = data.get("error") or (
+                "The job was cancelled at Apiframe." if status == "CANCELLED" else "Apiframe failed the job."
+            )
             outcome = failed(moderation_or_failure(self.label, message), message, status)
             return Outcome(state="failed", job_id=job_id, error=outcome.error, cost=cost, raw_status=status)
         progress = data.get("progress")
@@ -138,7 +150,7 @@ class Apiframe(Adapter):
         signature = next((v for k, v in headers.items() if k.lower() == "x-webhook-signature"), "")
         signature = signature.strip()
         if signature.startswith("sha256="):
-            signature = signature[len("sha256="):]
+            signature = signature[len("sha256=") :]
         if not signature or not self.api_key:
             return False
         key = hashlib.sha256(self.api_key.encode()).digest()

@@ -38,7 +38,12 @@ class ProviderError(Exception):
     TRANSIENT: ClassVar[frozenset[str]] = frozenset({RATE_LIMITED, SERVER, TIMEOUT, MALFORMED})
 
     def __init__(
-        self, code: str, message: str, *, retry_after: float | None = None, status: int | None = None,
+        self,
+        code: str,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        status: int | None = None,
         unsent: bool = False,
     ):
         super().__init__(message)
@@ -108,7 +113,12 @@ def parse_ratio(ratio: str) -> tuple[int, int]:
 
 
 def resolve_dimensions(
-    aspect_ratio: str | None, width: int | None, height: int | None, megapixels: float | None, *, multiple: int = 16
+    aspect_ratio: str | None,
+    width: int | None,
+    height: int | None,
+    megapixels: float | None,
+    *,
+    multiple: int = 16,
 ) -> tuple[int, int]:
     """Width and height in pixels: explicit ones win, otherwise the ratio at `megapixels` (default 1 MP),
     in multiples of `multiple` because BFL-family backends require multiples of 16 [B1]."""
@@ -257,12 +267,16 @@ class Adapter:
             raise Unsupported(f"{self.label} makes 1 to {spec.max_n} images per request for {spec.id}.", "n")
         if request.output_format not in spec.output_formats:
             formats = ", ".join(spec.output_formats)
-            raise Unsupported(f"{self.label} writes {formats} for {spec.id}, not {request.output_format}.", "output_format")
+            raise Unsupported(
+                f"{self.label} writes {formats} for {spec.id}, not {request.output_format}.", "output_format"
+            )
         if request.width or request.height:
             if not (request.width and request.height):
                 raise Unsupported("Give both width and height, or neither.", "width")
             if spec.custom_size is None:
-                raise Unsupported(f"{self.label} does not take a custom width and height; pick an aspect ratio.", "width")
+                raise Unsupported(
+                    f"{self.label} does not take a custom width and height; pick an aspect ratio.", "width"
+                )
             low, high = spec.custom_size
             if not (low <= request.width <= high and low <= request.height <= high):
                 raise Unsupported(f"Width and height must each be between {low} and {high} pixels.", "width")
@@ -286,10 +300,14 @@ class Adapter:
             tiers = ", ".join(f"{mp:g} MP" for mp in spec.megapixels)
             raise Unsupported(f"{self.label} offers {tiers} for {spec.id}.", "megapixels")
         if spec.sizes and f"{request.dimensions[0]}x{request.dimensions[1]}" not in spec.sizes:
-            raise Unsupported(f"{self.label} makes {spec.id} at {', '.join(spec.sizes)} only.", "aspect_ratio")
+            raise Unsupported(
+                f"{self.label} makes {spec.id} at {', '.join(spec.sizes)} only.", "aspect_ratio"
+            )
         if request.safety_tolerance is not None:
             if spec.safety_tolerance is None:
-                raise Unsupported(f"{self.label} has no safety tolerance setting for {spec.id}.", "safety_tolerance")
+                raise Unsupported(
+                    f"{self.label} has no safety tolerance setting for {spec.id}.", "safety_tolerance"
+                )
             low, high = spec.safety_tolerance
             if not low <= request.safety_tolerance <= high:
                 raise Unsupported(f"Safety tolerance must be between {low} and {high}.", "safety_tolerance")
@@ -299,7 +317,9 @@ class Adapter:
             raise Unsupported(f"{self.label} does not take a seed for {spec.id}.", "seed")
         if len(request.reference_urls) > spec.max_reference_images:
             if spec.max_reference_images == 0:
-                raise Unsupported(f"{self.label} takes no reference images for {spec.id}.", "reference_images")
+                raise Unsupported(
+                    f"{self.label} takes no reference images for {spec.id}.", "reference_images"
+                )
             raise Unsupported(
                 f"{self.label} takes at most {spec.max_reference_images} reference images for {spec.id}.",
                 "reference_images",
@@ -354,26 +374,48 @@ class Adapter:
                     status=status,
                 )
         if status in self.credit_statuses:
-            return ProviderError(ProviderError.PROVIDER_CREDIT, f"The {self.label} account is out of credit: {message}", status=status)
+            return ProviderError(
+                ProviderError.PROVIDER_CREDIT,
+                f"The {self.label} account is out of credit: {message}",
+                status=status,
+            )
         if status == 401:
-            return ProviderError(ProviderError.AUTH, f"{self.label} refused the API key: {message}", status=status)
+            return ProviderError(
+                ProviderError.AUTH, f"{self.label} refused the API key: {message}", status=status
+            )
         if status == 403:
             if any(word in lowered for word in ("policy", "moderat", "nsfw", "safety", "content")):
-                return ProviderError(ProviderError.MODERATION, f"{self.label} refused the prompt: {message}", status=status)
+                return ProviderError(
+                    ProviderError.MODERATION, f"{self.label} refused the prompt: {message}", status=status
+                )
             return ProviderError(ProviderError.AUTH, f"{self.label} denied access: {message}", status=status)
         if status == 429:
             return ProviderError(
-                ProviderError.RATE_LIMITED, f"{self.label} is rate limiting: {message}", retry_after=retry_after, status=status
+                ProviderError.RATE_LIMITED,
+                f"{self.label} is rate limiting: {message}",
+                retry_after=retry_after,
+                status=status,
             )
         if status == 404:
-            return ProviderError(ProviderError.NOT_FOUND, f"{self.label} does not know this job: {message}", status=status)
+            return ProviderError(
+                ProviderError.NOT_FOUND, f"{self.label} does not know this job: {message}", status=status
+            )
         if status == 408 or status == 504:
             return ProviderError(ProviderError.TIMEOUT, f"{self.label} timed out: {message}", status=status)
         if status >= 500:
-            return ProviderError(ProviderError.SERVER, f"{self.label} had a server error: {message}", retry_after=retry_after, status=status)
+            return ProviderError(
+                ProviderError.SERVER,
+                f"{self.label} had a server error: {message}",
+                retry_after=retry_after,
+                status=status,
+            )
         if any(word in lowered for word in ("policy", "moderat", "nsfw", "safety")):
-            return ProviderError(ProviderError.MODERATION, f"{self.label} refused the prompt: {message}", status=status)
-        return ProviderError(ProviderError.INVALID, f"{self.label} rejected the request: {message}", status=status)
+            return ProviderError(
+                ProviderError.MODERATION, f"{self.label} refused the prompt: {message}", status=status
+            )
+        return ProviderError(
+            ProviderError.INVALID, f"{self.label} rejected the request: {message}", status=status
+        )
 
     def check(self, reply: Reply) -> Any:
         """The JSON of a successful reply, or the mapped error."""

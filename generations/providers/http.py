@@ -52,17 +52,26 @@ def url_for(adapter: Adapter, call: HttpCall) -> str:
 def send(adapter: Adapter, call: HttpCall, timeout: float | None = None) -> Reply:
     try:
         response = client().request(
-            call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json,
+            call.method,
+            url_for(adapter, call),
+            headers=dict(call.headers),
+            json=call.json,
             timeout=timeout or TIMEOUT,
         )
     except httpx.ConnectTimeout:
-        raise ProviderError(ProviderError.TIMEOUT, f"Could not connect to {adapter.label} in time.", unsent=True) from None
+        raise ProviderError(
+            ProviderError.TIMEOUT, f"Could not connect to {adapter.label} in time.", unsent=True
+        ) from None
     except httpx.TimeoutException:
         raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
     except httpx.ConnectError:
-        raise ProviderError(ProviderError.SERVER, f"Could not connect to {adapter.label}.", unsent=True) from None
+        raise ProviderError(
+            ProviderError.SERVER, f"Could not connect to {adapter.label}.", unsent=True
+        ) from None
     except httpx.HTTPError as exc:
-        raise ProviderError(ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}.") from None
+        raise ProviderError(
+            ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}."
+        ) from None
     return Reply(response.status_code, response.headers, response.content)
 
 
@@ -79,11 +88,15 @@ def broke(exc: httpx.HTTPError) -> str:
 
 async def send_async(http: httpx.AsyncClient, adapter: Adapter, call: HttpCall) -> Reply:
     try:
-        response = await http.request(call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json)
+        response = await http.request(
+            call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json
+        )
     except httpx.TimeoutException:
         raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
     except TimeoutError:
         raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
     except httpx.HTTPError as exc:
-        raise ProviderError(ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}.") from None
+        raise ProviderError(
+            ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}."
+        ) from None
     return Reply(response.status_code, response.headers, response.content)

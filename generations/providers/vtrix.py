@@ -62,7 +62,8 @@ class Vtrix(Adapter):
         if width % MULTIPLE or height % MULTIPLE:
             low, high = self.spec(request.model).custom_size
             suggestion = "x".join(
-                str(min(high, max(low, (side + MULTIPLE // 2) // MULTIPLE * MULTIPLE))) for side in (width, height)
+                str(min(high, max(low, (side + MULTIPLE // 2) // MULTIPLE * MULTIPLE)))
+                for side in (width, height)
             )
             raise Unsupported(
                 f"{self.label} needs width and height in multiples of {MULTIPLE}; try {suggestion}.", "width"

@@ -10,8 +10,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium's own background traffic is refused on these machines; keep it from trying (loopback only).
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +87,20 @@ def test_it_tells_a_user_without_credits_why(page, carol, accounts):
 def test_it_changes_the_form_with_the_model(page, bob, accounts):
     log_in(page, "bob", "pw-bob-123")
     page.select_option("select[name=model]", "flux-plus")
-    page.wait_for_function("document.querySelector('#model-options select[name=provider]').innerText.includes('sb-maxapi')")
+    page.wait_for_function(
+        "document.querySelector('#model-options select[name=provider]').innerText.includes('sb-maxapi')"
+    )
     assert page.locator("#model-options input[name=seed]").count() == 0  # MaxAPI takes no seed
     page.select_option("select[name=model]", "flux-2-max")
-    page.wait_for_function("document.querySelector('#model-options select[name=provider]').innerText.includes('sb-vtrix')")
+    page.wait_for_function(
+        "document.querySelector('#model-options select[name=provider]').innerText.includes('sb-vtrix')"
+    )
     assert page.locator("#model-options input[name=seed]").count() == 1
 
 
-def test_it_sends_an_uploaded_reference_image_to_the_provider(page, bob, accounts, worker, tmp_path, fresh_sandbox):
+def test_it_sends_an_uploaded_reference_image_to_the_provider(
+    page, bob, accounts, worker, tmp_path, fresh_sandbox
+):
     from PIL import Image as PILImage
 
     picture = tmp_path / "reference.png"
@@ -95,7 +109,9 @@ def test_it_sends_an_uploaded_reference_image_to_the_provider(page, bob, account
     page.fill("textarea[name=prompt]", "the same scene in winter")
     page.select_option("select[name=provider]", "sb-apiframe")
     # Choosing a provider re-renders the options (file input included): attach the file after that.
-    page.wait_for_selector("#model-options select[name=provider] option[value=sb-apiframe][selected]", state="attached")
+    page.wait_for_selector(
+        "#model-options select[name=provider] option[value=sb-apiframe][selected]", state="attached"
+    )
     page.set_input_files("input[name=reference_files]", str(picture))
     page.click("#generate-button")
     page.locator("#jobs article.job .images img").first.wait_for(timeout=30000)

@@ -39,4 +39,6 @@ class Command(BaseCommand):
             f"{name} {value['used']}/{value['limit'] if value['limit'] is not None else 'unlimited'}"
             for name, value in me["quota"].items()
         )
-        self.stdout.write(f"{user.username}: balance {me['credits']['balance']}, reserved {me['credits']['reserved']}; {quota}")
+        self.stdout.write(
+            f"{user.username}: balance {me['credits']['balance']}, reserved {me['credits']['reserved']}; {quota}"
+        )

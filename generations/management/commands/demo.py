@@ -24,7 +24,9 @@ class Command(BaseCommand):
     def handle(self, *args, sandbox_url, password, **options):
         User = get_user_model()
         for username, admin, grant in USERS:
-            user, created = User.objects.get_or_create(username=username, defaults={"is_staff": admin, "is_superuser": admin})
+            user, created = User.objects.get_or_create(
+                username=username, defaults={"is_staff": admin, "is_superuser": admin}
+            )
             if created:
                 user.set_password(password)
                 user.save()
@@ -32,7 +34,12 @@ class Command(BaseCommand):
                 credits.grant(user, grant, note="demo credits")
         for slug, kind, key, priority in SANDBOX_ACCOUNTS:
             account, created = ProviderAccount.objects.get_or_create(
-                slug=slug, defaults={"kind": kind, "base_url": f"{sandbox_url.rstrip('/')}/{kind}", "priority": priority}
+                slug=slug,
+                defaults={
+                    "kind": kind,
+                    "base_url": f"{sandbox_url.rstrip('/')}/{kind}",
+                    "priority": priority,
+                },
             )
             if created or not account.has_key:
                 account.set_api_key(key)

@@ -23,7 +23,9 @@ class Command(BaseCommand):
         toggle.add_argument("--disable", action="store_true")
         setter.add_argument("--priority", type=int)
         setter.add_argument("--monthly-spend-cap", type=int)
-        sub.add_parser("rotate-keys", help="re-encrypt every stored key under the first FLUXWEB_FERNET_KEYS key")
+        sub.add_parser(
+            "rotate-keys", help="re-encrypt every stored key under the first FLUXWEB_FERNET_KEYS key"
+        )
 
     def handle(self, *args, action, **options):
         getattr(self, action.replace("-", "_"))(**options)
@@ -41,7 +43,9 @@ class Command(BaseCommand):
         if account is None:
             if not kind:
                 raise CommandError(f"{slug} is a new account: give --kind ({', '.join(sorted(PROVIDERS))}).")
-            account = ProviderAccount(slug=slug, kind=kind, base_url=base_url or PROVIDERS[kind].default_base_url)
+            account = ProviderAccount(
+                slug=slug, kind=kind, base_url=base_url or PROVIDERS[kind].default_base_url
+            )
         elif kind:
             account.kind = kind
         if base_url:
@@ -62,8 +66,10 @@ class Command(BaseCommand):
             problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
             raise CommandError(problems) from None
         account.save()
-        self.stdout.write(f"{account.slug}: {account.kind} at {account.base_url}, "
-                          f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}")
+        self.stdout.write(
+            f"{account.slug}: {account.kind} at {account.base_url}, "
+            f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}"
+        )
 
     def rotate_keys(self, **options):
         count, unreadable = 0, []
