@@ -3,18 +3,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 from django.conf import settings
 from django.db import connection
 
 from generations import credits, engine
 from generations.models import ProviderAccount
+from generations.providers import http as provider_http
+from generations.providers.base import Reply
 from generations.providers.sandbox import Sandbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +145,20 @@ def wait_for(predicate, timeout: float = 20.0, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout} s")
+
+
+@pytest.fixture
+def mock_http():
+    """Route provider calls through `httpx.MockTransport(handler)` for one adapter's edge cases."""
+
+    def install(handler):
+        provider_http.use_transport(httpx.MockTransport(handler))
+
+    yield install
+    provider_http.use_transport(None)
+
+
+def reply(status: int, body, headers=None) -> Reply:
+    """A provider reply from a dict, a string or raw bytes."""
+    raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
+    return Reply(status, headers or {}, raw)

@@ -20,12 +20,6 @@ PUBLIC = {"reference", "reference-upload", "webhook"}  # the signature or the un
 HOSTILE = '<script>alert(1)</script><i hx-get="/admin/" hx-trigger="load">x</i>'
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # PBKDF2 costs ~0.6 s a persona; nothing here checks a real password hash.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def png(width: int = 96, height: int = 64) -> bytes:
     out = io.BytesIO()
     PILImage.new("RGB", (width, height), (40, 90, 200)).save(out, "PNG")

@@ -9,7 +9,9 @@ import pytest
 
 from generations.providers import PROVIDERS, Apiframe
 from generations.providers import http as provider_http
-from generations.providers.base import GenerationRequest, ProviderError, Reply, Unsupported
+from generations.providers.base import GenerationRequest, ProviderError, Unsupported
+
+from .conftest import reply
 
 JOB_ID = "a1b2c3d4-e5f6-7890-abcd-ef1234567890"
 # Job states from providers.md section 3, verbatim.
@@ -30,22 +32,8 @@ def adapter():
     return Apiframe("https://api.apiframe.ai", API_KEY)
 
 
-@pytest.fixture
-def mock_http():
-    def install(handler):
-        provider_http.use_transport(httpx.MockTransport(handler))
-
-    yield install
-    provider_http.use_transport(None)
-
-
 def req(**kwargs) -> GenerationRequest:
     return GenerationRequest(**{"prompt": "a red fox", "model": "flux-2-max", **kwargs})
-
-
-def reply(status: int, body, headers=None) -> Reply:
-    raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
-    return Reply(status, headers or {}, raw)
 
 
 def sign(body: bytes, api_key: str = API_KEY) -> str:

@@ -7,7 +7,9 @@ import pytest
 
 from generations.providers import PROVIDERS, MaxApi
 from generations.providers import http as provider_http
-from generations.providers.base import GenerationRequest, ProviderError, Reply, Unsupported
+from generations.providers.base import GenerationRequest, ProviderError, Unsupported
+
+from .conftest import reply
 
 # The example response on the Create Image page, verbatim [S000].
 DOC_200 = """{
@@ -37,22 +39,8 @@ def adapter():
     return MaxApi("https://api.maxapi.ai/", "sk-test")
 
 
-@pytest.fixture
-def mock_http():
-    def install(handler):
-        provider_http.use_transport(httpx.MockTransport(handler))
-
-    yield install
-    provider_http.use_transport(None)
-
-
 def req(**kwargs) -> GenerationRequest:
     return GenerationRequest(**{"prompt": "a cat", "model": "flux-plus", **kwargs})
-
-
-def reply(status: int, body, headers=None) -> Reply:
-    raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
-    return Reply(status, headers or {}, raw)
 
 
 def error(adapter, status, body, headers=None) -> ProviderError:

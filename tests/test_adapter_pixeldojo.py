@@ -7,7 +7,9 @@ import pytest
 
 from generations.providers import PROVIDERS, PixelDojo
 from generations.providers import http as provider_http
-from generations.providers.base import GenerationRequest, ProviderError, Reply, Unsupported
+from generations.providers.base import GenerationRequest, ProviderError, Unsupported
+
+from .conftest import reply
 
 # The two examples on the model page, verbatim [S004].
 SUBMITTED = """{
@@ -38,24 +40,10 @@ def adapter():
     return PixelDojo("https://pixeldojo.ai", "pd_test")
 
 
-@pytest.fixture
-def mock_http():
-    def install(handler):
-        provider_http.use_transport(httpx.MockTransport(handler))
-
-    yield install
-    provider_http.use_transport(None)
-
-
 def req(**kwargs) -> GenerationRequest:
     return GenerationRequest(
         **{"prompt": "A beautiful mountain landscape at golden hour", "model": "flux-2-max", **kwargs}
     )
-
-
-def reply(status: int, body, headers=None) -> Reply:
-    raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
-    return Reply(status, headers or {}, raw)
 
 
 def body(adapter, **kwargs) -> dict:

@@ -8,7 +8,9 @@ import pytest
 
 from generations.providers import PROVIDERS, Vtrix
 from generations.providers import http as provider_http
-from generations.providers.base import GenerationRequest, ProviderError, Reply, Unsupported
+from generations.providers.base import GenerationRequest, ProviderError, Unsupported
+
+from .conftest import reply
 
 # Examples from providers.md section 2, verbatim.
 CREATED = '{"id":"d758n65e878c73cmdg20","status":"in_progress","model":"flux_2_max","created_at":1765432100}'
@@ -28,22 +30,8 @@ def adapter():
     return Vtrix("https://cloud.vtrix.ai", "vtrix-key")
 
 
-@pytest.fixture
-def mock_http():
-    def install(handler):
-        provider_http.use_transport(httpx.MockTransport(handler))
-
-    yield install
-    provider_http.use_transport(None)
-
-
 def req(**kwargs) -> GenerationRequest:
     return GenerationRequest(**{"prompt": "a lighthouse", "model": "flux-2-max", **kwargs})
-
-
-def reply(status: int, body, headers=None) -> Reply:
-    raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
-    return Reply(status, headers or {}, raw)
 
 
 def params(adapter, **kwargs) -> dict:

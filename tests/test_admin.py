@@ -17,12 +17,6 @@ from .conftest import KEYS
 PROVIDERS = "/admin/generations/provideraccount/"
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # PBKDF2 costs ~0.6 s a persona; nothing here checks a real password hash.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def admin_client(alice) -> Client:
     client = Client()

@@ -28,12 +28,6 @@ CONTRACT_FIELDS = {
 IMAGE_FIELDS = {"id", "url", "thumbnail_url", "width", "height", "seed", "format", "bytes"}
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # PBKDF2 costs ~0.6 s a persona; nothing here checks a real password hash.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def api(user) -> Client:
     _, token = ApiToken.issue(user)
     return Client(HTTP_AUTHORIZATION=f"Bearer {token}")

@@ -13,12 +13,6 @@ from generations.models import LedgerEntry, ProviderAccount, Quota
 from .conftest import KEYS
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # PBKDF2 costs ~0.6 s a persona; nothing here checks a real password hash.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def run(*args) -> str:
     out, err = StringIO(), StringIO()
     call_command(*args, stdout=out, stderr=err)

@@ -30,12 +30,6 @@ SETTINGS_FILE = ROOT / "fluxweb" / "settings.py"
 TEST_KEY = django_settings.FERNET_KEYS[0]  # tests/settings.py's, which encrypts the `accounts` fixture's keys
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # PBKDF2 costs ~0.6 s a persona; nothing here checks a real password hash.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 # -- start-up refusals, in a clean process ---------------------------------------------------------------------
 def import_settings(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {

@@ -24,12 +24,6 @@ from .conftest import KEYS, wait_for
 KEY = KEYS["apiframe"]
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings):
-    # PBKDF2 costs ~0.6 s a persona; nothing here checks a real password hash.
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Fail the test if anything resolves a name or opens a connection."""
