@@ -326,6 +326,10 @@ class Adapter:
             )
 
     # -- the protocol, pure -----------------------------------------------------------------------------
+    def headers(self) -> dict[str, str]:
+        """Bearer auth, as MaxAPI, Vtrix and PixelDojo document it; Apiframe overrides."""
+        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
+
     def build_submit(self, request: GenerationRequest) -> HttpCall:
         raise NotImplementedError
 

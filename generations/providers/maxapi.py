@@ -41,9 +41,6 @@ class MaxApi(Adapter):
     synchronous = True  # the 200 reply carries the images; async callbacks are only "Update Preview" [S000]
     models = {model: flux_spec(model) for model in ("flux-plus", "flux-pro-2")}
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-
     def build_submit(self, request: GenerationRequest) -> HttpCall:
         width, height = request.dimensions
         body = {

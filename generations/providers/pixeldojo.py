@@ -48,9 +48,6 @@ class PixelDojo(Adapter):
         )
     }
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-
     def build_submit(self, request: GenerationRequest) -> HttpCall:
         # The model schema rejects unknown keys [P4], so only the page's parameters; webhook_url is accepted
         # [P5] but its payload and signing are not documented, so we poll.

@@ -51,9 +51,6 @@ class Vtrix(Adapter):
         )
     }
 
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.api_key}", "Accept": "application/json"}
-
     def validate(self, request: GenerationRequest) -> None:
         super().validate(request)
         width, height = request.width, request.height
