@@ -47,7 +47,7 @@ def studio_context(request) -> dict:
         "gallery": Image.objects.gallery()[:GALLERY_PAGE],
         "account": credits.account_for(request.user),
         "idempotency_key": uuid.uuid4().hex,
-        **options_context(request, model, initial.get("provider", ""), initial),
+        **options_context(model, initial.get("provider", ""), initial),
     }
 
 
@@ -70,10 +70,10 @@ def remix_of(request) -> dict:
     }
 
 
-def options_context(request, model: str, provider: str = "", initial: dict | None = None) -> dict:
+def options_context(model: str, provider: str = "", initial: dict | None = None) -> dict:
     """What the form offers for one model: the accounts that serve it and the union of their options
     (or one account's, when the user picked it)."""
-    accounts = [a for a in engine.accounts_serving(model)]
+    accounts = engine.accounts_serving(model)
     chosen = [a for a in accounts if a.slug == provider] or accounts
     specs = [a.adapter_class.models[model] for a in chosen]
     union = lambda attr: sorted({v for s in specs for v in getattr(s, attr)}, key=str)  # noqa: E731
@@ -97,7 +97,6 @@ def options_context(request, model: str, provider: str = "", initial: dict | Non
         "safety": (min(lo for lo, _ in safety), max(hi for _, hi in safety)) if safety else None,
         "upsampling": any(s.prompt_upsampling for s in specs),
         "seeded": any(s.seed for s in specs),
-        "custom_size": next((s.custom_size for s in specs if s.custom_size), None),
     }
 
 
@@ -113,7 +112,7 @@ def model_options(request):
     model = request.GET.get("model", "")
     if model not in model_ids():
         raise Http404
-    context = options_context(request, model, request.GET.get("provider", ""))
+    context = options_context(model, request.GET.get("provider", ""))
     return no_store(render(request, "generations/studio.html#model-options", context))
 
 
@@ -126,9 +125,9 @@ def quote(request):
     form = GenerationForm(data)
     context = {"account": credits.account_for(request.user)}
     if form.is_valid():
-        picked = reference_images(request.GET.getlist("reference_images"))
-        generation_request = form.to_request(*media.reference_keys(picked, []))
         try:
+            picked = reference_images(request.GET.getlist("reference_images"))
+            generation_request = form.to_request(*media.reference_keys(picked, []))
             account, price = engine.choose_account(
                 generation_request, form.cleaned_data.get("provider") or None
             )
@@ -136,6 +135,8 @@ def quote(request):
             context.update(price=price.total, via=account.slug, remaining=remaining, shortfall=-remaining)
         except credits.Refusal as refusal:
             context["problem"] = refusal.message
+        except Unsupported as exc:
+            context["problem"] = exc.message
     else:
         context["problem"] = first_error(form)[1]
     return no_store(render(request, "generations/studio.html#quote", context))

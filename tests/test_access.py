@@ -362,3 +362,15 @@ def test_it_escapes_prompts_in_every_fragment(bob, carol, accounts):
         assert "<script>alert(1)" not in html, name
         assert 'hx-get="/admin/"' not in html, name
         assert "&lt;script&gt;" in html, name
+
+
+def test_it_prices_live_and_explains_what_it_cannot_price(bob, accounts):
+    client = logged_in(bob)
+    priced = client.get("/studio/quote", {"model": "flux-2-max", "megapixels": "2"}, HTTP_HX_REQUEST="true")
+    assert 'data-testid="price">100<' in priced.content.decode()
+    assert "You would have 900 left" in priced.content.decode()
+    unknown = client.get(
+        "/studio/quote", {"model": "flux-2-max", "reference_images": "999"}, HTTP_HX_REQUEST="true"
+    )
+    assert unknown.status_code == 200
+    assert "No image with id 999" in unknown.content.decode()
