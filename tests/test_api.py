@@ -440,3 +440,15 @@ def test_it_answers_an_unknown_endpoint_as_json(bob):
         "code": "not_found",
         "message": "There is no API endpoint /api/v1/nothing/here.",
     }
+
+
+@pytest.mark.parametrize("header", ["X-Accel-Redirect", "X-Sendfile"])
+def test_it_lets_the_web_server_send_the_bytes_when_configured(bob, accounts, settings, header):
+    settings.FLUXWEB_SENDFILE_HEADER = header
+    image = make_image(make_generation(bob, accounts["apiframe"]))
+    response = api(bob).get(f"/api/v1/images/{image.pk}/file")
+    assert response.status_code == 200
+    assert response.content == b""
+    expected = f"/_media/{image.file.name}" if header == "X-Accel-Redirect" else image.file.path
+    assert response[header] == expected
+    assert response["Content-Type"] == "image/png"
