@@ -22,7 +22,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from . import credits, crypto, media
-from .models import Generation, Image, Lease, Prompt, ProviderAccount, digest
+from .models import Generation, Lease, Prompt, ProviderAccount, digest
 from .providers import GenerationRequest, Outcome, ProviderError, Unsupported
 from .providers import http as provider_http
 
@@ -568,18 +568,7 @@ def ingest(generation_id: int) -> None:
             checked = media.check_image(
                 media.download(url, generation.account.kind, generation.account.base_url)
             )
-            original, thumb = media.files_for(checked, metadata_of(generation, index))
-            Image.objects.create(
-                generation=generation,
-                index=index,
-                file=original,
-                thumbnail=thumb,
-                width=checked.width,
-                height=checked.height,
-                format=checked.format,
-                bytes=original.size,
-                seed=generation.seed,
-            )
+            media.store_image(generation, index, checked, metadata_of(generation, index), generation.seed)
             stored.add(index)
         except media.MediaError as error:
             problem = problem or error

@@ -210,6 +210,24 @@ def files_for(checked: Checked, metadata: dict) -> tuple[ContentFile, ContentFil
     return original, thumb
 
 
+def store_image(generation, index: int, checked: Checked, metadata: dict, seed: int | None = None):
+    """Keep a verified result: the original with `metadata` embedded, its thumbnail, and the Image row."""
+    from .models import Image
+
+    original, thumb = files_for(checked, metadata)
+    return Image.objects.create(
+        generation=generation,
+        index=index,
+        file=original,
+        thumbnail=thumb,
+        width=checked.width,
+        height=checked.height,
+        format=checked.format,
+        bytes=original.size,
+        seed=seed,
+    )
+
+
 REFERENCE_SALT = "fluxweb.reference"
 REFERENCE_MAX_AGE = 3600
 

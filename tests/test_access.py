@@ -33,18 +33,7 @@ def make_job(user, account, prompt: str = "a lighthouse at dusk", **fields) -> G
 
 
 def make_image(generation: Generation) -> Image:
-    checked = media.check_image(png())
-    original, thumb = media.files_for(checked, {"prompt": generation.prompt.text})
-    return Image.objects.create(
-        generation=generation,
-        index=0,
-        file=original,
-        thumbnail=thumb,
-        width=checked.width,
-        height=checked.height,
-        format="png",
-        bytes=original.size,
-    )
+    return media.store_image(generation, 0, media.check_image(png()), {"prompt": generation.prompt.text})
 
 
 def logged_in(user) -> Client:

@@ -57,18 +57,7 @@ def make_generation(user, account, prompt: str = "a lighthouse at dusk", **field
 
 def make_image(generation: Generation, index: int = 0) -> Image:
     checked = media.check_image(png())
-    original, thumb = media.files_for(checked, {"prompt": generation.prompt.text})
-    return Image.objects.create(
-        generation=generation,
-        index=index,
-        file=original,
-        thumbnail=thumb,
-        width=checked.width,
-        height=checked.height,
-        format=checked.format,
-        bytes=original.size,
-        seed=7,
-    )
+    return media.store_image(generation, index, checked, {"prompt": generation.prompt.text}, seed=7)
 
 
 # -- auth and the error shape ----------------------------------------------------------------------------
