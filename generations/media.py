@@ -8,11 +8,13 @@ overall deadline, and Pillow decodes every file fully before it is kept (reliabi
 
 from __future__ import annotations
 
+import contextvars
 import io
 import ipaddress
 import json
 import socket
 import struct
+import threading
 import time
 import uuid
 import warnings
@@ -20,12 +22,14 @@ import zlib
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import httpcore
 import httpx
 from django.conf import settings
 from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
 from .providers import ProviderError
+from .providers import http as provider_http
 from .providers.http import broke, client
 
 # Flux outputs are at most ~4 MP; refuse anything past 8x that before decoding it (decompression bombs).
@@ -61,7 +65,10 @@ class Checked:
 
 
 def address_allowed(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
         ip = ip.ipv4_mapped
     if ip.is_loopback:
@@ -70,41 +77,66 @@ def address_allowed(address: str) -> bool:
     return ip.is_global and not ip.is_private and not ip.is_reserved and not ip.is_multicast
 
 
-def check_url(url: str, kind: str, base_url: str) -> None:
-    """Refuse a result URL before any socket opens: scheme, host allowlist, and every address it resolves to."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise MediaError("forbidden_url", f"Refused to download from a {parts.scheme or 'schemeless'} URL.")
-    if parts.username or parts.password:
-        raise MediaError("forbidden_url", "Refused a result URL that carries credentials.")
-    host = parts.hostname.lower()
-    base = urlsplit(base_url)
+@dataclass(frozen=True)
+class Target:
+    """A result URL that passed `check_url`: the host as the HTTP client will connect to it, and the
+    addresses it resolved to, every one of them allowed. The download connects to these, never to a second
+    lookup's answer (DNS rebinding)."""
+
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+def check_url(url: str, kind: str, base_url: str) -> Target:
+    """Refuse a result URL before any socket opens: scheme, host allowlist, and every address it resolves to.
+    A URL that does not parse, or that the standard library and the HTTP client read differently, is
+    refused too."""
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise MediaError("forbidden_url", "Refused a result URL with a malformed port.") from None
+        if not isinstance(url, str):
+            raise TypeError(url)
+        target = httpx.URL(url)
+        parts = urlsplit(url)
+        split = (parts.scheme, parts.hostname or "", parts.port, parts.username, parts.password)
+        base = urlsplit(base_url)
+        base_host, base_port = (base.hostname or "").lower(), base.port
+        connect_host = target.raw_host.decode("ascii")
+    except (httpx.InvalidURL, ValueError, TypeError):
+        raise MediaError("forbidden_url", "Refused a malformed result URL.") from None
+    scheme, split_host, split_port, username, password = split
+    if scheme not in ("http", "https") or not split_host:
+        raise MediaError("forbidden_url", f"Refused to download from a {scheme or 'schemeless'} URL.")
+    if username or password or target.userinfo:
+        raise MediaError("forbidden_url", "Refused a result URL that carries credentials.")
+    host = split_host.lower()
+    default_port = 443 if scheme == "https" else 80
+    port = split_port or default_port
+    if (target.scheme, target.host, target.port or default_port) != (scheme, host, port):
+        raise MediaError("forbidden_url", "Refused an ambiguous result URL.")
     # A documented CDN only on 443; the account's own host only on the port its base URL names.
     if host in DELIVERY_HOSTS.get(kind, set()):
         expected_port = 443
-    elif host and host == (base.hostname or "").lower():
-        expected_port = base.port or (443 if base.scheme == "https" else 80)
+    elif host == base_host:
+        expected_port = base_port or (443 if base.scheme == "https" else 80)
     else:
         raise MediaError(
             "forbidden_url", f"Refused to download from {host}: not a delivery host of this provider."
         )
     if port != expected_port:
         raise MediaError("forbidden_url", f"Refused to download from {host} on port {port}.")
-    if parts.scheme == "http" and not _is_loopback_name(host):
+    if scheme == "http" and not _is_loopback_name(host):
         raise MediaError("forbidden_url", f"Refused to download over plain http from {host}.")
     try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError:
+        infos = socket.getaddrinfo(connect_host, port, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
         raise MediaError("download_failed", f"Could not resolve {host}.") from None
-    for info in infos:
-        if not address_allowed(info[4][0]):
-            raise MediaError(
-                "forbidden_url", f"Refused to download from {host}: it resolves to {info[4][0]}."
-            )
+    addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
+    for address in addresses:
+        if not address_allowed(address):
+            raise MediaError("forbidden_url", f"Refused to download from {host}: it resolves to {address}.")
+    if not addresses:
+        raise MediaError("download_failed", f"Could not resolve {host}.")
+    return Target(connect_host, port, addresses)
 
 
 def _is_loopback_name(host: str) -> bool:
@@ -116,32 +148,134 @@ def _is_loopback_name(host: str) -> bool:
         return False
 
 
+# The download in progress in this thread: its deadline and its checked target.
+_download: contextvars.ContextVar[tuple[float, Target] | None] = contextvars.ContextVar(
+    "fluxweb_download", default=None
+)
+
+
+def _time_left(timeout: float | None, expired: type[Exception]) -> float | None:
+    """`timeout`, cut to what is left of the current download's deadline: every connect, write and read of a
+    download waits at most until the deadline, whatever the server does (a slow drip, or silence)."""
+    current = _download.get()
+    if current is None:
+        return timeout
+    left = current[0] - time.monotonic()
+    if left <= 0:
+        raise expired("The download deadline has passed.")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, stream: httpcore.NetworkStream):
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _time_left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _time_left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> httpcore.NetworkStream:
+        left = _time_left(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, left))
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
+
+
+class _PinnedBackend(httpcore.SyncBackend):
+    """Connects only to the addresses `check_url` allowed for the current download, within its deadline."""
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        current = _download.get()
+        if current is None or (host, port) != (current[1].host, current[1].port):
+            raise httpcore.ConnectError(f"Refused to connect to {host}:{port}: not the checked download.")
+        error: Exception = httpcore.ConnectError(f"Could not connect to {host}.")
+        for address in current[1].addresses:
+            left = _time_left(timeout, httpcore.ConnectTimeout)
+            try:
+                stream = super().connect_tcp(address, port, left, local_address, socket_options)
+            except httpcore.ConnectError as exc:
+                error = exc
+                continue
+            return _DeadlineStream(stream)
+        raise error
+
+
+class _DownloadTransport(httpx.HTTPTransport):
+    def __init__(self):
+        super().__init__()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(), network_backend=_PinnedBackend()
+        )
+
+
+_download_lock = threading.Lock()
+_download_client: httpx.Client | None = None
+
+
+def _download_http() -> httpx.Client:
+    """The client downloads use: pinned and deadline-bound; or, when a test has swapped the provider seam's
+    transport, the seam's client (no sockets)."""
+    global _download_client
+    if provider_http._transport is not None:
+        return client()
+    with _download_lock:
+        if _download_client is None:
+            _download_client = httpx.Client(transport=_DownloadTransport(), follow_redirects=False)
+        return _download_client
+
+
 def download(url: str, kind: str, base_url: str, limit: int | None = None) -> bytes:
+    """The result at `url`, within `limit` bytes and DOWNLOAD_DEADLINE seconds overall. Never follows a
+    redirect. Every failure is a MediaError: `forbidden_url`, `expired`, `too_large` or `download_failed`."""
     limit = limit or settings.FLUXWEB_MAX_DOWNLOAD_BYTES
-    check_url(url, kind, base_url)
-    started = time.monotonic()
+    deadline = time.monotonic() + DOWNLOAD_DEADLINE
+    target = check_url(url, kind, base_url)
+    token = _download.set((deadline, target))
     chunks, size = [], 0
     try:
-        with client().stream("GET", url, timeout=httpx.Timeout(20.0, connect=5.0)) as response:
+        timeout = httpx.Timeout(min(20.0, DOWNLOAD_DEADLINE), connect=min(5.0, DOWNLOAD_DEADLINE))
+        # Raw bytes as they arrive (never decoded, so never inflated), each one against the clock.
+        headers = {"Accept-Encoding": "identity"}
+        with _download_http().stream("GET", url, headers=headers, timeout=timeout) as response:
             if response.status_code in (403, 404, 410):
                 raise MediaError(ProviderError.EXPIRED, "The provider's image link has expired or vanished.")
-            if response.status_code >= 400:
+            if 300 <= response.status_code < 400:
+                raise MediaError(
+                    "download_failed",
+                    f"The provider's file server answered a redirect (HTTP {response.status_code}); "
+                    "redirects are not followed.",
+                )
+            if response.status_code != 200:
                 raise MediaError(
                     "download_failed", f"The provider's file server answered HTTP {response.status_code}."
                 )
-            for chunk in response.iter_bytes(64 * 1024):
-                size += len(chunk)
+            for piece in response.iter_raw():
+                size += len(piece)
                 if size > limit:
                     raise MediaError(
                         "too_large", f"The image is larger than the {limit // (1024 * 1024)} MB limit."
                     )
-                if time.monotonic() - started > DOWNLOAD_DEADLINE:
+                if time.monotonic() > deadline:
                     raise MediaError("download_failed", "The image download took too long.")
-                chunks.append(chunk)
+                chunks.append(piece)
+    except httpx.TimeoutException:
+        if time.monotonic() >= deadline:
+            raise MediaError("download_failed", "The image download took too long.") from None
+        raise MediaError("download_failed", "The provider's file server did not answer in time.") from None
     except httpx.HTTPError as exc:
         raise MediaError(
             "download_failed", f"The image download failed: the connection {broke(exc)}."
         ) from None
+    except (httpx.InvalidURL, httpx.StreamError, ValueError, OSError):
+        raise MediaError("download_failed", "The image download failed.") from None
+    finally:
+        _download.reset(token)
     return b"".join(chunks)
 
 
@@ -210,22 +344,72 @@ def files_for(checked: Checked, metadata: dict) -> tuple[ContentFile, ContentFil
     return original, thumb
 
 
-def store_image(generation, index: int, checked: Checked, metadata: dict, seed: int | None = None):
-    """Keep a verified result: the original with `metadata` embedded, its thumbnail, and the Image row."""
+@dataclass(frozen=True)
+class Saved:
+    """A result written to storage but not yet recorded: the ingest records every image of a job, or
+    none, in the transaction that settles it, and deletes these files when it does not."""
+
+    index: int
+    file: str
+    thumbnail: str
+    width: int
+    height: int
+    format: str
+    bytes: int
+
+
+def save_files(index: int, checked: Checked, metadata: dict) -> Saved:
+    """Write the original (with `metadata` embedded) and its thumbnail to storage; no database."""
+    from django.core.files.storage import default_storage
+    from django.utils import timezone
+
+    folder = f"images/{timezone.now():%Y/%m}"
+    original, thumb = files_for(checked, metadata)
+    name = default_storage.save(f"{folder}/{original.name}", original)
+    try:
+        thumb_name = default_storage.save(f"{folder}/{thumb.name}", thumb)
+    except BaseException:
+        default_storage.delete(name)
+        raise
+    return Saved(index, name, thumb_name, checked.width, checked.height, checked.format, original.size)
+
+
+def delete_files(saved: list[Saved]) -> None:
+    from django.core.files.storage import default_storage
+
+    for item in saved:
+        for name in (item.file, item.thumbnail):
+            try:
+                default_storage.delete(name)
+            except OSError:
+                pass
+
+
+def record(generation, saved: Saved, seed: int | None = None):
+    """The Image row for files `save_files` wrote."""
     from .models import Image
 
-    original, thumb = files_for(checked, metadata)
     return Image.objects.create(
         generation=generation,
-        index=index,
-        file=original,
-        thumbnail=thumb,
-        width=checked.width,
-        height=checked.height,
-        format=checked.format,
-        bytes=original.size,
+        index=saved.index,
+        file=saved.file,
+        thumbnail=saved.thumbnail,
+        width=saved.width,
+        height=saved.height,
+        format=saved.format,
+        bytes=saved.bytes,
         seed=seed,
     )
+
+
+def store_image(generation, index: int, checked: Checked, metadata: dict, seed: int | None = None):
+    """Keep a verified result: the original with `metadata` embedded, its thumbnail, and the Image row."""
+    saved = save_files(index, checked, metadata)
+    try:
+        return record(generation, saved, seed)
+    except BaseException:
+        delete_files([saved])
+        raise
 
 
 REFERENCE_SALT = "fluxweb.reference"

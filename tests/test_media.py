@@ -1,10 +1,13 @@
 """The file guard: downloads refused before any socket opens (reliability.md 4.1, test plan 22), size caps,
 Pillow hardening (4.2, test plan 25), thumbnails and embedded metadata."""
 
+import http.server
 import io
 import json
 import socket
 import struct
+import threading
+import time
 import zlib
 
 import pytest
@@ -319,3 +322,283 @@ def test_it_embeds_metadata_in_a_jpeg_comment_that_still_decodes():
         assert json.loads(im.info["comment"]) == METADATA
     checked = media.check_image(data)
     assert (checked.width, checked.height, checked.format) == (320, 200, "jpeg")
+
+
+# -- hostile file servers on loopback: deadlines, redirects, garbage --------------------------------------------------
+class FileServer:
+    """A file server on 127.0.0.1 that misbehaves on purpose. `routes` maps a path to a function that writes
+    the whole reply to the raw socket file; each request's path is recorded in `requests`."""
+
+    def __init__(self):
+        self.routes: dict = {}
+        self.requests: list[str] = []
+        self.closing = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                server.requests.append(self.path)
+                route = server.routes.get(self.path)
+                if route is None:
+                    self.send_error(404)
+                    return
+                route(self.wfile)
+                self.close_connection = True
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.httpd.block_on_close = False
+        self.port = self.httpd.server_address[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def pause(self, seconds: float) -> bool:
+        """Sleep, unless the test is over; True when it is."""
+        return self.closing.wait(seconds)
+
+    def stop(self):
+        self.closing.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def file_server(settings):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = True
+    servers = []
+
+    def make() -> FileServer:
+        servers.append(FileServer())
+        return servers[-1]
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+PNG = encoded("PNG", (64, 48))
+
+
+def reply_with(body: bytes, status: str = "200 OK", headers: str = "Content-Type: image/png\r\n"):
+    def write(out):
+        out.write(
+            f"HTTP/1.1 {status}\r\n{headers}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode()
+            + body
+        )
+
+    return write
+
+
+def head(out, length: int = 1_000_000) -> None:
+    out.write(f"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nContent-Length: {length}\r\n\r\n".encode())
+
+
+SLOW = 6.0  # how long a hostile server keeps a download going before it gives up and closes
+
+
+def dripping_body(server):
+    def write(out):
+        head(out)
+        started = time.monotonic()
+        while time.monotonic() - started < SLOW and not server.pause(0.05):
+            out.write(b"\x89")
+
+    return write
+
+
+def silent_after_headers(server):
+    """Headers late (but within any read timeout), then nothing: each wait alone is shorter than the deadline."""
+
+    def write(out):
+        if not server.pause(0.7):
+            head(out)
+            server.pause(SLOW)
+
+    return write
+
+
+def trickle_then_silence(server):
+    def write(out):
+        head(out)
+        for _ in range(7):
+            if server.pause(0.1):
+                return
+            out.write(b"\x89")
+        server.pause(SLOW)
+
+    return write
+
+
+def silent(server):
+    return lambda out: server.pause(SLOW)
+
+
+def dripping_headers(server):
+    def write(out):
+        for byte in b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 1000:
+            if server.pause(0.05):
+                return
+            out.write(bytes([byte]))
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "behaviour", [dripping_body, silent_after_headers, trickle_then_silence, silent, dripping_headers]
+)
+def test_a_download_ends_at_its_deadline_whatever_the_server_does(monkeypatch, file_server, behaviour):
+    """reliability.md test plan 24: the overall deadline holds against a drip (a byte every 50 ms, which no
+    per-read timeout stops) and against silence before or after the headers."""
+    monkeypatch.setattr(media, "DOWNLOAD_DEADLINE", 1.0)
+    server = file_server()
+    server.routes["/x.png"] = behaviour(server)
+
+    started = time.monotonic()
+    with pytest.raises(media.MediaError) as failed:
+        media.download(server.url("/x.png"), "maxapi", server.base_url)
+    elapsed = time.monotonic() - started
+
+    assert failed.value.code == "download_failed"
+    assert elapsed < 1.0 + 0.5, f"the download ran {elapsed:.2f} s past a 1 s deadline"
+    assert server.requests == ["/x.png"]
+
+
+def test_a_slow_but_timely_download_arrives_whole(monkeypatch, file_server):
+    monkeypatch.setattr(media, "DOWNLOAD_DEADLINE", 2.0)
+    server = file_server()
+
+    def write(out):
+        head(out, len(PNG))
+        for start in range(0, len(PNG), len(PNG) // 5 + 1):
+            server.pause(0.05)
+            out.write(PNG[start : start + len(PNG) // 5 + 1])
+
+    server.routes["/x.png"] = write
+    assert media.download(server.url("/x.png"), "maxapi", server.base_url) == PNG
+
+
+def test_a_redirect_is_refused_not_followed(file_server):
+    """Even to a URL the guard would allow (the same host, a valid image): reliability.md 4.1."""
+    server = file_server()
+    server.routes["/a.png"] = reply_with(b"", "302 Found", f"Location: {server.url('/b.png')}\r\n")
+    server.routes["/b.png"] = reply_with(PNG)
+    assert media.check_image(media.download(server.url("/b.png"), "maxapi", server.base_url))
+    server.requests.clear()
+
+    with pytest.raises(media.MediaError, match="redirect") as refused:
+        media.download(server.url("/a.png"), "maxapi", server.base_url)
+
+    assert refused.value.code == "download_failed"
+    assert server.requests == ["/a.png"]
+
+
+@pytest.mark.parametrize(
+    "status", ["301 Moved Permanently", "302 Found", "303 See Other", "307 Temporary Redirect"]
+)
+def test_a_redirect_to_another_host_is_never_followed(file_server, status):
+    server, elsewhere = file_server(), file_server()
+    elsewhere.routes["/b.png"] = reply_with(PNG)
+    server.routes["/a.png"] = reply_with(b"", status, f"Location: {elsewhere.url('/b.png')}\r\n")
+
+    with pytest.raises(media.MediaError) as refused:
+        media.download(server.url("/a.png"), "maxapi", server.base_url)
+
+    assert refused.value.code == "download_failed"
+    assert server.requests == ["/a.png"] and elsewhere.requests == []
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        reply_with(PNG[:100] + b"", headers="Content-Type: image/png\r\nContent-Length: 5000\r\n"),  # lies
+        lambda out: out.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + PNG[:100]),  # truncated
+        lambda out: out.write(b"HTTP/1.1 abc\r\n\r\n"),  # not HTTP
+        lambda out: out.write(b"\x00\xff garbage \r\n\r\n"),
+        lambda out: out.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),  # bad chunk
+        lambda out: None,  # closed without a word
+        reply_with(b"", "500 Internal Server Error"),
+        reply_with(PNG, "206 Partial Content"),
+    ],
+)
+def test_a_broken_reply_is_a_download_failure(file_server, reply):
+    server = file_server()
+    server.routes["/x.png"] = reply
+    with pytest.raises(media.MediaError) as failed:
+        media.download(server.url("/x.png"), "maxapi", server.base_url)
+    assert failed.value.code == "download_failed"
+
+
+def test_the_download_connects_to_the_address_that_was_checked(file_server, monkeypatch):
+    """DNS rebinding (reliability.md test plan 23): the name is resolved once, by the guard, and the
+    connection goes to the address it allowed; a second lookup would be free to answer something else."""
+    server = file_server()
+    server.routes["/x.png"] = reply_with(PNG)
+    real = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "localhost":
+            return real(host, port, *args, **kwargs)  # a numeric address: no lookup
+        lookups.append(host)
+        if len(lookups) > 1:
+            raise AssertionError("a second lookup: the connection would go wherever it says")
+        return real("127.0.0.1", port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    base_url = f"http://localhost:{server.port}"
+
+    assert media.download(f"{base_url}/x.png", "maxapi", base_url) == PNG
+    assert lookups == ["localhost"]
+
+
+# Defect 2 (issue 7): malformed result URLs escaped as ValueError or httpx.InvalidURL and left the job running.
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1/x.png",
+        "http://127.0.0.1:8765/a\x01b.png",
+        "http://127.0.0.1:8765/x.png\n",
+        "http://127.0.0.1:8765\t/x.png",
+        "http://127.0.0.1:8765/\x00.png",
+        "http://127.0.0.1\x00.evil.example:8765/x.png",
+        "http://127.0.0.1 :8765/x.png",
+        " http://127.0.0.1:8765/x.png",
+        "http://127.0.0.1:+8765/x.png",
+        "http://127.0.0.1:٨٧٦٥/x.png",
+        "http://127.0.0.1:8765\\@evil.example/x.png",
+        "http://[::1]]:8765/x.png",
+        "http://[zz::1]:8765/x.png",
+        "http://[::1]x:8765/x.png",
+        "http://127.0.0.1:8765/\ud800.png",
+        "http:127.0.0.1:8765/x.png",
+        "http:///127.0.0.1:8765/x.png",
+        "http://" + "a" * 70 + ".example/x.png",
+        "",
+        None,
+        123,
+        b"http://127.0.0.1:8765/x.png",
+        ["http://127.0.0.1:8765/x.png"],
+        {"url": "http://127.0.0.1:8765/x.png"},
+    ],
+)
+def test_a_malformed_url_is_refused_before_any_socket_opens(settings, no_network, url):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = True
+    with pytest.raises(media.MediaError) as refused:
+        media.download(url, "maxapi", "http://127.0.0.1:8765")
+    assert refused.value.code == "forbidden_url"
+
+
+@pytest.mark.parametrize("base_url", ["http://[::1", "http://127.0.0.1:99999", "", "not a url"])
+def test_a_malformed_base_url_refuses_the_download(settings, no_network, base_url):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = True
+    with pytest.raises(media.MediaError) as refused:
+        media.download("http://127.0.0.1:8765/x.png", "maxapi", base_url)
+    assert refused.value.code == "forbidden_url"
