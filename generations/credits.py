@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
@@ -393,4 +393,51 @@ def reconcile() -> list[str]:
             )
     for user_id in per_user:
         problems.append(f"user {user_id}: has ledger entries but no credit account")
+    return problems + overdue_holds() + unpaid_images()
+
+
+# A job may still be finishing its download this long after its deadline (engine.INGEST_GRACE_SECONDS plus a
+# lease and a reaper period); past it, a job still in flight holds credits nothing will release.
+OVERDUE_AFTER = timedelta(minutes=5)
+
+
+def overdue_holds(now: datetime | None = None) -> list[str]:
+    """In-flight jobs still holding credits well past their deadline: something failed to end them."""
+    now = now or timezone.now()
+    return [
+        f"generation {pk}: {status} {int((now - deadline).total_seconds())} s past its deadline, "
+        f"holding {reserved} credits"
+        for pk, status, deadline, reserved in Generation.objects.in_flight()
+        .filter(deadline_at__lt=now - OVERDUE_AFTER)
+        .order_by("pk")
+        .values_list("pk", "status", "deadline_at", "credits_reserved")
+    ]
+
+
+def unpaid_images() -> list[str]:
+    """Images kept on jobs that were not charged for them: a job that did not succeed, that charged
+    nothing, or that keeps more images than it was made for."""
+    from .models import Image
+
+    problems = []
+    rows = (
+        Image.objects.order_by()
+        .values(
+            "generation_id",
+            "generation__status",
+            "generation__n",
+            "generation__credits_charged",
+            "generation__credits_reserved",
+        )
+        .annotate(count=Count("id"))
+        .order_by("generation_id")
+    )
+    for row in rows:
+        pk, status, count = row["generation_id"], row["generation__status"], row["count"]
+        if status != Generation.Status.SUCCEEDED:
+            problems.append(f"generation {pk}: {status} but keeps {count} image(s)")
+        elif row["generation__credits_charged"] == 0 < row["generation__credits_reserved"]:
+            problems.append(f"generation {pk}: keeps {count} image(s) but charged nothing")
+        elif count > row["generation__n"]:
+            problems.append(f"generation {pk}: keeps {count} image(s) of {row['generation__n']}")
     return problems

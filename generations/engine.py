@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import secrets
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -32,9 +35,20 @@ MAX_SUBMIT_ATTEMPTS = 4
 SWEEP_SECONDS = 50  # one sweep task's lifetime; well under Q_CLUSTER["timeout"], which is under "retry"
 LEASE_SECONDS = 75
 SWEEP_TICK = 0.2  # how often an idle sweeper looks for newly due jobs: one indexed query
-# A claimed submit is not handed out again for this long: longer than the slowest synchronous call (MaxAPI
-# holds the request until the image is made; see synchronous_timeout).
-SUBMIT_LEASE_SECONDS = 135
+# A task working on a job (a submit, a download) holds it for TASK_LEASE_SECONDS and renews that every
+# HEARTBEAT_SECONDS while its network call runs, however long the call (MaxAPI holds a submit until the image
+# is made). A killed worker stops renewing, so the reaper finds its job within a lease.
+TASK_LEASE_SECONDS = 30
+HEARTBEAT_SECONDS = 10
+# A job that no task has taken this long after it was queued (or re-driven) is queued again: the Redis broker
+# loses the tasks of a killed worker, and a failed task is acknowledged. The claims make a repeat harmless.
+STALE_SECONDS = 30
+REAP_EVERY = 1.0  # how often a running sweeper reaps; a django-q2 schedule reaps every minute besides
+MAX_INGEST_ATTEMPTS = 3
+INGEST_RETRY_PAUSE = 2.0  # seconds before the second download try, doubling after
+# A download that the provider finished before the deadline may still be saved this long after it.
+INGEST_GRACE_SECONDS = 120
+MAX_MALFORMED_POLLS = 3  # unreadable poll replies in a row before the job fails with that reason
 
 
 class CreateError(Exception):
@@ -139,7 +153,7 @@ def create(
             )
             credits.reserve(generation, price.total, credit_account)
             generation.events.create(what="created", detail=f"{price.total} credits held on {account.slug}")
-            transaction.on_commit(lambda: enqueue("submit", generation.pk))
+            enqueue_with(generation.pk)
     except credits.Refusal as refusal:
         raise CreateError(refusal) from None
     except IntegrityError:
@@ -152,7 +166,23 @@ def create(
         if existing is None:
             raise
         return replay(existing, fingerprint), False
+    except DatabaseError:
+        # "database is locked" and the like: the transaction rolled back, so no job and no hold exist.
+        log.warning("create for %s rolled back", user, exc_info=True)
+        raise CreateError(
+            credits.Refusal("busy", "FluxWeb is busy right now; nothing was charged. Try again.", status=503)
+        ) from None
     return generation, True
+
+
+def enqueue_with(generation_id: int) -> None:
+    """Queue the submit of a job being created. On the ORM broker the task row is written in the job's own
+    transaction, so a committed job always has its task; another broker is told after the commit, and a
+    job whose task never arrives is queued again by the reaper."""
+    if "orm" in settings.Q_CLUSTER:
+        enqueue("submit", generation_id)
+    else:
+        transaction.on_commit(lambda: enqueue_safely("submit", generation_id))
 
 
 def replay(existing: Generation, fingerprint: str) -> Generation:
@@ -194,16 +224,69 @@ def enqueue(task: str, *args) -> None:
     async_task(f"generations.tasks.{task}", *args, task_name=f"{task}-{args[0] if args else ''}")
 
 
+def enqueue_safely(task: str, *args) -> None:
+    """Queue a task whose loss the reaper repairs: a broker error is logged, never raised to the caller."""
+    try:
+        enqueue(task, *args)
+    except Exception:
+        log.exception("could not queue %s%s; the reaper will", task, args)
+
+
+def with_heartbeat(work, beat, every: float | None = None):
+    """Run `work()` (network and files only, never the database) in a thread, while this thread calls
+    `beat()` every `every` seconds to renew the job's lease. Returns what `work` returns."""
+    every = HEARTBEAT_SECONDS if every is None else every
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fluxweb-work")
+    try:
+        future = pool.submit(work)
+        while True:
+            try:
+                return future.result(timeout=every)
+            except FutureTimeout:
+                try:
+                    beat()
+                except DatabaseError:
+                    log.warning("could not renew a job lease", exc_info=True)
+    finally:
+        pool.shutdown(wait=False)
+
+
+# Provider error texts are shown to the whole team and written into the ledger: never with a credential.
+CREDENTIAL = re.compile(
+    r"(?i)(bearer|token|x-key|api[ _-]?key|apikey|authorization|secret|password)(\s*[:=]?\s*)"
+    r"(?!\[redacted\])['\"]?(?=[^\s'\",;]*\d)[^\s'\",;]{6,}"
+    r"|\b(?:sk|pk|rk|afk|pd|fw|vtrix|key)[-_][A-Za-z0-9_\-]{6,}"
+)
+
+
+def redact(text: str, account: ProviderAccount | None = None) -> str:
+    """`text` without the account's API key or anything that looks like a credential."""
+    if not text:
+        return text
+    if account is not None:
+        try:
+            key = account.api_key
+        except crypto.KeyUnavailable:
+            key = ""
+        if len(key) >= 4:
+            text = text.replace(key, "[redacted]")
+    return CREDENTIAL.sub(
+        lambda m: f"{m.group(1)}{m.group(2)}[redacted]" if m.group(1) else "[redacted]", text
+    )
+
+
 # -- submit --------------------------------------------------------------------------------------------------
 def submit(generation_id: int) -> None:
     """Send a queued generation to its provider. Claims the job first; a job whose earlier submit died
     mid-call is only re-sent where the provider deduplicates (Idempotency-Key), otherwise refunded."""
     now = timezone.now()
+    lease = now + timedelta(seconds=TASK_LEASE_SECONDS)
     claimed = Generation.objects.filter(
         Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
+        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
         pk=generation_id,
         status=Generation.Status.QUEUED,
-    ).update(attempts=F("attempts") + 1, next_poll_at=now + timedelta(seconds=SUBMIT_LEASE_SECONDS))
+    ).update(attempts=F("attempts") + 1, next_poll_at=lease, lease_until=lease)
     if not claimed:
         return
     generation = Generation.objects.select_related("account", "prompt").get(pk=generation_id)
@@ -244,10 +327,29 @@ def submit(generation_id: int) -> None:
         webhook_url=webhook_url(generation) if adapter.webhooks else None,
         idempotency_key=f"fluxweb-{generation.pk}-{generation.webhook_token[:16]}",
     )
-    try:
-        outcome = adapter.parse_submit(
+    attempt = generation.attempts
+
+    def beat() -> None:
+        renewed = timezone.now() + timedelta(seconds=TASK_LEASE_SECONDS)
+        Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED, attempts=attempt).update(
+            next_poll_at=renewed, lease_until=renewed
+        )
+
+    def send():
+        return adapter.parse_submit(
             provider_http.send(adapter, adapter.build_submit(request), timeout=synchronous_timeout(adapter))
         )
+
+    try:
+        try:
+            outcome = with_heartbeat(send, beat)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            log.exception("submit of generation %s: unreadable reply", generation.pk)
+            raise ProviderError(
+                ProviderError.MALFORMED, f"{adapter.label} sent a reply FluxWeb could not read."
+            ) from exc
     except ProviderError as error:
         if error.permanent:
             fail(generation, error.code, error.message)
@@ -262,17 +364,21 @@ def submit(generation_id: int) -> None:
             )
         return
     if outcome.state == "succeeded":  # synchronous provider: the images are here now
+        now = timezone.now()
         if generation.transition(
             [Generation.Status.QUEUED],
             Generation.Status.RUNNING,
             event="generated",
-            started_at=timezone.now(),
+            started_at=now,
+            provider_done_at=now,
+            progress=1.0,
             next_poll_at=None,
+            lease_until=None,
             image_urls=list(outcome.image_urls),
             provider_cost=outcome.cost or "",
             seed=generation.seed or outcome.seed,
         ):
-            enqueue("ingest", generation.pk)
+            enqueue_safely("ingest", generation.pk)
         return
     if outcome.state == "failed":
         fail(generation, outcome.error.code, outcome.error.message)
@@ -301,12 +407,14 @@ def retry_submit(generation: Generation, error: ProviderError) -> None:
         if error.retry_after is not None
         else (min(30.0, 2.0**generation.attempts) * (0.5 + random.random() / 2))
     )
+    message = redact(error.message, generation.account)
     Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
         error_code=error.code,
-        error_message=error.message,
+        error_message=message,
         next_poll_at=timezone.now() + timedelta(seconds=delay),
+        lease_until=None,
     )
-    generation.events.create(what="submit retry", detail=f"{error.message} (again in {delay:.1f} s)")
+    generation.events.create(what="submit retry", detail=f"{message} (again in {delay:.1f} s)")
     kick_sweeper()
 
 
@@ -393,9 +501,12 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     started = time.monotonic()
     renew_at = started + LEASE_SECONDS / 3
     poller = Poller(settings.FLUXWEB_POLL_CONCURRENCY)
+    reaped_at = 0.0
     try:
         while True:
-            expire_overdue()
+            if time.monotonic() - reaped_at >= REAP_EVERY:
+                reap(kick=False)
+                reaped_at = time.monotonic()
             resubmit_due()
             due = list(Generation.objects.due().select_related("account")[:500])
             if due:
@@ -424,34 +535,105 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
 
 
 def seconds_until_next() -> float | None:
-    nxt = (
-        Generation.objects.filter(status__in=Generation.IN_FLIGHT, next_poll_at__isnull=False)
-        .order_by("next_poll_at")
-        .values_list("next_poll_at", flat=True)
-        .first()
-    )
-    if nxt is None:
+    """Until the next poll or retry is due or a task's lease runs out; None when nothing waits on either."""
+    in_flight = Generation.objects.filter(status__in=Generation.IN_FLIGHT)
+    times = [
+        in_flight.filter(**{f"{field}__isnull": False}).order_by(field).values_list(field, flat=True).first()
+        for field in ("next_poll_at", "lease_until")
+    ]
+    times = [t for t in times if t is not None]
+    if not times:
         return None
-    return max(0.0, (nxt - timezone.now()).total_seconds())
+    return max(0.0, (min(times) - timezone.now()).total_seconds())
 
 
 def resubmit_due() -> None:
+    now = timezone.now()
     for pk in Generation.objects.filter(
-        status=Generation.Status.QUEUED, next_poll_at__lte=timezone.now()
+        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+        status=Generation.Status.QUEUED,
+        next_poll_at__lte=now,
     ).values_list("pk", flat=True)[:100]:
         # Clear the retry time first: the next loop will not enqueue it again, and the submit task's claim
         # (which takes a job whose next_poll_at is empty or past) still succeeds.
-        Generation.objects.filter(pk=pk, status=Generation.Status.QUEUED).update(next_poll_at=None)
-        enqueue("submit", pk)
+        Generation.objects.filter(pk=pk, status=Generation.Status.QUEUED).update(
+            next_poll_at=None, lease_until=None, redriven_at=now
+        )
+        enqueue_safely("submit", pk)
 
 
-def expire_overdue() -> None:
+# -- the reaper ----------------------------------------------------------------------------------------------
+def reap(now=None, *, kick: bool = True) -> int:
+    """Find every in-flight job that no task will move, and move it from the database: a job past its
+    deadline with no live task ends, fully refunded; a queued job whose submit task was lost is queued again
+    (the submit claim sends it at most once, and a submit that died mid-call is resent only where the
+    provider deduplicates); a finished job whose download task died or was lost is downloaded again, up to
+    MAX_INGEST_ATTEMPTS times; a running job with nothing due is polled. Runs in the sweeper every
+    REAP_EVERY seconds and from a django-q2 schedule every minute. Returns how many jobs it moved."""
+    now = now or timezone.now()
+    stale = now - timedelta(seconds=STALE_SECONDS)
+    free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
+    downloading = Q(
+        status=Generation.Status.RUNNING, next_poll_at__isnull=True, provider_done_at__isnull=False
+    )
+    moved = 0
     for generation in (
-        Generation.objects.in_flight()
-        .filter(deadline_at__lte=timezone.now())
-        .exclude(status=Generation.Status.RUNNING, next_poll_at__isnull=True)
+        Generation.objects.in_flight().filter(free, deadline_at__lte=now).select_related("account")[:200]
     ):
-        fail(generation, ProviderError.TIMEOUT, "The provider did not finish in time. Your credits are back.")
+        in_grace = now < generation.deadline_at + timedelta(seconds=INGEST_GRACE_SECONDS)
+        if (
+            generation.provider_done_at is not None
+            and generation.status == Generation.Status.RUNNING
+            and in_grace
+            and generation.ingest_attempts < MAX_INGEST_ATTEMPTS
+        ):
+            continue  # the provider finished in time: its download is re-driven below
+        if generation.provider_done_at is not None:
+            message = "The images could not be downloaded in time. Your credits are back."
+            code = "download_failed"
+        else:
+            message = "The provider did not finish in time. Your credits are back."
+            code = ProviderError.TIMEOUT
+        moved += fail(generation, code, message)
+    lost_submits = Generation.objects.filter(
+        free,
+        Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, created_at__lte=stale),
+        status=Generation.Status.QUEUED,
+        next_poll_at__isnull=True,
+    )
+    for pk in lost_submits.values_list("pk", flat=True)[:200]:
+        if Generation.objects.filter(
+            pk=pk, status=Generation.Status.QUEUED, next_poll_at__isnull=True
+        ).update(redriven_at=now):
+            log.warning("generation %s: its submit was never taken; queued again", pk)
+            enqueue_safely("submit", pk)
+            moved += 1
+    lost_ingests = Generation.objects.filter(downloading).filter(
+        Q(lease_until__lte=now)
+        | Q(
+            Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, provider_done_at__lte=stale),
+            lease_until__isnull=True,
+        )
+    )
+    for pk, lease in lost_ingests.values_list("pk", "lease_until")[:200]:
+        if Generation.objects.filter(downloading, pk=pk, lease_until=lease).update(
+            lease_until=None, redriven_at=now
+        ):
+            log.warning("generation %s: its download stopped or was lost; downloading again", pk)
+            Generation.objects.get(pk=pk).events.create(what="download again", detail="the last try stopped")
+            enqueue_safely("ingest", pk)
+            moved += 1
+    # Running, not polled, nothing downloading: only a crash between two writes leaves this. Poll it.
+    moved += (
+        Generation.objects.filter(
+            status=Generation.Status.RUNNING, next_poll_at__isnull=True, provider_done_at__isnull=True
+        )
+        .exclude(provider_job_id="")
+        .update(next_poll_at=now)
+    )
+    if kick and (moved or Generation.objects.due(now).exists()):
+        kick_sweeper()
+    return moved
 
 
 class Poller:
@@ -478,6 +660,10 @@ class Poller:
                     return adapter.parse_poll(await provider_http.send_async(self.client, adapter, call))
                 except ProviderError as error:
                     return error
+                except Exception:
+                    # One job's unreadable reply is that job's problem, never the whole round's.
+                    log.exception("%s: unreadable poll reply", adapter.label)
+                    return unreadable(adapter)
 
         return await asyncio.gather(*(one(adapter, call) for adapter, call in calls))
 
@@ -502,18 +688,34 @@ def poll_batch(due: list[Generation], poller: Poller) -> int:
             f"The {generation.account.slug} provider account is misconfigured: "
             "its API key cannot be decrypted. Your credits are back.",
         )
-    due = [g for g in due if g.account_id in adapters]
-    calls = [
-        (adapters[g.account_id], adapters[g.account_id].build_poll(g.provider_job_id, g.poll_url or None))
-        for g in due
-    ]
+    calls, polled = [], []
+    for generation in due:
+        if generation.account_id not in adapters:
+            continue
+        adapter = adapters[generation.account_id]
+        try:
+            calls.append(
+                (adapter, adapter.build_poll(generation.provider_job_id, generation.poll_url or None))
+            )
+            polled.append(generation)
+        except Exception:
+            log.exception("generation %s: cannot build its poll", generation.pk)
+            apply_poll(generation, unreadable(adapter), None)
     results = poller.poll(calls)
     histories = {}
-    for generation, result in zip(due, results, strict=True):
-        if generation.account_id not in histories:
-            histories[generation.account_id] = expected_latency(generation.account)
-        apply_poll(generation, result, histories[generation.account_id])
+    for generation, result in zip(polled, results, strict=True):
+        try:
+            if generation.account_id not in histories:
+                histories[generation.account_id] = expected_latency(generation.account)
+            apply_poll(generation, result, histories[generation.account_id])
+        except Exception:
+            # Writing one job's result failed (a locked database, say): poll it again soon, go on.
+            log.exception("generation %s: could not record its poll", generation.pk)
     return len(calls)
+
+
+def unreadable(adapter) -> ProviderError:
+    return ProviderError(ProviderError.MALFORMED, f"{adapter.label} sent a reply FluxWeb could not read.")
 
 
 def apply_poll(
@@ -522,9 +724,19 @@ def apply_poll(
     if isinstance(result, ProviderError):
         if result.permanent:
             fail(generation, result.code, result.message)
+        elif result.code == ProviderError.MALFORMED and generation.poll_errors + 1 >= MAX_MALFORMED_POLLS:
+            fail(
+                generation,
+                result.code,
+                f"{result.message} It did so {MAX_MALFORMED_POLLS} times in a row. Your credits are back.",
+            )
         else:
             generation.schedule_poll(2.0 if result.retry_after is None else result.retry_after)
+            if result.code == ProviderError.MALFORMED:
+                Generation.objects.filter(pk=generation.pk).update(poll_errors=F("poll_errors") + 1)
         return
+    if generation.poll_errors:
+        Generation.objects.filter(pk=generation.pk).update(poll_errors=0)
     if result.state == "pending":
         generation.schedule_poll(next_poll_delay(generation, result.progress, history))
         if result.progress is not None:
@@ -549,32 +761,69 @@ def provider_done(generation: Generation, outcome: Outcome) -> None:
     )
     if won:
         generation.events.create(what="provider done", detail=f"{len(outcome.image_urls)} image(s) ready")
-        enqueue("ingest", generation.pk)
+        enqueue_safely("ingest", generation.pk)
 
 
 # -- ingest -------------------------------------------------------------------------------------------------------
 def ingest(generation_id: int) -> None:
-    """Download, verify and store every result image, then settle. Safe to run twice: stored indexes are
-    skipped and the settlement happens once."""
-    generation = Generation.objects.select_related("account", "prompt", "user").get(pk=generation_id)
-    if generation.status != Generation.Status.RUNNING or not generation.image_urls:
+    """Download, verify and store every result image, then settle. The task claims the job with a lease it
+    renews while it works; the images are recorded in the transaction that settles the job, or not at all,
+    so a job that was meanwhile failed, canceled or settled by another task keeps no image and no file."""
+    now = timezone.now()
+    claimed = Generation.objects.filter(
+        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+        pk=generation_id,
+        status=Generation.Status.RUNNING,
+        next_poll_at__isnull=True,
+        provider_done_at__isnull=False,
+    ).update(
+        lease_until=now + timedelta(seconds=TASK_LEASE_SECONDS), ingest_attempts=F("ingest_attempts") + 1
+    )
+    if not claimed:
         return
-    stored = set(generation.images.values_list("index", flat=True))
+    generation = Generation.objects.select_related("account", "prompt", "user").get(pk=generation_id)
+    if not generation.image_urls:
+        fail(
+            generation, "no_images", "The provider reported success but sent no image. Your credits are back."
+        )
+        return
+    late = now >= generation.deadline_at + timedelta(seconds=INGEST_GRACE_SECONDS)
+    if generation.ingest_attempts > MAX_INGEST_ATTEMPTS or late:
+        fail(
+            generation,
+            generation.error_code or "download_failed",
+            "The images could not be downloaded in time. Your credits are back.",
+        )
+        return
+    attempt = generation.ingest_attempts
+
+    def beat() -> None:
+        Generation.objects.filter(
+            pk=generation.pk, status=Generation.Status.RUNNING, ingest_attempts=attempt
+        ).update(lease_until=timezone.now() + timedelta(seconds=TASK_LEASE_SECONDS))
+
+    saved, problem = with_heartbeat(lambda: fetch_images(generation), beat)
+    finish(generation, saved, problem)
+
+
+def fetch_images(generation: Generation) -> tuple[list[media.Saved], media.MediaError | None]:
+    """Download, check and write each result file; no database. Any failure is a MediaError for that image."""
+    saved: list[media.Saved] = []
     problem: media.MediaError | None = None
     for index, url in enumerate(generation.image_urls[: generation.n]):
-        if index in stored:
-            continue
         try:
+            if not isinstance(url, str):
+                raise media.MediaError("forbidden_url", "The provider sent a result link that is not a URL.")
             checked = media.check_image(
                 media.download(url, generation.account.kind, generation.account.base_url)
             )
-            media.store_image(generation, index, checked, metadata_of(generation, index), generation.seed)
-            stored.add(index)
+            saved.append(media.save_files(index, checked, metadata_of(generation, index)))
         except media.MediaError as error:
             problem = problem or error
-        except IntegrityError:
-            stored.add(index)  # a concurrent ingest stored it first
-    finish(generation, len(stored), problem)
+        except Exception:
+            log.exception("generation %s: image %s could not be stored", generation.pk, index)
+            problem = problem or media.MediaError("download_failed", "An image could not be downloaded.")
+    return saved, problem
 
 
 def metadata_of(generation: Generation, index: int) -> dict:
@@ -589,31 +838,54 @@ def metadata_of(generation: Generation, index: int) -> dict:
     }
 
 
-def finish(generation: Generation, stored: int, problem: media.MediaError | None) -> None:
-    if stored == 0:
+def finish(generation: Generation, saved: list[media.Saved], problem: media.MediaError | None) -> None:
+    if not saved:
+        if problem and problem.code == "download_failed" and generation.ingest_attempts < MAX_INGEST_ATTEMPTS:
+            # Perhaps a passing network fault: let the reaper download again after a short pause.
+            pause = INGEST_RETRY_PAUSE * 2 ** (generation.ingest_attempts - 1)
+            if Generation.objects.filter(pk=generation.pk, status=Generation.Status.RUNNING).update(
+                lease_until=timezone.now() + timedelta(seconds=pause), error_code=problem.code
+            ):
+                generation.events.create(
+                    what="download retry", detail=f"{problem.message} (again in {pause:.0f} s)"
+                )
+                kick_sweeper()
+            return
         fail(
             generation,
             problem.code if problem else "no_images",
-            problem.message if problem else "No image arrived.",
+            f"{problem.message if problem else 'No image arrived.'} Your credits are back.",
         )
         return
     # The hold is n images plus the reference images; what was not delivered goes back.
     per_image = generation.params.get("credits_per_image", 0)
-    charge = generation.credits_reserved - per_image * (generation.n - stored)
-    with transaction.atomic():
-        if not generation.transition(
-            [Generation.Status.RUNNING],
-            Generation.Status.SUCCEEDED,
-            event="succeeded",
-            detail=f"{stored} image(s) stored" + (f"; {problem.message}" if problem else ""),
-            finished_at=timezone.now(),
-        ):
-            return
-        credits.settle(generation, charge, images=stored, note=f"{stored} of {generation.n} image(s)")
+    charge = generation.credits_reserved - per_image * (generation.n - len(saved))
+    won = False
+    try:
+        with transaction.atomic():
+            won = generation.transition(
+                [Generation.Status.RUNNING],
+                Generation.Status.SUCCEEDED,
+                event="succeeded",
+                detail=f"{len(saved)} image(s) stored" + (f"; {problem.message}" if problem else ""),
+                where=Q(ingest_attempts=generation.ingest_attempts),
+                finished_at=timezone.now(),
+                error_code="",
+            )
+            if won:
+                for item in saved:
+                    media.record(generation, item, generation.seed)
+                credits.settle(
+                    generation, charge, images=len(saved), note=f"{len(saved)} of {generation.n} image(s)"
+                )
+    finally:
+        if not won:
+            media.delete_files(saved)
 
 
 # -- failure and cancel -------------------------------------------------------------------------------------------
 def fail(generation: Generation, code: str, message: str) -> bool:
+    message = redact(message, generation.account)
     with transaction.atomic():
         if not generation.transition(
             Generation.IN_FLIGHT,
@@ -631,12 +903,15 @@ def fail(generation: Generation, code: str, message: str) -> bool:
 
 
 def cancel(generation: Generation, by) -> bool:
+    """Cancel a job the provider has not finished. Once it has, the provider has billed and the images are
+    on their way: the cancel is refused (never a refund and the images both)."""
     with transaction.atomic():
         if not generation.transition(
             Generation.IN_FLIGHT,
             Generation.Status.CANCELED,
             event="canceled",
             detail=f"by {by}",
+            where=Q(provider_done_at__isnull=True),
             finished_at=timezone.now(),
             next_poll_at=None,
         ):
@@ -668,5 +943,8 @@ def webhook_hint(generation: Generation) -> None:
     except crypto.KeyUnavailable:
         kick_sweeper()
         return
+    except Exception:
+        log.exception("generation %s: unreadable poll reply after a webhook", generation.pk)
+        result = unreadable(generation.account.adapter_class)
     apply_poll(generation, result, expected_latency(generation.account))
     kick_sweeper()

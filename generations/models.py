@@ -147,8 +147,18 @@ class Generation(models.Model):
     provider_done_at = models.DateTimeField(null=True, blank=True)
     progress = models.FloatField(null=True, blank=True)
     polls = models.PositiveIntegerField(default=0)
-    attempts = models.PositiveSmallIntegerField(
-        default=0, help_text="Submit and ingest attempts, counted by us."
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="Submit attempts, counted by us.")
+    ingest_attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Download attempts, counted by us."
+    )
+    poll_errors = models.PositiveSmallIntegerField(
+        default=0, help_text="Provider replies in a row that could not be read."
+    )
+    lease_until = models.DateTimeField(
+        null=True, blank=True, help_text="A task is working on this job (submit or download) until then."
+    )
+    redriven_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the reaper last re-sent this job's task."
     )
 
     credits_reserved = models.PositiveIntegerField(default=0)
@@ -191,13 +201,23 @@ class Generation(models.Model):
 
     # -- transitions: one conditional UPDATE each ---------------------------------------------------------
     def transition(
-        self, sources, target: str | None = None, *, event: str, detail: str = "", **fields
+        self,
+        sources,
+        target: str | None = None,
+        *,
+        event: str,
+        detail: str = "",
+        where: Q | None = None,
+        **fields,
     ) -> bool:
-        """Move from one of `sources` to `target` (or just write `fields` while in `sources`). Returns whether
-        this caller won; the instance is refreshed either way."""
+        """Move from one of `sources` to `target` (or just write `fields` while in `sources`), where the row
+        also matches `where`. Returns whether this caller won; the instance is refreshed either way."""
         if target:
             fields["status"] = target
-        won = Generation.objects.filter(pk=self.pk, status__in=list(sources)).update(**fields) == 1
+        if target in self.TERMINAL:
+            fields.setdefault("lease_until", None)
+        rows = Generation.objects.filter(pk=self.pk, status__in=list(sources))
+        won = (rows.filter(where) if where is not None else rows).update(**fields) == 1
         if won:
             self.events.create(what=event, detail=detail[:2000])
         self.refresh_from_db()
@@ -214,6 +234,7 @@ class Generation(models.Model):
             poll_url=poll_url or "",
             started_at=now,
             next_poll_at=now + timedelta(seconds=first_poll_in),
+            lease_until=None,
         )
 
     def schedule_poll(self, seconds: float) -> None:

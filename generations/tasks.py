@@ -13,3 +13,7 @@ def sweep() -> int:
 
 def ingest(generation_id: int) -> None:
     engine.ingest(generation_id)
+
+
+def reap() -> int:
+    return engine.reap()

@@ -158,6 +158,20 @@ def mock_http():
     provider_http.use_transport(None)
 
 
+def saved_files(count: int) -> list:
+    """`count` result files written to storage, as the ingest hands them to `engine.finish`."""
+    import io
+
+    from PIL import Image as PILImage
+
+    from generations import media
+
+    out = io.BytesIO()
+    PILImage.new("RGB", (8, 8), "teal").save(out, "PNG")
+    checked = media.check_image(out.getvalue())
+    return [media.save_files(index, checked, {"prompt": "test"}) for index in range(count)]
+
+
 def reply(status: int, body, headers=None) -> Reply:
     """A provider reply from a dict, a string or raw bytes."""
     raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()

@@ -13,6 +13,7 @@ from django.db.models import F
 from generations import credits, engine
 from generations.models import CreditAccount, Generation, LedgerEntry, Price, Usage
 from generations.providers import GenerationRequest
+from tests.conftest import saved_files
 
 SPRING = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)  # after the seeded prices' 2026-01-01
 
@@ -140,7 +141,7 @@ def test_it_holds_the_price_in_force_when_the_job_was_created(bob, accounts):
         )
         generation, _ = engine.create(bob, request(), provider="sb-apiframe")
         clock.move_to(SPRING + timedelta(hours=2))
-        engine.finish(running(generation), 1, None)
+        engine.finish(running(generation), saved_files(1), None)
     generation.refresh_from_db()
     assert (generation.credits_reserved, generation.credits_charged) == (70, 70)
 
@@ -179,7 +180,7 @@ def test_it_refuses_with_the_shortfall_and_moves_nothing(carol, accounts):
 
 def test_it_settles_only_the_delivered_images_and_releases_the_rest(bob, accounts):
     generation, _ = engine.create(bob, request(n=3), provider="sb-pixeldojo")
-    engine.finish(running(generation), 2, None)
+    engine.finish(running(generation), saved_files(2), None)
     generation.refresh_from_db()
     assert generation.status == "succeeded"
     assert (generation.credits_reserved, generation.credits_charged, generation.credits_refunded) == (
@@ -196,7 +197,7 @@ def test_it_settles_only_the_delivered_images_and_releases_the_rest(bob, account
 def test_it_charges_the_reference_megapixels_with_the_image(bob, accounts):
     generation, _ = engine.create(bob, request(reference_megapixels=(1.0, 0.2)), provider="sb-vtrix")
     assert generation.credits_reserved == 70 + 30 + 30
-    engine.finish(running(generation), 1, None)
+    engine.finish(running(generation), saved_files(1), None)
     generation.refresh_from_db()
     assert (generation.credits_charged, generation.credits_refunded) == (130, 0)
     assert credits.reconcile() == []
@@ -204,7 +205,7 @@ def test_it_charges_the_reference_megapixels_with_the_image(bob, accounts):
 
 def test_it_settles_in_full_without_a_refund_entry(bob, accounts):
     generation, _ = engine.create(bob, request(), provider="sb-apiframe")
-    engine.finish(running(generation), 1, None)
+    engine.finish(running(generation), saved_files(1), None)
     assert ledger(generation) == [("reserve", 70), ("settle", 70)]
     assert balance(bob) == (930, 0)
 
@@ -219,9 +220,9 @@ def test_it_refunds_exactly_what_was_held(bob, accounts, end):
         assert engine.cancel(generation, bob)
     elif end == "timeout":
         Generation.objects.filter(pk=generation.pk).update(deadline_at=F("created_at"))
-        engine.expire_overdue()
+        engine.reap()
     else:
-        engine.finish(running(generation), 0, None)
+        engine.finish(running(generation), saved_files(0), None)
     generation.refresh_from_db()
     assert generation.status == ("canceled" if end == "cancel" else "failed")
     assert (generation.credits_charged, generation.credits_refunded) == (0, 200)
@@ -233,10 +234,10 @@ def test_it_refunds_exactly_what_was_held(bob, accounts, end):
 
 def test_it_ends_a_hold_once_however_often_it_is_asked(bob, accounts):
     generation, _ = engine.create(bob, request(n=2), provider="sb-pixeldojo")
-    engine.finish(running(generation), 1, None)
+    engine.finish(running(generation), saved_files(1), None)
     before = ledger(generation)
     # Redelivered ingest, a duplicate webhook, a late failure, a cancel click and direct calls.
-    engine.finish(generation, 2, None)
+    engine.finish(generation, saved_files(2), None)
     assert not engine.fail(generation, "timeout", "late")
     assert not engine.cancel(generation, bob)
     assert not credits.settle(generation, 140, images=2)
@@ -393,7 +394,7 @@ def test_it_has_the_database_refuse_a_negative_entry_other_than_an_adjustment(bo
 # -- the credits command ------------------------------------------------------------------------------------
 def test_it_reconciles_clean_books(bob, accounts, capsys):
     generation, _ = engine.create(bob, request(), provider="sb-apiframe")
-    engine.finish(running(generation), 1, None)
+    engine.finish(running(generation), saved_files(1), None)
     call_command("credits", "reconcile")
     assert "ok" in capsys.readouterr().out
 
@@ -410,7 +411,7 @@ def test_it_exits_non_zero_on_a_tampered_balance(bob, capsys):
 
 def test_it_reports_a_tampered_generation(bob, accounts):
     generation, _ = engine.create(bob, request(), provider="sb-apiframe")
-    engine.finish(running(generation), 1, None)
+    engine.finish(running(generation), saved_files(1), None)
     Generation.objects.filter(pk=generation.pk).update(credits_charged=0, credits_refunded=0)
     assert credits.reconcile() == [
         f"generation {generation.pk}: charged 0 and refunded 0 but the ledger says 70 and 0"

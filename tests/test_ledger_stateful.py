@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 from generations import credits, engine
 from generations.models import CreditAccount, Generation, LedgerEntry
 from generations.providers import GenerationRequest, ProviderError
+from tests.conftest import saved_files
 
 PER_IMAGE = {1.0: 70, 2.0: 100, 4.0: 160}  # flux-2-max on PixelDojo, by megapixel tier
 TERMINAL = set(Generation.TERMINAL)
@@ -139,7 +140,7 @@ class Ledger(RuleBasedStateMachine):
         if job["status"] == "queued" and generation.mark_submitted(f"job-{pk}", "", 1.0):
             job["status"] = "running"
         stored = max(0, job["n"] - missing)
-        engine.finish(generation, stored, None)
+        engine.finish(generation, saved_files(stored), None)
         if stored == 0 and self.in_flight(pk):
             self.ended(pk, "failed", 0)
         elif stored and job["status"] == "running":
@@ -163,7 +164,7 @@ class Ledger(RuleBasedStateMachine):
     def reaper_run(self, pk):
         """The job's deadline passes and the sweeper's reaper runs."""
         Generation.objects.filter(pk=pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
-        engine.expire_overdue()
+        engine.reap()
         if self.in_flight(pk):
             self.ended(pk, "failed", 0)
         assert Generation.objects.get(pk=pk).status == self.expected[pk]["status"]
@@ -192,7 +193,7 @@ class Ledger(RuleBasedStateMachine):
             return
         if not self.in_flight(pk):
             if verb == "finish":
-                engine.finish(generation, self.expected[pk]["n"], None)
+                engine.finish(generation, saved_files(self.expected[pk]["n"]), None)
             elif verb == "fail":
                 assert not engine.fail(generation, ProviderError.FAILED, "late failure")
             elif verb == "cancel":

@@ -219,9 +219,15 @@ def test_a_failed_job_fails_clearly_and_refunds(kind, ending, code, words, api, 
 DOWNLOAD_FAILURES = [
     *((kind, "expired", "expired_result", "expired or vanished") for kind in KINDS),  # 404 on the result URL
     *((kind, "not_image", "not_image", "not a valid PNG, JPEG or WebP image") for kind in KINDS),
-    # A 5xx from the file server is not retried: the job fails (reported as a gap).
+    # A 5xx from the file server on every try: the job fails after the last one.
     *((kind, "server", "download_failed", "HTTP 500") for kind in ("maxapi", "apiframe")),
 ]
+RETRIED = {"server"}  # download faults tried again (engine.MAX_INGEST_ATTEMPTS in all)
+
+
+@pytest.fixture(autouse=True)
+def quick_download_retries(monkeypatch):
+    monkeypatch.setattr(engine, "INGEST_RETRY_PAUSE", 0.05)
 
 
 @pytest.mark.parametrize(
@@ -231,12 +237,28 @@ def test_a_result_that_cannot_be_downloaded_fails_clearly_and_refunds(
     kind, fault, code, words, api, emulators, drain
 ):
     emulator = emulators[kind]
-    emulator.fail(fault, at="download")
+    tries = engine.MAX_INGEST_ATTEMPTS if fault in RETRIED else 1
+    emulator.fail(fault, at="download", times=tries)
     pk = create(api, kind)
     run(drain, pk)
     assert_failed_and_refunded(api, pk, code, words)
-    assert len(emulator.downloads()) == 1
+    assert len(emulator.downloads()) == tries
     assert not Generation.objects.get(pk=pk).images.exists()
+
+
+@pytest.mark.parametrize("fault", ["server", "disconnect"])
+@pytest.mark.parametrize("kind", ["maxapi", "apiframe"])
+def test_a_download_that_fails_once_is_tried_again_and_the_job_succeeds(kind, fault, api, emulators, drain):
+    emulator = emulators[kind]
+    emulator.fail(fault, at="download")
+    pk = create(api, kind)
+    run(drain, pk)
+    generation = api.generation(pk)
+    assert generation["status"] == "succeeded", generation
+    assert len(generation["images"]) == 1
+    assert len(emulator.downloads()) == 2
+    assert generation["credits"]["charged"] == generation["credits"]["reserved"]
+    assert credits.reconcile() == []
 
 
 # -- transient failures: retried, then the job succeeds -----------------------------------------------------------
@@ -368,7 +390,7 @@ def test_a_resent_apiframe_submit_with_references_repeats_the_same_request(api, 
     ],
 )
 def test_a_dropped_connection_fails_in_words(kind, at, code, api, emulators, drain):
-    emulators[kind].fail("disconnect", at=at)
+    emulators[kind].fail("disconnect", at=at, times=engine.MAX_INGEST_ATTEMPTS if at == "download" else 1)
     pk = create(api, kind)
     run(drain, pk)
     assert_failed_and_refunded(api, pk, code, "")  # refunded, then the wording is checked last

@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from generations import credits, engine
 from generations.models import ApiToken, Quota, Usage
 from generations.providers import GenerationRequest
+from tests.conftest import saved_files
 
 NIGHT = datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 3, 11, tzinfo=UTC)
@@ -158,7 +159,7 @@ def test_it_keeps_the_usage_of_delivered_images_only(bob, accounts):
     Quota.objects.create(user=None, daily_images=3, monthly_credits=1000)
     generation = make(bob, n=3)
     assert generation.mark_submitted("job-1", "", 1.0)
-    engine.finish(generation, 1, None)
+    engine.finish(generation, saved_files(1), None)
     assert used(bob, generation.created_at) == (1, 70)
     make(bob, n=2)
     assert refusal(bob).code == "quota_daily_images"

@@ -44,6 +44,7 @@ def running(bob, accounts, drain, fresh_sandbox) -> Generation:
         bob, GenerationRequest(prompt="a lighthouse", model="flux-2-max"), provider="sb-apiframe"
     )
     engine.submit(generation.pk)
+    drain.queue.clear()  # the create queued its submit, run by hand above
     Generation.objects.filter(pk=generation.pk).update(next_poll_at=timezone.now() + timedelta(seconds=60))
     generation.refresh_from_db()
     assert generation.status == "running"
