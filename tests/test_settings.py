@@ -19,8 +19,8 @@ from django.test import Client
 from django.utils import timezone
 
 from fluxweb.settings import database_from_url
-from generations import crypto, engine
-from generations.models import Generation, ProviderAccount
+from generations import credits, crypto, engine
+from generations.models import Generation, LedgerEntry, ProviderAccount
 from generations.providers import PROVIDERS, GenerationRequest
 
 from .conftest import KEYS
@@ -293,13 +293,19 @@ def test_it_fails_clearly_with_a_wrong_key_and_never_sends_ciphertext(
 
     with pytest.raises(crypto.KeyUnavailable, match="FLUXWEB_FERNET_KEYS"):
         _ = stored("sb-apiframe").api_key
-    try:
-        engine.submit(generation.pk)
-    except crypto.KeyUnavailable as exc:
-        message = str(exc)
-    else:
-        message = Generation.objects.get(pk=generation.pk).error_message
-    assert "FLUXWEB_FERNET_KEYS" in message or "decrypt" in message
+    held = generation.credits_reserved
+    assert held > 0 and credits.account_for(bob).reserved == held
+
+    engine.submit(generation.pk)  # the job fails; the worker does not crash
+
+    failed = Generation.objects.get(pk=generation.pk)
+    assert failed.status == Generation.Status.FAILED and failed.error_code == "auth"
+    assert "sb-apiframe" in failed.error_message and "FLUXWEB_FERNET_KEYS" in failed.error_message
+    assert (failed.credits_charged, failed.credits_refunded) == (0, held)
+    account = credits.account_for(bob)
+    assert (account.balance, account.reserved) == (1000, 0)  # bob's grant, whole again
+    refunds = LedgerEntry.objects.filter(generation=failed, kind=LedgerEntry.Kind.REFUND)
+    assert list(refunds.values_list("amount", flat=True)) == [held]
     assert fresh_sandbox.requests == []  # nothing at all reached the provider, let alone the ciphertext
 
 
