@@ -90,10 +90,14 @@ class Quote:
         return self.per_image * stored + (self.references if stored else 0)
 
 
-def billed_megapixels(request: GenerationRequest) -> float:
-    """The size the price is for. A ratio at a chosen tier is rounded to multiples of 16 px, which can
-    land a hair above the tier (1:1 at 2 MP is 1456x1456 = 2.02 MP, 5:4 at 1 MP is 1.002 MP); providers
-    render and bill the tier asked for, so that tier is the price. Explicit pixel sizes pay for their area."""
+def billed_megapixels(request: GenerationRequest, kind: str | None = None) -> float:
+    """The size the price is for, as the provider bills it (`Adapter.billed_megapixels`): the tier chosen for a
+    ratio, the area of explicit pixels, the tier Apiframe sends them as, MaxAPI's double price past 1024 px."""
+    from .providers import PROVIDERS
+
+    adapter = PROVIDERS.get(kind or "")
+    if adapter is not None and request.model in adapter.models:
+        return adapter("", "").billed_megapixels(request)
     if request.width and request.height:
         return request.output_megapixels
     return request.megapixels or 1.0
@@ -101,7 +105,7 @@ def billed_megapixels(request: GenerationRequest) -> float:
 
 def quote(kind: str, request: GenerationRequest, table=None) -> Quote:
     table = table if table is not None else price_table(kind, request.model)
-    tier = tier_for(billed_megapixels(request))
+    tier = tier_for(billed_megapixels(request, kind))
     if tier not in table:
         raise Refusal(
             "no_price", f"No price is set for {request.model} at {tier} on {kind}; ask an admin.", status=400

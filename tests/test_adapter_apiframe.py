@@ -6,12 +6,15 @@ import json
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generations.providers import PROVIDERS, Apiframe
 from generations.providers import http as provider_http
 from generations.providers.base import GenerationRequest, ProviderError, Unsupported
 
 from .conftest import reply
+from .emulators import garbage
 
 JOB_ID = "a1b2c3d4-e5f6-7890-abcd-ef1234567890"
 # Job states from providers.md section 3, verbatim.
@@ -259,7 +262,12 @@ def test_it_checks_the_key_on_me(adapter):
             "at most 8",
         ),
         ({"safety_tolerance": 2}, "safety_tolerance", "no safety tolerance"),
-        ({"width": 1024, "height": 1024}, "width", "does not take a custom width"),
+        # Sizes go as a ratio at a tier: one that is not near a ratio at a tier is refused, with the
+        # nearest it makes; the schema's 256-2048 bounds and our 4:1 still hold.
+        ({"width": 1000, "height": 1000}, "width", "The nearest it makes is 1024x1024"),
+        ({"width": 1024, "height": 1024, "megapixels": 3.0}, "megapixels", "offers 0.5 MP"),
+        ({"width": 2304, "height": 1024}, "width", "between 256 and 2048"),
+        ({"width": 2048, "height": 256}, "aspect_ratio", "at most 4:1"),
         ({"prompt": "x" * 2001}, "prompt", "at most 2000 characters"),
     ],
 )
@@ -333,3 +341,145 @@ def test_it_generates_end_to_end_through_the_http_seam(mock_http):
     ]
     assert seen[0].headers["x-api-key"] == "afk_loopback"
     assert seen[0].headers["idempotency-key"] == "gen-1"
+
+
+# -- hostile replies (issue 7, defect 3): only a ProviderError ever comes out of a parser ------------------------
+DOCUMENTED = [json.loads(body) for body in (QUEUED, PROCESSING, COMPLETED, FAILED, EVENT_COMPLETED)]
+SUBMITTED = {"jobId": JOB_ID, "status": "QUEUED"}
+
+
+def test_no_hostile_poll_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_poll, DOCUMENTED) == []
+
+
+def test_no_hostile_submit_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_submit, [SUBMITTED]) == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=garbage.json_values(), status=st.sampled_from([200, 202, 400, 402, 404, 429, 500]))
+def test_any_json_at_all_is_parsed_or_refused(body, status):
+    adapter = Apiframe("https://api.apiframe.ai", API_KEY)
+    for parse in (adapter.parse_poll, adapter.parse_submit):
+        garbage.assert_parsed_or_refused(parse, garbage.as_reply(body, status))
+    if isinstance(body, dict):
+        try:
+            garbage.assert_parsed_or_refused(lambda _: adapter.parse_job(body), garbage.as_reply(body))
+        except ProviderError:
+            pass
+
+
+def test_an_error_object_where_the_string_belongs_fails_the_job_with_its_words(adapter):
+    # Apiframe's parser called .lower() on it: the exception stopped the sweep for every job.
+    body = {
+        **json.loads(FAILED),
+        "error": {"code": "E42", "message": "Provider returned an error: content policy"},
+    }
+    outcome = adapter.parse_poll(reply(200, body))
+    assert outcome.state == "failed"
+    assert outcome.error.code == ProviderError.MODERATION
+    assert outcome.error.message == "Provider returned an error: content policy"
+
+
+def test_an_error_object_without_words_still_fails_the_job(adapter):
+    outcome = adapter.parse_poll(reply(200, {**json.loads(FAILED), "error": {"code": 7}}))
+    assert (outcome.state, outcome.error.code, outcome.error.message) == (
+        "failed",
+        ProviderError.FAILED,
+        "Apiframe failed the job.",
+    )
+
+
+@pytest.mark.parametrize("status", [12, None, ["COMPLETED"], {"value": "COMPLETED"}, ""])
+def test_a_status_that_is_not_a_word_is_malformed_not_a_reason_to_keep_polling(adapter, status):
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "status": status}))
+    assert caught.value.code == ProviderError.MALFORMED
+
+
+@pytest.mark.parametrize("url", garbage.BAD_URLS[:2])
+def test_a_result_link_that_cannot_be_requested_fails_the_job_at_once(adapter, url):
+    outcome = adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "result": {"images": [url]}}))
+    assert outcome.state == "failed"
+    assert outcome.error.code == ProviderError.MALFORMED
+    assert outcome.error.message == "Apiframe finished the job but its image link cannot be used."
+
+
+def test_usable_links_are_kept_beside_unusable_ones(adapter):
+    result = {"images": ["http://[::1/x.png", BARE_RESULT, 7, {"url": None}]}
+    outcome = adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "result": result}))
+    assert (outcome.state, outcome.image_urls) == ("succeeded", (BARE_RESULT,))
+
+
+@pytest.mark.parametrize("job_id", [{"id": 1}, ["x"], True, "", "x" * 201, "a\x01b"])
+def test_a_submit_reply_with_an_unusable_job_id_is_malformed(adapter, job_id):
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_submit(reply(202, {"jobId": job_id, "status": "QUEUED"}))
+    assert caught.value.code == ProviderError.MALFORMED
+
+
+def test_it_escapes_the_job_id_in_the_poll_path(adapter):
+    assert adapter.build_poll("a/../b?c").path == "/v2/jobs/a%2F..%2Fb%3Fc"
+
+
+def test_a_huge_error_string_is_cut_to_a_readable_length(adapter):
+    outcome = adapter.parse_poll(reply(200, {**json.loads(FAILED), "error": "policy\n" + "x" * 10_000}))
+    assert len(outcome.error.message) <= 300
+    assert "\n" not in outcome.error.message
+
+
+# -- the providers' newest material (issue 7, defect 10) ------------------------------------------------------
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"images": [{"url": BARE_RESULT}]},
+        {"images": [{"url": BARE_RESULT, "width": 1024}]},
+        [{"url": BARE_RESULT}],
+        {"url": BARE_RESULT},
+    ],
+)
+def test_it_accepts_image_items_given_as_url_objects(adapter, result):
+    # [AF-OAS]: image items are strings or {url} objects.
+    outcome = adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "result": result}))
+    assert (outcome.state, outcome.image_urls) == ("succeeded", (BARE_RESULT,))
+
+
+# -- sizes (issue 7, defect 11): width and height as the reduced ratio at their tier --------------------------
+@pytest.mark.parametrize(
+    ("size", "ratio", "resolution"),
+    [
+        ((1024, 1024), "1:1", "1MP"),
+        ((1360, 768), "85:48", "1MP"),
+        ((896, 1152), "7:9", "1MP"),
+        ((1440, 1440), "1:1", "2MP"),
+        ((1456, 1456), "1:1", "2MP"),
+        ((720, 720), "1:1", "0.5MP"),
+        ((2048, 2048), "1:1", "4MP"),
+        ((2048, 512), "4:1", "1MP"),
+    ],
+)
+def test_it_sends_width_and_height_as_the_reduced_ratio_at_their_tier(adapter, size, ratio, resolution):
+    request = req(width=size[0], height=size[1])
+    adapter.validate(request)
+    params = adapter.build_submit(request).json["fluxParams"]
+    assert (params["aspect_ratio"], params["resolution"]) == (ratio, resolution)
+    assert "width" not in params and "height" not in params
+
+
+def test_a_custom_size_is_offered_to_the_form():
+    assert Apiframe.models["flux-2-max"].options()["custom_size"] == [256, 2048]
+
+
+def test_ratios_at_4_mp_are_still_sent_as_before(adapter):
+    # 16:9 at 4 MP is 2720x1536 in pixels, past the schema's 2048 a side: a ratio is never held to it.
+    request = req(aspect_ratio="16:9", megapixels=4.0)
+    adapter.validate(request)
+    assert adapter.build_submit(request).json["fluxParams"]["resolution"] == "4MP"
+
+
+@pytest.mark.parametrize(("size", "price"), [((1024, 1024), 70), ((1456, 1456), 100), ((1360, 768), 70)])
+def test_a_custom_size_is_priced_at_the_tier_it_is_sent_as(db, size, price):
+    from generations import credits
+
+    # 1456x1456 is 2.02 MP of area, but Apiframe makes and bills it as 1:1 at 2 MP.
+    assert credits.quote("apiframe", req(width=size[0], height=size[1])).total == price

@@ -4,12 +4,15 @@ import json
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generations.providers import PROVIDERS, MaxApi
 from generations.providers import http as provider_http
 from generations.providers.base import GenerationRequest, ProviderError, Unsupported
 
 from .conftest import reply
+from .emulators import garbage
 
 # The example response on the Create Image page, verbatim [S000].
 DOC_200 = """{
@@ -356,3 +359,71 @@ def test_it_maps_an_http_error_end_to_end(mock_http):
         adapter.parse_submit(provider_http.send(adapter, adapter.build_submit(req())))
     assert caught.value.code == ProviderError.RATE_LIMITED
     assert caught.value.retry_after == 3.0
+
+
+# -- hostile replies (issue 7, defect 3): only a ProviderError ever comes out of the parser ----------------------
+def test_no_hostile_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_submit, [json.loads(DOC_200)]) == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=garbage.json_values(), status=st.sampled_from([200, 400, 401, 403, 429, 500]))
+def test_any_json_at_all_is_parsed_or_refused(body, status):
+    garbage.assert_parsed_or_refused(
+        MaxApi("https://api.maxapi.ai/", "sk-test").parse_submit, garbage.as_reply(body, status)
+    )
+
+
+@pytest.mark.parametrize("seed", ["²", "1" * 30, 2**70, {"s": 1}, 1.5, True])
+def test_a_seed_it_cannot_store_is_dropped_not_fatal(adapter, seed):
+    # "²".isdigit() is true but int("²") raises: the result, already paid for, was lost over a seed.
+    outcome = adapter.parse_submit(reply(200, {**json.loads(DOC_200), "seed": seed}))
+    assert outcome.state == "succeeded"
+    assert outcome.seed is None
+
+
+def test_a_numeric_string_seed_is_read(adapter):
+    assert adapter.parse_submit(reply(200, {**json.loads(DOC_200), "seed": "42"})).seed == 42
+
+
+@pytest.mark.parametrize("url", ["http://[::1/x.png", "https://flux-images.maxapi.ai/\x01.png"])
+def test_an_image_link_that_cannot_be_requested_fails_the_job(adapter, url):
+    outcome = adapter.parse_submit(reply(200, {**json.loads(DOC_200), "images": [{"url": url}]}))
+    assert (outcome.state, outcome.error.code) == ("failed", ProviderError.MALFORMED)
+
+
+def test_an_error_body_with_an_object_for_its_message_keeps_its_status_meaning(adapter):
+    body = {"error": {"message": {"text": "Invalid token"}, "type": ["x"], "code": {"c": 1}}}
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_submit(reply(401, body))
+    assert (caught.value.code, caught.value.message) == (
+        ProviderError.AUTH,
+        "MaxAPI refused the API key: HTTP 401",
+    )
+
+
+# -- prices that match the provider (issue 7, defect 11) ------------------------------------------------------
+@pytest.mark.parametrize(
+    ("kwargs", "price"),
+    [
+        ({}, 3),  # 1024x1024
+        ({"width": 1024, "height": 1024}, 3),
+        ({"megapixels": 0.25}, 3),  # 512x512
+        ({"width": 256, "height": 1024}, 3),
+        # A side past 1024 is "above 1024x1024" [S000] though the area is not: the doubled price.
+        ({"aspect_ratio": "16:9"}, 6),  # 1360x768 = 0.996 MP
+        ({"aspect_ratio": "9:16"}, 6),
+        ({"aspect_ratio": "4:3"}, 6),  # 1168x880
+        ({"width": 1100, "height": 900}, 6),
+        ({"width": 1040, "height": 256}, 6),
+        ({"megapixels": 2.0}, 6),
+        ({"width": 2048, "height": 2048}, 6),
+    ],
+)
+def test_it_charges_the_doubled_price_whenever_a_side_passes_1024(db, kwargs, price):
+    from generations import credits
+
+    request = req(**kwargs)
+    MaxApi("https://api.maxapi.ai", "k").validate(request)
+    assert credits.quote("maxapi", request).total == price
+    assert credits.quote("maxapi", req(model="flux-pro-2", **kwargs)).total == 2 * price

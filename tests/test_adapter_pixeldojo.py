@@ -4,12 +4,15 @@ import json
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generations.providers import PROVIDERS, PixelDojo
 from generations.providers import http as provider_http
 from generations.providers.base import GenerationRequest, ProviderError, Unsupported
 
 from .conftest import reply
+from .emulators import garbage
 
 # The two examples on the model page, verbatim [S004].
 SUBMITTED = """{
@@ -90,7 +93,7 @@ def test_it_sends_the_output_format(adapter, fmt, sent):
 
 def test_it_sends_every_option(adapter):
     sent = body(
-        adapter, n=4, seed=99, safety_tolerance=0, prompt_upsampling=True, aspect_ratio="4:5", megapixels=2.0
+        adapter, n=4, seed=99, safety_tolerance=1, prompt_upsampling=True, aspect_ratio="4:5", megapixels=2.0
     )
     assert sent == {
         "prompt": "A beautiful mountain landscape at golden hour",
@@ -100,7 +103,7 @@ def test_it_sends_every_option(adapter):
         "output_format": "jpg",
         "prompt_upsampling": True,
         "seed": 99,
-        "safety_tolerance": 0,
+        "safety_tolerance": 1,
     }
     assert body(adapter, safety_tolerance=5)["safety_tolerance"] == 5
 
@@ -231,7 +234,7 @@ def test_it_recognises_a_moderated_failure(adapter):
 def test_it_treats_cancelled_as_failed(adapter):
     outcome = adapter.parse_poll(reply(200, {"jobId": "job_1", "status": "cancelled"}))
     assert outcome.state == "failed"
-    assert outcome.error.message == "PixelDojo failed the job."
+    assert outcome.error.message == "The job was cancelled at PixelDojo."
 
 
 @pytest.mark.parametrize("status", ["pending", "processing", "queued", "running"])
@@ -355,7 +358,9 @@ def test_it_checks_on_the_models_listing(adapter):
         ),
         ({"width": 1024, "height": 1024}, "width", "does not take a custom width and height"),
         ({"reference_urls": ("https://example.com/a.png",)}, "reference_images", "no reference images"),
-        ({"safety_tolerance": 6}, "safety_tolerance", "between 0 and 5"),
+        ({"safety_tolerance": 6}, "safety_tolerance", "between 1 and 5"),
+        # 1-5 [RP][PD-DOC]: 0 is not a PixelDojo setting.
+        ({"safety_tolerance": 0}, "safety_tolerance", "between 1 and 5"),
         ({"megapixels": 3.0}, "megapixels", "0.5 MP, 1 MP, 2 MP, 4 MP"),
         ({"output_format": "gif"}, "output_format", "writes jpeg, png, webp"),
         ({"prompt": "   "}, "prompt", "Write a prompt"),
@@ -388,3 +393,83 @@ def test_it_generates_end_to_end_through_the_http_seam(mock_http):
     assert [str(r.url) for r in seen] == [f"{base}/api/v1/models/flux-2-max/run", f"{base}/api/v1/jobs/job_9"]
     assert all(r.headers["authorization"] == "Bearer pd_loopback" for r in seen)
     assert json.loads(seen[0].content)["num_outputs"] == 2
+
+
+# -- hostile replies (issue 7, defect 3): only a ProviderError ever comes out of a parser ------------------------
+DOCUMENTED = [
+    json.loads(SUBMITTED),
+    json.loads(COMPLETED),
+    {"jobId": "job_1", "status": "failed", "error": "Generation failed"},
+    {"jobId": "job_1", "status": "completed", "output": {"image": IMAGE}, "assets": [{"url": IMAGE}]},
+]
+
+
+def test_no_hostile_poll_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_poll, DOCUMENTED) == []
+
+
+def test_no_hostile_submit_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_submit, DOCUMENTED) == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=garbage.json_values(), status=st.sampled_from([200, 202, 400, 402, 403, 429, 500]))
+def test_any_json_at_all_is_parsed_or_refused(body, status):
+    adapter = PixelDojo("https://pixeldojo.ai", "pd_test")
+    for parse in (adapter.parse_poll, adapter.parse_submit):
+        garbage.assert_parsed_or_refused(parse, garbage.as_reply(body, status))
+
+
+@pytest.mark.parametrize("status", [{"state": "completed"}, ["completed"], 1])
+def test_a_status_that_is_not_a_word_is_malformed(adapter, status):
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "status": status}))
+    assert caught.value.code == ProviderError.MALFORMED
+
+
+def test_an_error_object_fails_the_job_with_its_words(adapter):
+    body = {"jobId": "job_1", "status": "failed", "error": {"code": "server_error", "message": "GPU lost"}}
+    outcome = adapter.parse_poll(reply(200, body))
+    assert (outcome.state, outcome.error.message) == ("failed", "GPU lost")
+
+
+@pytest.mark.parametrize(
+    "status_url", ["http://[::1/x", "https://pixeldojo.ai/api/v1/jobs/\x01", 7, {"u": 1}]
+)
+def test_a_status_url_that_cannot_be_requested_is_not_followed(adapter, status_url):
+    outcome = adapter.parse_submit(reply(202, {**json.loads(SUBMITTED), "statusUrl": status_url}))
+    assert outcome.poll_url is None
+    assert adapter.build_poll(outcome.job_id, outcome.poll_url).path == "/api/v1/jobs/job_abc123..."
+
+
+def test_a_credit_cost_of_the_wrong_type_is_dropped_not_stored(adapter):
+    outcome = adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "creditCost": {"credits": 2}}))
+    assert (outcome.state, outcome.cost) == ("succeeded", None)
+
+
+# -- the providers' newest material (issue 7, defect 10) ------------------------------------------------------
+@pytest.mark.parametrize("status", ["succeeded", "success", "SUCCEEDED"])
+def test_other_success_words_end_the_job_with_its_images(adapter, status):
+    outcome = adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "status": status}))
+    assert (outcome.state, outcome.image_urls) == ("succeeded", (IMAGE,))
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "words"),
+    [
+        ("error", ProviderError.FAILED, "PixelDojo failed the job."),
+        ("canceled", ProviderError.FAILED, "The job was cancelled at PixelDojo."),
+        ("expired", ProviderError.EXPIRED, "PixelDojo let this job expire"),
+    ],
+)
+def test_other_failure_words_end_the_job(adapter, status, code, words):
+    # They were taken for "still running" and polled until the deadline.
+    outcome = adapter.parse_poll(reply(200, {"jobId": "job_1", "status": status}))
+    assert outcome.state == "failed"
+    assert outcome.error.code == code
+    assert outcome.error.message.startswith(words)
+    assert outcome.error.permanent
+
+
+def test_the_safety_tolerance_range_is_1_to_5():
+    assert PixelDojo.models["flux-2-max"].options()["safety_tolerance"] == [1, 5]

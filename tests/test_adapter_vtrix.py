@@ -5,12 +5,15 @@ from dataclasses import replace
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from generations.providers import PROVIDERS, Vtrix
 from generations.providers import http as provider_http
 from generations.providers.base import GenerationRequest, ProviderError, Unsupported
 
 from .conftest import reply
+from .emulators import garbage
 
 # Examples from providers.md section 2, verbatim.
 CREATED = '{"id":"d758n65e878c73cmdg20","status":"in_progress","model":"flux_2_max","created_at":1765432100}'
@@ -379,3 +382,152 @@ def test_it_generates_end_to_end_through_the_http_seam(mock_http):
     ]
     assert all(r.headers["authorization"] == "Bearer vtrix-loopback" for r in seen)
     assert json.loads(seen[0].content)["input"][0]["params"]["seed"] == 5
+
+
+# -- hostile replies (issue 7, defect 3): only a ProviderError ever comes out of a parser ------------------------
+DOCUMENTED = [json.loads(body) for body in (CREATED, COMPLETED, FAILED)]
+
+
+def test_no_hostile_poll_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_poll, DOCUMENTED) == []
+
+
+def test_no_hostile_submit_reply_escapes_as_anything_but_a_provider_error(adapter):
+    assert garbage.escapes(adapter.parse_submit, DOCUMENTED) == []
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=garbage.json_values(), status=st.sampled_from([200, 400, 402, 403, 429, 500]))
+def test_any_json_at_all_is_parsed_or_refused(body, status):
+    adapter = Vtrix("https://cloud.vtrix.ai", "vtrix-key")
+    for parse in (adapter.parse_poll, adapter.parse_submit):
+        garbage.assert_parsed_or_refused(parse, garbage.as_reply(body, status))
+
+
+@pytest.mark.parametrize("output", [5, "https://cdn.vtrix.ai/o.jpeg", {"content": []}, [{"content": 5}], [7]])
+def test_a_completed_task_whose_output_is_not_a_list_of_groups_is_malformed(adapter, output):
+    # A non-list `output` raised TypeError inside the sweep, which stopped polling for every job.
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_poll(reply(200, {"id": "t", "status": "completed", "output": output}))
+    assert caught.value.code == ProviderError.MALFORMED
+
+
+@pytest.mark.parametrize("status", [{"code": "completed"}, ["completed"], 3, True])
+def test_a_status_that_is_not_a_word_is_malformed(adapter, status):
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_poll(reply(200, {**json.loads(COMPLETED), "status": status}))
+    assert caught.value.code == ProviderError.MALFORMED
+
+
+def test_an_error_whose_message_is_an_object_still_fails_with_its_code(adapter):
+    body = {"id": "t", "status": "failed", "error": {"code": {"x": 1}, "message": {"text": "no"}}}
+    outcome = adapter.parse_poll(reply(200, body))
+    assert (outcome.state, outcome.error.message) == ("failed", "Vtrix failed the task.")
+
+
+def test_a_task_id_that_is_an_object_is_no_task_id(adapter):
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_submit(reply(200, {"id": {"value": "t"}, "status": "in_progress"}))
+    assert caught.value.code == ProviderError.MALFORMED
+
+
+# -- the providers' newest material (issue 7, defect 10) ------------------------------------------------------
+@pytest.mark.parametrize(
+    "error",
+    [
+        "Image generation failed",
+        {"code": "002014001", "message": "Image generation failed"},
+        {"code": 500, "error_message": "Image generation failed"},
+    ],
+)
+@pytest.mark.parametrize("output", [None, [], [{"content": []}]])
+def test_a_completed_task_with_an_error_and_no_output_is_a_failure(adapter, error, output):
+    # SeaCloud's own client turns COMPLETED+error into failed [SC-CLI]; it was retried as malformed until
+    # the deadline.
+    body = {"id": "t", "status": "completed", "error": error}
+    if output is not None:
+        body["output"] = output
+    outcome = adapter.parse_poll(reply(200, body))
+    assert outcome.state == "failed"
+    assert outcome.error.code == ProviderError.FAILED
+    assert outcome.error.message.startswith("Image generation failed")
+
+
+def test_a_completed_task_with_an_error_and_its_images_succeeds(adapter):
+    body = {**json.loads(COMPLETED), "error": {"code": "W1", "message": "upscaler skipped"}}
+    assert adapter.parse_poll(reply(200, body)).image_urls == (OUTPUT_URL,)
+
+
+ENVELOPE_402 = {"status": {"code": 402, "message": "Insufficient credits", "error_code": 40201}, "data": None}
+
+
+@pytest.mark.parametrize(
+    ("status", "envelope", "code", "words"),
+    [
+        # The SeaCloud envelope on a 402 from submit [SC-CLI]: its words, not "HTTP 402".
+        (
+            402,
+            ENVELOPE_402,
+            ProviderError.PROVIDER_CREDIT,
+            "out of credit: Insufficient credits (error code 40201)",
+        ),
+        # Codes 40201-40208 mean no balance whatever the HTTP status says.
+        (
+            400,
+            {"status": {"code": 400, "message": "Account frozen", "error_code": 40208}, "data": None},
+            ProviderError.PROVIDER_CREDIT,
+            "out of credit: Account frozen (error code 40208)",
+        ),
+        (
+            403,
+            {"status": {"code": 403, "message": "Quota", "error_code": "40203"}, "data": None},
+            ProviderError.PROVIDER_CREDIT,
+            "out of credit",
+        ),
+        # 403 "insufficient balance" is the account's credit, not its key [providers.md, corrections 2].
+        (
+            403,
+            {"status": {"code": 403, "message": "insufficient balance"}, "data": None},
+            ProviderError.PROVIDER_CREDIT,
+            "out of credit: insufficient balance",
+        ),
+        # Other envelopes keep the status's meaning, with their words.
+        (
+            403,
+            {"status": {"code": 403, "message": "permission denied", "error_code": 40301}, "data": None},
+            ProviderError.AUTH,
+            "denied access: permission denied (error code 40301)",
+        ),
+        (
+            401,
+            {"status": {"code": 401, "message": "invalid api key"}, "data": None},
+            ProviderError.AUTH,
+            "refused the API key: invalid api key",
+        ),
+        (
+            400,
+            {"status": {"code": 400, "message": "bad width", "error_code": 40001}, "data": None},
+            ProviderError.INVALID,
+            "rejected the request: bad width (error code 40001)",
+        ),
+    ],
+)
+def test_it_reads_the_seacloud_status_envelope(adapter, status, envelope, code, words):
+    with pytest.raises(ProviderError) as caught:
+        adapter.parse_submit(reply(status, envelope))
+    assert caught.value.code == code
+    assert words in caught.value.message
+
+
+def test_an_error_envelope_on_a_200_is_an_error_not_a_task_to_keep_polling(adapter):
+    # Its `status` was an object, which the parser took for an unknown status word and kept polling on.
+    for parse in (adapter.parse_submit, adapter.parse_poll):
+        with pytest.raises(ProviderError) as caught:
+            parse(reply(200, ENVELOPE_402))
+        assert caught.value.code == ProviderError.PROVIDER_CREDIT
+
+
+def test_a_task_wrapped_in_a_successful_envelope_is_read(adapter):
+    body = {"status": {"code": 200, "message": "ok"}, "data": json.loads(CREATED)}
+    outcome = adapter.parse_submit(reply(200, body))
+    assert (outcome.state, outcome.job_id) == ("pending", "d758n65e878c73cmdg20")

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
+from urllib.parse import quote
 
 from .base import (
     Adapter,
@@ -18,8 +19,15 @@ from .base import (
     Outcome,
     ProviderError,
     Reply,
+    credit_cost,
+    extract_message,
     failed,
+    finished_without_images,
+    fraction,
+    job_id_text,
     moderation_or_failure,
+    status_word,
+    usable_urls,
 )
 
 # fluxParams.resolution is an enum; the docs page writes "2 MP" with a space, which the schema rejects
@@ -40,6 +48,10 @@ class Apiframe(Adapter):
             provider_model="flux-2-max",
             aspect_ratios=("1:1", "3:4", "4:3", "9:16", "16:9"),  # the five the model page lists [A9]
             megapixels=(0.5, 1.0, 2.0, 4.0),
+            # fluxParams.width/height are "only used when aspect_ratio is custom" [A6], a value the schema does
+            # not have [A7]: a width and height go as their reduced ratio (pattern ^\d+:\d+$) at their tier.
+            custom_size=(256, 2048),  # width/height 256-2048 [A7]
+            size_by_tier=True,
             max_reference_images=8,  # "up to 8" [A6]; the schema allows 10 [A7]
             output_formats=("jpeg", "png", "webp"),
             prompt_upsampling=True,
@@ -51,9 +63,12 @@ class Apiframe(Adapter):
         return {"X-API-Key": self.api_key, "Accept": "application/json"}
 
     def build_submit(self, request: GenerationRequest) -> HttpCall:
+        ratio, megapixels = request.aspect_ratio or "1:1", request.megapixels or 1.0
+        if request.width and request.height:
+            ratio, megapixels = self.ratio_and_tier(request)
         params: dict = {
-            "resolution": RESOLUTIONS[request.megapixels or 1.0],
-            "aspect_ratio": request.aspect_ratio or "1:1",
+            "resolution": RESOLUTIONS[megapixels],
+            "aspect_ratio": ratio,
             "output_format": FORMATS[request.output_format],
             "prompt_upsampling": request.prompt_upsampling,
         }
@@ -79,49 +94,54 @@ class Apiframe(Adapter):
 
     def parse_submit(self, reply: Reply) -> Outcome:
         data = self.check(reply)
-        job_id = data.get("jobId") if isinstance(data, dict) else None
+        job_id = job_id_text(data.get("jobId")) if isinstance(data, dict) else None
         if not job_id:
             raise ProviderError(ProviderError.MALFORMED, "Apiframe accepted the job but sent no jobId.")
-        return Outcome(state="pending", job_id=str(job_id), raw_status=data.get("status"))
+        status = data.get("status")
+        return Outcome(state="pending", job_id=job_id, raw_status=status if isinstance(status, str) else None)
 
     def build_poll(self, job_id: str, poll_url: str | None = None) -> HttpCall:
-        return HttpCall("GET", f"/v2/jobs/{job_id}", self.headers())
+        return HttpCall("GET", f"/v2/jobs/{quote(job_id, safe='')}", self.headers())
 
     def parse_poll(self, reply: Reply) -> Outcome:
         data = self.check(reply)
-        if not isinstance(data, dict) or "status" not in data:
+        if not isinstance(data, dict):
             raise ProviderError(ProviderError.MALFORMED, "Apiframe sent a job without a status.")
         return self.parse_job(data)
 
     def parse_job(self, data: dict) -> Outcome:
         """A job object or a webhook event: the same fields [A7][A3]."""
-        status = str(data["status"]).upper()
-        cost = None if data.get("creditCost") is None else str(data["creditCost"])
-        job_id = data.get("id") or data.get("jobId")
+        if not isinstance(data, dict):
+            raise ProviderError(ProviderError.MALFORMED, "Apiframe sent a job without a status.")
+        status = status_word(self.label, data).upper()
+        cost = credit_cost(data.get("creditCost"))
+        job_id = job_id_text(data.get("id")) or job_id_text(data.get("jobId"))
         if status == "COMPLETED":
-            if data.get("expired"):
+            if data.get("expired") is True:
                 return failed(
                     ProviderError.EXPIRED,
                     "Apiframe has already purged this job's images (24 h retention).",
                     status,
                 )
-            urls = result_urls(data.get("result"))
+            urls = usable_urls(result_items(data.get("result")))
             if not urls:
-                raise ProviderError(ProviderError.MALFORMED, "Apiframe finished the job but listed no image.")
+                return finished_without_images(
+                    self.label, result_items(data.get("result")), job_id=job_id, cost=cost, raw_status=status
+                )
             return Outcome(
                 state="succeeded", job_id=job_id, image_urls=urls, cost=cost, raw_status=status, progress=1.0
             )
-        if status in ("FAILED", "CANCELLED"):
-            message = data.get("error") or (
-                "The job was cancelled at Apiframe." if status == "CANCELLED" else "Apiframe failed the job."
+        if status in ("FAILED", "CANCELLED", "CANCELED"):
+            # `error` is a string in the schema [A7]; an object carrying a message is read for its words.
+            message = extract_message(data.get("error")).strip() or (
+                "The job was cancelled at Apiframe." if status != "FAILED" else "Apiframe failed the job."
             )
-            outcome = failed(moderation_or_failure(self.label, message), message, status)
-            return Outcome(state="failed", job_id=job_id, error=outcome.error, cost=cost, raw_status=status)
-        progress = data.get("progress")
+            error = ProviderError(moderation_or_failure(self.label, message), message)
+            return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=status)
         return Outcome(
             state="pending",
             job_id=job_id,
-            progress=(progress / 100) if isinstance(progress, int | float) else None,
+            progress=fraction(data.get("progress"), 100),
             raw_status=status,
         )
 
@@ -158,14 +178,15 @@ class Apiframe(Adapter):
         return hmac.compare_digest(expected.encode(), signature.lower().encode())
 
 
-def result_urls(result) -> tuple[str, ...]:
+def result_items(result) -> list:
     """`result` is a bare URL in older docs and the SDK tests, `{"images": [...]}` in the current docs
-    [A1/A8 vs A2 CONFLICT]: accept both."""
-    if isinstance(result, str):
-        return (result,)
+    [A1/A8 vs A2 CONFLICT], and image items are strings or `{"url": ...}` objects [AF-OAS]: accept all."""
     if isinstance(result, dict):
-        images = result.get("images") or []
-        return tuple(str(url) for url in images if isinstance(url, str))
+        result = result.get("images") if "images" in result else result.get("url")
     if isinstance(result, list):
-        return tuple(str(url) for url in result if isinstance(url, str))
-    return ()
+        return result
+    return [] if result is None else [result]
+
+
+def result_urls(result) -> tuple[str, ...]:
+    return usable_urls(result_items(result))

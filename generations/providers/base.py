@@ -7,13 +7,20 @@ one place that sends what an adapter builds.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import math
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
+
+import httpx
 
 MEGAPIXEL = 1024 * 1024
+log = logging.getLogger("generations")
 
 
 class ProviderError(Exception):
@@ -147,6 +154,9 @@ class ModelSpec:
     megapixels: tuple[float, ...] = (1.0,)  # the size tiers offered
     sizes: tuple[str, ...] = ()  # fixed WxH strings, when the provider takes only those
     custom_size: tuple[int, int] | None = None  # (min side, max side) for explicit width/height
+    # The provider takes a size as a ratio and one of `megapixels`, never as pixels: explicit width/height
+    # are sent as their reduced W:H ratio at the tier whose size they are (Apiframe's fluxParams).
+    size_by_tier: bool = False
     max_reference_images: int = 0
     output_formats: tuple[str, ...] = ("jpeg",)
     safety_tolerance: tuple[int, int] | None = None  # (min, max)
@@ -190,7 +200,7 @@ class Reply:
     def json(self) -> Any:
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past what Python parses
             raise ProviderError(
                 ProviderError.MALFORMED, f"The provider sent a body that is not JSON (HTTP {self.status})."
             ) from None
@@ -225,6 +235,146 @@ class Outcome:
         return self.state != "pending"
 
 
+# -- hostile replies --------------------------------------------------------------------------------------
+# A provider reply is untrusted input. Every parser an adapter defines is wrapped (Adapter.__init_subclass__)
+# so that whatever it raises on a reply it did not expect (an object where a string belongs, a number where a
+# list belongs, a missing key) comes out as this job's malformed-response ProviderError, never as an exception
+# that escapes into the sweeper and stops polling for everyone else. What it returns is checked too: the engine
+# stores job ids, URLs, costs and seeds in bounded columns and requests the URLs later.
+PARSERS = ("parse_submit", "parse_poll", "parse_job")
+MAX_JOB_ID = 200  # Generation.provider_job_id
+MAX_POLL_URL = 1000  # Generation.poll_url
+MAX_URL = 8192
+MAX_COST = 40  # Generation.provider_cost
+MAX_MESSAGE = 300
+BIGINT = 2**63
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def malformed(label: str, what: str = "a reply FluxWeb cannot read") -> ProviderError:
+    return ProviderError(ProviderError.MALFORMED, f"{label} sent {what}.")
+
+
+def guarded(method):
+    """`method` (a parser), with anything but a ProviderError turned into a malformed-response one, and its
+    Outcome checked. Unexpected exceptions are logged with their traceback: they are either a hostile reply
+    or a parser bug, and the log tells the two apart."""
+    if getattr(method, "malformed_guard", False):
+        return method
+
+    @functools.wraps(method)
+    def parse(self, *args, **kwargs):
+        try:
+            outcome = method(self, *args, **kwargs)
+        except ProviderError:
+            raise
+        except Exception:
+            log.warning("%s: %s could not read a reply", self.label, method.__name__, exc_info=True)
+            raise malformed(self.label) from None
+        return checked(self.label, outcome)
+
+    parse.malformed_guard = True
+    return parse
+
+
+def checked(label: str, outcome: Outcome) -> Outcome:
+    """`outcome` with every field of the type and size the engine stores, or a malformed-response error.
+    What only informs (cost, progress, seed, a poll URL we can do without) is dropped when unusable; what the
+    job depends on (its id, its image URLs) makes the reply malformed."""
+    if not isinstance(outcome, Outcome) or outcome.state not in ("pending", "succeeded", "failed"):
+        raise malformed(label)
+    if outcome.job_id is not None and job_id_text(outcome.job_id) is None:
+        raise malformed(label, "a job id FluxWeb cannot use")
+    urls = outcome.image_urls
+    if not isinstance(urls, tuple) or not all(isinstance(u, str) and usable_url(u) for u in urls):
+        raise malformed(label, "an image link FluxWeb cannot use")
+    if outcome.state == "failed" and not isinstance(outcome.error, ProviderError):
+        raise malformed(label)
+    error = outcome.error
+    if isinstance(error, ProviderError):
+        error = ProviderError(
+            error.code,
+            words(error.message) or f"{label} failed the job.",
+            retry_after=error.retry_after,
+            status=error.status,
+            unsent=error.unsent,
+        )
+    progress = outcome.progress
+    if not (isinstance(progress, float | int) and not isinstance(progress, bool) and math.isfinite(progress)):
+        progress = None
+    else:
+        progress = min(1.0, max(0.0, float(progress)))
+    cost = outcome.cost if isinstance(outcome.cost, str) and 0 < len(outcome.cost) <= MAX_COST else None
+    if cost is not None and CONTROL.search(cost):
+        cost = None
+    seed = outcome.seed if is_int(outcome.seed) and -BIGINT <= outcome.seed < BIGINT else None
+    poll_url = outcome.poll_url
+    if not (isinstance(poll_url, str) and len(poll_url) <= MAX_POLL_URL and usable_url(poll_url)):
+        poll_url = None
+    raw = outcome.raw_status if isinstance(outcome.raw_status, str) else None
+    return replace(
+        outcome,
+        error=error,
+        progress=progress,
+        cost=cost,
+        seed=seed,
+        poll_url=poll_url,
+        raw_status=raw[:40] if raw else raw,
+    )
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def job_id_text(value: object) -> str | None:
+    """A provider's job id as text, when it is one: a non-empty string (or an integer) of at most 200
+    printable characters. Anything else (an object, a list, a bool) is not an id."""
+    if is_int(value):
+        value = str(value)
+    if not isinstance(value, str) or not value.strip() or len(value) > MAX_JOB_ID or CONTROL.search(value):
+        return None
+    return value
+
+
+def usable_url(value: object) -> str | None:
+    """`value` when it is an http(s) URL with a host that can be requested as it stands (httpx refuses
+    `http://[::1/x.png` and URLs holding control characters), else None."""
+    if not isinstance(value, str) or not value or len(value) > MAX_URL or CONTROL.search(value):
+        return None
+    try:
+        url = httpx.URL(value)
+        parts = urlsplit(value)
+        port = parts.port
+    except (ValueError, TypeError, httpx.InvalidURL):  # InvalidURL is not a ValueError
+        return None
+    if url.scheme not in ("http", "https") or not url.host or not parts.hostname:
+        return None
+    if port is not None and not 0 < port < 65536:
+        return None
+    return value
+
+
+def usable_urls(items: object) -> tuple[str, ...]:
+    """The usable URLs among `items` (strings or `{"url": ...}` objects), in order, without repeats."""
+    if not isinstance(items, list | tuple):
+        items = [items]
+    found = (
+        item if isinstance(item, str) else item.get("url") if isinstance(item, dict) else None
+        for item in items
+    )
+    return tuple(dict.fromkeys(url for url in found if usable_url(url)))
+
+
+def words(text: object, limit: int = MAX_MESSAGE) -> str:
+    """A provider's text, fit to show a person and to store: control characters and runs of whitespace
+    become one space, and it is cut at `limit` characters."""
+    if not isinstance(text, str):
+        return ""
+    text = " ".join(CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
 class Adapter:
     """One provider's HTTP protocol. Subclasses set the class attributes and implement the four pure
     build/parse methods; `error_for` maps HTTP statuses once for all providers."""
@@ -239,6 +389,12 @@ class Adapter:
     models: ClassVar[dict[str, ModelSpec]]
     # HTTP statuses that mean "your provider account is out of credit", per provider documentation.
     credit_statuses: ClassVar[tuple[int, ...]] = (402,)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in PARSERS:
+            if name in cls.__dict__:
+                setattr(cls, name, guarded(cls.__dict__[name]))
 
     def __init__(self, base_url: str, api_key: str):
         self.base_url = base_url.rstrip("/")
@@ -280,13 +436,15 @@ class Adapter:
             low, high = spec.custom_size
             if not (low <= request.width <= high and low <= request.height <= high):
                 raise Unsupported(f"Width and height must each be between {low} and {high} pixels.", "width")
+            if spec.size_by_tier:
+                self.ratio_and_tier(request)
         else:
             if request.aspect_ratio:
                 parse_ratio(request.aspect_ratio)
                 if spec.aspect_ratios and request.aspect_ratio not in spec.aspect_ratios:
                     ratios = ", ".join(spec.aspect_ratios)
                     raise Unsupported(f"{self.label} offers the aspect ratios {ratios}.", "aspect_ratio")
-            if spec.custom_size:
+            if spec.custom_size and not spec.size_by_tier:
                 # The provider takes pixels: the size a ratio and tier work out to must be one it accepts.
                 low, high = spec.custom_size
                 width, height = request.dimensions
@@ -324,6 +482,37 @@ class Adapter:
                 f"{self.label} takes at most {spec.max_reference_images} reference images for {spec.id}.",
                 "reference_images",
             )
+
+    def ratio_and_tier(self, request: GenerationRequest) -> tuple[str, float]:
+        """Explicit width and height as the reduced W:H ratio and the size tier they are (1024x1024 is 1:1 at
+        1 MP), for a provider that takes only those; Unsupported, with the nearest size it can make, when the
+        ratio at that tier is not within 16 px a side of what was asked (the provider rounds to 16 px)."""
+        spec = self.spec(request.model)
+        width, height = int(request.width or 0), int(request.height or 0)
+        divisor = math.gcd(width, height) or 1
+        ratio = f"{width // divisor}:{height // divisor}"
+        parse_ratio(ratio)  # at most 4:1
+        area = width * height / MEGAPIXEL
+        tier = min(spec.megapixels, key=lambda mp: abs(math.log(area / mp)))
+        made = resolve_dimensions(ratio, None, None, tier)
+        if abs(made[0] - width) > 16 or abs(made[1] - height) > 16:
+            raise Unsupported(
+                f"{self.label} makes sizes as a ratio at {', '.join(f'{mp:g}' for mp in spec.megapixels)} MP; "
+                f"{width}x{height} is {ratio} at {area:.2f} MP. The nearest it makes is {made[0]}x{made[1]}.",
+                "width",
+            )
+        return ratio, tier
+
+    def billed_megapixels(self, request: GenerationRequest) -> float:
+        """The size the price is for. A ratio at a chosen tier is rounded to multiples of 16 px, which can
+        land a hair above the tier (1:1 at 2 MP is 1456x1456 = 2.02 MP, 5:4 at 1 MP is 1.002 MP); providers
+        render and bill the tier asked for, so that tier is the price. Explicit pixel sizes pay for their area,
+        or for the tier they are sent as."""
+        if request.width and request.height:
+            if self.spec(request.model).size_by_tier:
+                return self.ratio_and_tier(request)[1]
+            return request.output_megapixels
+        return request.megapixels or 1.0
 
     # -- the protocol, pure -----------------------------------------------------------------------------
     def headers(self) -> dict[str, str]:
@@ -367,7 +556,11 @@ class Adapter:
         """Map an HTTP error reply to the taxonomy. One table for every provider; only the message and the
         credit statuses differ."""
         status = reply.status
-        message = self.error_message(reply) or f"HTTP {status}"
+        try:
+            message = words(self.error_message(reply))
+        except Exception:  # a hostile error body still gets the mapping its HTTP status earns
+            message = ""
+        message = message or f"HTTP {status}"
         lowered = message.lower()
         retry_after = parse_retry_after(reply.header("Retry-After"))
         if any(word in lowered for word in ("insufficient", "balance", "credit", "quota exceeded")):
@@ -428,19 +621,28 @@ class Adapter:
         return reply.json()
 
 
-def extract_message(data: Any) -> str:
+def loads(body: bytes) -> Any:
+    """The JSON in `body`, or None when it is not JSON (or nested past what Python parses)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+
+
+def extract_message(data: Any, depth: int = 3) -> str:
     """Find the human words in the error shapes the four providers use: a string, {"error": str},
-    {"error": {"message"|"error_message": str}}, {"message": str}, {"detail": str}."""
+    {"error": {"message"|"error_message": str}}, {"message": str}, {"detail": str}. Anything else (a number,
+    a list, an object nested deeper than any provider nests one) has no words."""
     if isinstance(data, str):
         return data
-    if not isinstance(data, dict):
+    if not isinstance(data, dict) or depth <= 0:
         return ""
     for key in ("error", "message", "detail", "error_message"):
         value = data.get(key)
-        if isinstance(value, str) and value:
+        if isinstance(value, str) and value.strip():
             return value
         if isinstance(value, dict):
-            found = extract_message(value)
+            found = extract_message(value, depth - 1)
             if found:
                 return found
     return ""
@@ -473,9 +675,57 @@ def failed(code: str, message: str, raw_status: str | None = None) -> Outcome:
     return Outcome(state="failed", error=ProviderError(code, message), raw_status=raw_status)
 
 
+def status_word(label: str, data: dict, key: str = "status") -> str:
+    """A job's status, which must be a string: anything else (an object, a number) is a malformed reply,
+    not a new status word to keep polling on."""
+    value = data.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ProviderError(ProviderError.MALFORMED, f"{label} sent a job without a readable status.")
+    return value.strip()
+
+
+def fraction(value: object, scale: float = 1.0) -> float | None:
+    """Progress reported on `scale` (1 or 100) as 0..1, or None when it is not a finite number."""
+    if not (is_int(value) or isinstance(value, float)):
+        return None
+    try:
+        result = float(value) / scale
+    except OverflowError:
+        return None
+    return min(1.0, max(0.0, result)) if math.isfinite(result) else None
+
+
+def credit_cost(value: object) -> str | None:
+    """A provider-reported cost as text: a number or a numeric string, else nothing (it only informs)."""
+    if is_int(value) or (isinstance(value, float) and math.isfinite(value)):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def finished_without_images(label: str, candidates: object, **fields: Any) -> Outcome:
+    """A finished job with no usable image link. Links that are there but cannot be requested will not get
+    better by asking again: the job fails now, as a malformed reply. No link at all may be the provider
+    still filling it in: a malformed reply, retried."""
+    items = candidates if isinstance(candidates, list | tuple) else [candidates]
+    if any(
+        isinstance(item, str) and item.strip() or isinstance(item, dict) and isinstance(item.get("url"), str)
+        for item in items
+    ):
+        return Outcome(
+            state="failed",
+            error=ProviderError(
+                ProviderError.MALFORMED, f"{label} finished the job but its image link cannot be used."
+            ),
+            **fields,
+        )
+    raise ProviderError(ProviderError.MALFORMED, f"{label} finished the job but listed no image.")
+
+
 def moderation_or_failure(label: str, message: str) -> str:
     """Providers report a refused prompt as an ordinary failure with words in it; tell the two apart."""
-    lowered = message.lower()
+    lowered = message.lower() if isinstance(message, str) else ""
     if any(word in lowered for word in ("policy", "moderat", "nsfw", "safety", "flagged")):
         return ProviderError.MODERATION
     return ProviderError.FAILED

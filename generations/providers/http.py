@@ -6,13 +6,21 @@ performance.md). Tests swap the transport with `use_transport(httpx.MockTranspor
 
 from __future__ import annotations
 
+import asyncio
 import threading
+import time
 
 import httpx
 
 from .base import Adapter, HttpCall, ProviderError, Reply
 
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+# httpx's timeouts are per read: a provider that sends one byte every few seconds never trips them. A whole
+# call (answer and body) gets this long unless the caller gives its own total, and a reply this big is not
+# an API answer (the largest documented one is a few KB).
+DEADLINE = 45.0
+POLL_DEADLINE = 30.0
+MAX_REPLY_BYTES = 2 * 1024 * 1024
 _lock = threading.Lock()
 _transport: httpx.BaseTransport | None = None
 _client: httpx.Client | None = None
@@ -49,15 +57,50 @@ def url_for(adapter: Adapter, call: HttpCall) -> str:
     return adapter.base_url + call.path
 
 
-def send(adapter: Adapter, call: HttpCall, timeout: float | None = None) -> Reply:
+def build(adapter: Adapter, call: HttpCall, http: httpx.Client | httpx.AsyncClient, timeout) -> httpx.Request:
+    """The request, or a ProviderError when it cannot be made at all: a URL httpx refuses (a provider-given
+    status URL holding a control character, an unclosed IPv6 bracket) or a header it cannot encode. Nothing
+    was sent."""
     try:
-        response = client().request(
-            call.method,
-            url_for(adapter, call),
-            headers=dict(call.headers),
-            json=call.json,
-            timeout=timeout or TIMEOUT,
+        return http.build_request(
+            call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json, timeout=timeout
         )
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol, ValueError, TypeError):
+        if call.path.startswith(("http://", "https://")):
+            raise ProviderError(
+                ProviderError.MALFORMED,
+                f"{adapter.label} gave a job address that cannot be requested.",
+                unsent=True,
+            ) from None
+        raise ProviderError(
+            ProviderError.INVALID,
+            f"A request to {adapter.label} cannot be made: check the account's base URL and API key.",
+            unsent=True,
+        ) from None
+
+
+def body_of(adapter: Adapter, chunk: bytes, body: bytearray, started: float, deadline: float) -> None:
+    body += chunk
+    if len(body) > MAX_REPLY_BYTES:
+        raise ProviderError(
+            ProviderError.MALFORMED, f"{adapter.label} sent a reply far larger than any answer."
+        )
+    if time.monotonic() - started > deadline:
+        raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not finish answering in time.")
+
+
+def send(adapter: Adapter, call: HttpCall, timeout: float | None = None) -> Reply:
+    started = time.monotonic()
+    deadline = float(timeout) if timeout else DEADLINE
+    request = build(adapter, call, client(), timeout or TIMEOUT)
+    try:
+        response = client().send(request, stream=True)
+        try:
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body_of(adapter, chunk, body, started, deadline)
+        finally:
+            response.close()
     except httpx.ConnectTimeout:
         raise ProviderError(
             ProviderError.TIMEOUT, f"Could not connect to {adapter.label} in time.", unsent=True
@@ -72,7 +115,7 @@ def send(adapter: Adapter, call: HttpCall, timeout: float | None = None) -> Repl
         raise ProviderError(
             ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}."
         ) from None
-    return Reply(response.status_code, response.headers, response.content)
+    return Reply(response.status_code, response.headers, bytes(body))
 
 
 def broke(exc: httpx.HTTPError) -> str:
@@ -87,10 +130,19 @@ def broke(exc: httpx.HTTPError) -> str:
 
 
 async def send_async(http: httpx.AsyncClient, adapter: Adapter, call: HttpCall) -> Reply:
+    """One poll, answer and body within POLL_DEADLINE however slowly they drip, so one provider cannot hold
+    up a sweep round for every other job."""
+    started = time.monotonic()
+    request = build(adapter, call, http, httpx.USE_CLIENT_DEFAULT)
     try:
-        response = await http.request(
-            call.method, url_for(adapter, call), headers=dict(call.headers), json=call.json
-        )
+        async with asyncio.timeout(POLL_DEADLINE):
+            response = await http.send(request, stream=True)
+            try:
+                body = bytearray()
+                async for chunk in response.aiter_bytes():
+                    body_of(adapter, chunk, body, started, POLL_DEADLINE)
+            finally:
+                await response.aclose()
     except httpx.TimeoutException:
         raise ProviderError(ProviderError.TIMEOUT, f"{adapter.label} did not answer in time.") from None
     except TimeoutError:
@@ -99,4 +151,4 @@ async def send_async(http: httpx.AsyncClient, adapter: Adapter, call: HttpCall) 
         raise ProviderError(
             ProviderError.SERVER, f"The connection to {adapter.label} {broke(exc)}."
         ) from None
-    return Reply(response.status_code, response.headers, response.content)
+    return Reply(response.status_code, response.headers, bytes(body))

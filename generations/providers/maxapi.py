@@ -14,8 +14,15 @@ from .base import (
     ProviderError,
     Reply,
     failed,
+    finished_without_images,
+    is_int,
+    usable_urls,
     with_error_code,
 )
+
+# "<=1024x1024: $0.003/image ... above 1024x1024: price x 2" [S000]. Whether "above" means the area or either
+# side is not said [UNKNOWN]: a side past 1024 pays double, so we never bill less than MaxAPI may.
+FULL_PRICE_SIDE = 1024
 
 
 def flux_spec(model: str) -> ModelSpec:
@@ -41,6 +48,12 @@ class MaxApi(Adapter):
     synchronous = True  # the 200 reply carries the images; async callbacks are only "Update Preview" [S000]
     models = {model: flux_spec(model) for model in ("flux-plus", "flux-pro-2")}
 
+    def billed_megapixels(self, request: GenerationRequest) -> float:
+        megapixels = super().billed_megapixels(request)
+        if max(request.dimensions) > FULL_PRICE_SIDE:
+            megapixels = max(megapixels, 2.0)  # the doubled price is the 2 MP tier's
+        return megapixels
+
     def build_submit(self, request: GenerationRequest) -> HttpCall:
         width, height = request.dimensions
         body = {
@@ -61,13 +74,20 @@ class MaxApi(Adapter):
         # The fal-style body of the example [S000]; the OpenAI `data` list the path's name promises is accepted
         # in case MaxAPI ever switches [INFERRED].
         images = data.get("images") if data.get("images") is not None else data.get("data")
-        urls = [image_url(image) for image in images] if isinstance(images, list) else []
+        images = images if isinstance(images, list) else []
+        urls = [(usable_urls([image]) or (None,))[0] for image in images]
         if not any(urls):
-            raise ProviderError(ProviderError.MALFORMED, "MaxAPI answered 200 but listed no image.")
+            if not images:
+                raise ProviderError(ProviderError.MALFORMED, "MaxAPI answered 200 but listed no image.")
+            return finished_without_images(self.label, images, raw_status="200")
         # One flag per image, yet the example has two flags for one image [S000]: pair by index, ignore extras,
         # and treat a missing flag as clean. A flagged image is a black placeholder on fal-style backends.
         flags = data.get("has_nsfw_concepts") if isinstance(data.get("has_nsfw_concepts"), list) else []
-        kept = tuple(url for i, url in enumerate(urls) if url and not (i < len(flags) and flags[i] is True))
+        kept = tuple(
+            dict.fromkeys(
+                url for i, url in enumerate(urls) if url and not (i < len(flags) and flags[i] is True)
+            )
+        )
         if not kept:
             return failed(
                 ProviderError.MODERATION,
@@ -75,10 +95,12 @@ class MaxApi(Adapter):
                 "200",
             )
         seed = data.get("seed")
+        if isinstance(seed, str) and seed.isascii() and seed.isdecimal():
+            seed = int(seed)
         return Outcome(
             state="succeeded",
             image_urls=kept,
-            seed=int(seed) if isinstance(seed, int | str) and str(seed).isdigit() else None,
+            seed=seed if is_int(seed) else None,  # out of a BIGINT's range, `checked` drops it
             progress=1.0,
             raw_status="200",
         )
@@ -98,11 +120,3 @@ class MaxApi(Adapter):
         # 429 means rate limit OR insufficient credit [M2-errors]; OpenAI-style gateways tell them apart in
         # `error.code` ("insufficient_quota", "insufficient_user_quota") more reliably than in the message [X2].
         return with_error_code(super().error_message(reply), reply)
-
-
-def image_url(image: object) -> str | None:
-    if isinstance(image, str):
-        return image
-    if isinstance(image, dict) and isinstance(image.get("url"), str):
-        return image["url"]
-    return None

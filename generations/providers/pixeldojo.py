@@ -15,8 +15,14 @@ from .base import (
     Outcome,
     ProviderError,
     Reply,
+    credit_cost,
     extract_message,
+    finished_without_images,
+    job_id_text,
     moderation_or_failure,
+    status_word,
+    usable_url,
+    usable_urls,
     with_error_code,
 )
 
@@ -25,6 +31,11 @@ from .base import (
 RESOLUTIONS = {0.5: "0.5 MP", 1.0: "1 MP", 2.0: "2 MP", 4.0: "4 MP"}
 FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # legacy v1 spelling [P8]
 DEFAULT_PORTS = {"http": 80, "https": 443}
+# Status words: pending/completed [S004], failed [P10]; the others are what PixelDojo's newer material and its
+# SDK use for the same ends [PD-DOC][INFERRED]. Anything else keeps polling.
+SUCCEEDED = ("completed", "succeeded", "success")
+FAILED = ("failed", "error", "cancelled", "canceled")
+EXPIRED = ("expired",)
 
 
 class PixelDojo(Adapter):
@@ -39,9 +50,9 @@ class PixelDojo(Adapter):
             aspect_ratios=("1:1", "16:9", "9:16", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3"),  # [S004]
             megapixels=tuple(RESOLUTIONS),
             output_formats=("jpeg", "png", "webp"),
-            # The range is not documented and the default is 5 [S004][UNKNOWN]: BFL's 0-5 [B2], which the
-            # backend enforces, keeps the default in range. Unset, the field is omitted and PixelDojo's 5 applies.
-            safety_tolerance=(0, 5),
+            # 1-5 with the default 5: Replicate's flux-2-max schema, which PixelDojo's parameters mirror
+            # [RP][PD-DOC]. Unset, the field is omitted and PixelDojo's 5 applies.
+            safety_tolerance=(1, 5),
             prompt_upsampling=True,
             max_prompt_chars=5000,  # no limit documented [UNKNOWN]; bounds what we store and send
             # The image-input field name is not documented [S004][UNKNOWN], so no reference images.
@@ -68,7 +79,7 @@ class PixelDojo(Adapter):
 
     def parse_submit(self, reply: Reply) -> Outcome:
         data = self.check(reply)
-        if not isinstance(data, dict) or not data.get("jobId"):
+        if not isinstance(data, dict) or not job_id_text(data.get("jobId")):
             raise ProviderError(ProviderError.MALFORMED, "PixelDojo accepted the job but sent no jobId.")
         return self.parse_job(data)
 
@@ -81,31 +92,40 @@ class PixelDojo(Adapter):
 
     def parse_poll(self, reply: Reply) -> Outcome:
         data = self.check(reply)
-        if not isinstance(data, dict) or not data.get("status"):
+        if not isinstance(data, dict):
             raise ProviderError(ProviderError.MALFORMED, "PixelDojo sent a job without a status.")
         return self.parse_job(data)
 
     def parse_job(self, data: dict) -> Outcome:
-        raw = str(data.get("status") or "")
+        raw = status_word(self.label, data)
         status = raw.lower()
-        job_id = str(data.get("jobId") or data.get("id") or "") or None
-        cost = None if data.get("creditCost") is None else str(data["creditCost"])  # PixelDojo credits [S004]
-        if status == "completed":
-            urls = output_urls(data)
+        job_id = job_id_text(data.get("jobId")) or job_id_text(data.get("id"))
+        cost = credit_cost(data.get("creditCost"))  # PixelDojo credits [S004]
+        if status in SUCCEEDED:
+            candidates = output_items(data)
+            urls = usable_urls(candidates)
             if not urls:
-                raise ProviderError(
-                    ProviderError.MALFORMED, "PixelDojo finished the job but listed no image."
+                return finished_without_images(
+                    self.label, candidates, job_id=job_id, cost=cost, raw_status=raw
                 )
             return Outcome(
                 state="succeeded", job_id=job_id, image_urls=urls, progress=1.0, cost=cost, raw_status=raw
             )
-        # `failed` is what the helper scripts read [P10]; cancelled is not seen but cannot be anything else [INFERRED].
-        if status in ("failed", "cancelled", "canceled"):
-            message = extract_message(data.get("error")) or "PixelDojo failed the job."
-            error = ProviderError(moderation_or_failure(self.label, message), message)
+        if status in FAILED or status in EXPIRED:
+            message = extract_message(data.get("error")).strip()
+            if status in EXPIRED:
+                message = message or "PixelDojo let this job expire before its images were fetched."
+                error = ProviderError(ProviderError.EXPIRED, message)
+            else:
+                message = message or (
+                    "The job was cancelled at PixelDojo."
+                    if status.startswith("cancel")
+                    else "PixelDojo failed the job."
+                )
+                error = ProviderError(moderation_or_failure(self.label, message), message)
             return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=raw)
         # pending [S004], processing and queued [INFERRED], and anything new: keep polling.
-        poll_url = data.get("statusUrl") if isinstance(data.get("statusUrl"), str) else None
+        poll_url = data.get("statusUrl") if usable_url(data.get("statusUrl")) else None
         return Outcome(state="pending", job_id=job_id, poll_url=poll_url, cost=cost, raw_status=raw)
 
     def build_check(self) -> HttpCall:
@@ -136,6 +156,10 @@ def same_site(url: str, base_url: str) -> bool:
 
 
 def output_urls(data: dict) -> tuple[str, ...]:
+    return usable_urls(output_items(data))
+
+
+def output_items(data: dict) -> list:
     """`output.images[]` [S004], `output.image` [P9], `output.images[0]` objects and `assets[].url` [P5][P10]."""
     output = data.get("output")
     found: list[object] = []
@@ -149,8 +173,4 @@ def output_urls(data: dict) -> tuple[str, ...]:
         found.append(output)
     assets = data.get("assets")
     found += assets if isinstance(assets, list) else []
-    urls = (
-        item if isinstance(item, str) else item.get("url") if isinstance(item, dict) else None
-        for item in found
-    )
-    return tuple(dict.fromkeys(url for url in urls if isinstance(url, str) and url))
+    return [item for item in found if item is not None]

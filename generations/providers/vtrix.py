@@ -5,6 +5,7 @@ Docs: providers.md section 2 ([S001]/[S002] the model page, [V5] vtrix-cli, [V7]
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote
 
 from .base import (
@@ -17,9 +18,18 @@ from .base import (
     ProviderError,
     Reply,
     Unsupported,
+    credit_cost,
     extract_message,
+    finished_without_images,
+    fraction,
+    is_int,
+    job_id_text,
+    loads,
     moderation_or_failure,
+    status_word,
+    usable_urls,
     with_error_code,
+    words,
 )
 
 REFERENCE_SLOTS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))  # [S001]
@@ -29,6 +39,9 @@ CHECK_TASK_ID = "fluxwebcheck00000000"
 # verbatim [S001][B2], so BFL's rule.
 MULTIPLE = 16
 MAX_PIXELS = 4 * MEGAPIXEL  # [B1]
+# SeaCloud's `{"status": {"code", "message", "error_code"}, "data": null}` envelope: these error codes mean the
+# account has no balance, whatever the HTTP status [SC-CLI clierrors, TestSubmitPreservesInsufficientBalanceErrorCode].
+NO_BALANCE_CODES = range(40201, 40209)
 
 
 class Vtrix(Adapter):
@@ -91,9 +104,22 @@ class Vtrix(Adapter):
         body = {"model": self.spec(request.model).provider_model, "input": [{"params": params}]}
         return HttpCall("POST", "/model/v1/generation", self.headers(), body)
 
+    def check(self, reply: Reply) -> Any:
+        """The task of a successful reply. The SeaCloud envelope can also arrive with a 2xx status carrying an
+        error code, or wrap the task in `data` [SC-CLI]: read both, so neither is mistaken for a task."""
+        data = super().check(reply)
+        envelope = envelope_of(data)
+        if envelope is None:
+            return data
+        code = envelope.get("code")
+        if is_int(code) and code >= 400 or envelope.get("error_code") not in (None, 0, ""):
+            status = code if is_int(code) and 400 <= code <= 599 else 400
+            raise self.error_for(Reply(status, reply.headers, reply.body))
+        return data.get("data")
+
     def parse_submit(self, reply: Reply) -> Outcome:
         data = self.check(reply)
-        if not isinstance(data, dict) or not data.get("id"):
+        if not isinstance(data, dict) or not job_id_text(data.get("id")):
             # vtrix-cli treats a create reply without an id as a failure and shows its `error` [V5].
             detail = error_text(data.get("error")) if isinstance(data, dict) else ""
             raise ProviderError(
@@ -106,42 +132,39 @@ class Vtrix(Adapter):
 
     def parse_poll(self, reply: Reply) -> Outcome:
         data = self.check(reply)
-        if not isinstance(data, dict) or not data.get("status"):
+        if not isinstance(data, dict):
             raise ProviderError(ProviderError.MALFORMED, "Vtrix sent a task without a status.")
         return self.parse_task(data)
 
     def parse_task(self, data: dict) -> Outcome:
-        raw = str(data.get("status") or "")
+        raw = status_word(self.label, data)
         status = raw.lower()
-        job_id = str(data["id"]) if data.get("id") else None
+        job_id = job_id_text(data.get("id"))
         usage = data.get("usage")
-        cost = usage.get("cost") if isinstance(usage, dict) else None  # a USD string [S001]
-        cost = None if cost is None else str(cost)
+        cost = credit_cost(usage.get("cost")) if isinstance(usage, dict) else None  # a USD string [S001]
         # Statuses differ by source: in_progress|completed|failed [V3][V5], pending|processing [V4], done [V8]
         # [CONFLICT]: completed or done is success, failed is failure, anything else keeps polling.
         if status in ("completed", "done"):
-            urls = tuple(
-                item["url"]
-                for group in data.get("output") or []
-                if isinstance(group, dict)
-                for item in group.get("content") or []
-                if isinstance(item, dict) and isinstance(item.get("url"), str)
-            )  # flattened, as vtrix-cli's URLs() does [V5]
-            if not urls:
-                raise ProviderError(ProviderError.MALFORMED, "Vtrix finished the task but listed no image.")
-            return Outcome(
-                state="succeeded", job_id=job_id, image_urls=urls, progress=1.0, cost=cost, raw_status=raw
-            )
+            candidates = output_items(data.get("output"))
+            urls = usable_urls(candidates)
+            if urls:
+                return Outcome(
+                    state="succeeded", job_id=job_id, image_urls=urls, progress=1.0, cost=cost, raw_status=raw
+                )
+            if data.get("error") not in (None, "", {}):
+                # Completed with an error and no output is a failure: SeaCloud's own client turns it into
+                # failed [SC-CLI]; polling again would only wait for the deadline.
+                return self.failure(data, job_id, cost, raw)
+            return finished_without_images(self.label, candidates, job_id=job_id, cost=cost, raw_status=raw)
         if status == "failed":
-            message = error_text(data.get("error")) or "Vtrix failed the task."
-            error = ProviderError(moderation_or_failure(self.label, message), message)
-            return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=raw)
-        progress = data.get("progress")
-        if isinstance(progress, int | float) and not isinstance(progress, bool):
-            progress = min(1.0, max(0.0, float(progress)))  # 0.0-1.0 [V5]
-        else:
-            progress = None
+            return self.failure(data, job_id, cost, raw)
+        progress = fraction(data.get("progress"))  # 0.0-1.0 [V5]
         return Outcome(state="pending", job_id=job_id, progress=progress, raw_status=raw)
+
+    def failure(self, data: dict, job_id: str | None, cost: str | None, raw: str) -> Outcome:
+        message = error_text(data.get("error")) or "Vtrix failed the task."
+        error = ProviderError(moderation_or_failure(self.label, message), message)
+        return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=raw)
 
     def build_check(self) -> HttpCall:
         # Vtrix documents no account or model listing call [V1][V2]; asking for a task that does not exist is
@@ -154,13 +177,61 @@ class Vtrix(Adapter):
         self.check(reply)
 
     def error_message(self, reply: Reply) -> str:
+        envelope = envelope_of(loads(reply.body))
+        if envelope is not None:
+            message = extract_message(envelope) or f"HTTP {reply.status}"
+            code = envelope.get("error_code")
+            return (
+                f"{message} (error code {code})"
+                if is_int(code) or isinstance(code, str) and code
+                else message
+            )
         return with_error_code(super().error_message(reply), reply)
+
+    def error_for(self, reply: Reply) -> ProviderError:
+        """Error codes 40201-40208 mean the account has no balance, on any status [SC-CLI]; Vtrix's 403 is
+        "Insufficient balance or permission denied" [V1], which the words already tell apart."""
+        error = super().error_for(reply)
+        envelope = envelope_of(loads(reply.body))
+        code = envelope.get("error_code") if envelope is not None else None
+        if isinstance(code, str) and code.strip().isdecimal():
+            code = int(code.strip())
+        if is_int(code) and code in NO_BALANCE_CODES and error.code != ProviderError.PROVIDER_CREDIT:
+            message = words(self.error_message(reply)) or f"HTTP {reply.status}"
+            return ProviderError(
+                ProviderError.PROVIDER_CREDIT,
+                f"The {self.label} account is out of credit: {message}",
+                status=reply.status,
+            )
+        return error
+
+
+def envelope_of(data: object) -> dict | None:
+    """The `status` object of SeaCloud's `{"status": {"code", "message", "error_code"}, "data": ...}`
+    envelope [SC-CLI], or None when `data` is not one (a task's `status` is a string)."""
+    if isinstance(data, dict) and isinstance(data.get("status"), dict):
+        return data["status"]
+    return None
+
+
+def output_items(output: object) -> list:
+    """Every `output[*].content[*]` item, flattened as vtrix-cli's URLs() does [V5]."""
+    if not isinstance(output, list):
+        return []
+    return [
+        item
+        for group in output
+        if isinstance(group, dict) and isinstance(group.get("content"), list)
+        for item in group["content"]
+    ]
 
 
 def error_text(error: object) -> str:
     """A failed task's `error`: a string, `{code, message}` [S001] or `{code: int, error_message}` [V5]."""
-    message = extract_message(error)
+    message = extract_message(error).strip()
     code = error.get("code") if isinstance(error, dict) else None
+    if not (is_int(code) or isinstance(code, str)):
+        code = None  # a code that is an object or a list says nothing
     if code not in (None, "") and str(code) not in message:
         message = f"{message} (code {code})" if message else f"Error code {code}"
     return message
