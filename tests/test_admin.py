@@ -1,9 +1,11 @@
 """The admin: write-only provider keys stored encrypted, the connection test, credit grants, a read-only
 ledger, and superuser-only provider accounts (reliability.md 5, test plan 29-31)."""
 
+import importlib
 import re
 
 import pytest
+from django.apps import apps
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission
 from django.db import connection
@@ -250,6 +252,14 @@ def test_it_lists_generations(admin_client, bob, accounts):
 
 
 def test_it_lists_the_default_prices(admin_client):
+    # The rows the data migration seeds, seeded here: a transactional test's flush deletes migration data, so
+    # a test that only found them would pass or fail by the order tests run in.
+    seed = importlib.import_module("generations.migrations.0002_defaults").add_defaults
+    Price.objects.all().delete()
+    seed(apps, None)
+    seed(apps, None)  # idempotent: a re-run adds nothing
+    assert Price.objects.count() == sum(len(tiers) for tiers in credits.DEFAULT_PRICES.values())
+
     response = admin_client.get("/admin/generations/price/")
     assert response.status_code == 200
     assert response.context["cl"].result_count == Price.objects.count() > 0

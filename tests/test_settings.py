@@ -1,6 +1,7 @@
 """Settings from the environment (contract.md), the django-q2 guard (reliability.md 8 item 11), SQLite
 options, and the Fernet keys that encrypt provider API keys (reliability.md 5, test plan 29)."""
 
+import importlib
 import math
 import os
 import runpy
@@ -17,6 +18,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
+from django.utils.module_loading import import_string
 
 from fluxweb.settings import database_from_url
 from generations import credits, crypto, engine
@@ -214,12 +216,30 @@ def test_it_gives_every_task_room_under_the_timeout():
         assert engine.synchronous_timeout(adapter) + 5 < timeout  # one submit call, plus database work
 
 
-def test_it_schedules_the_sweeper_as_a_safety_net(db):
+@pytest.mark.parametrize(
+    "migration, name, func",
+    [
+        ("0002_defaults", "fluxweb-sweeper", "generations.tasks.sweep"),
+        ("0003_job_leases", "fluxweb-reaper", "generations.tasks.reap"),
+    ],
+)
+def test_the_migrations_schedule_the_safety_nets(db, migration, name, func):
+    """Run by the data migration itself, not found in the test database: a transactional test's flush
+    deletes migration data, so a test that only looked for the row would pass only by running first."""
+    from django.apps import apps
     from django_q.models import Schedule
 
-    schedule = Schedule.objects.get(name="fluxweb-sweeper")
-    assert schedule.func == "generations.tasks.sweep"
+    Schedule.objects.filter(name=name).delete()
+    module = importlib.import_module(f"generations.migrations.{migration}")
+    seed = module.add_defaults if migration == "0002_defaults" else module.add_reaper
+    seed(apps, None)
+    seed(apps, None)  # idempotent: a re-run keeps one schedule
+
+    schedule = Schedule.objects.get(name=name)
+    assert schedule.func == func
     assert schedule.repeats == -1
+    assert (schedule.schedule_type, schedule.minutes) == (Schedule.MINUTES, 1)
+    assert callable(import_string(func))
 
 
 # -- Fernet keys ------------------------------------------------------------------------------------------------
