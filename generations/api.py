@@ -263,7 +263,7 @@ def cancel(request, pk: int):
     rows = generations_qs() if request.user.is_staff else generations_qs().filter(user=request.user)
     generation = get_object_or_404(rows, pk=pk)
     if not engine.cancel(generation, request.user):
-        return error(409, "conflict", f"Generation {pk} is already {generation.status}.")
+        return error(409, "conflict", engine.cancel_refusal(generation))
     return JsonResponse(generation_payload(generations_qs().get(pk=pk), request))
 
 

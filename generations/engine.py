@@ -253,7 +253,7 @@ def with_heartbeat(work, beat, every: float | None = None):
 
 # Provider error texts are shown to the whole team and written into the ledger: never with a credential.
 CREDENTIAL = re.compile(
-    r"(?i)(bearer|token|x-key|api[ _-]?key|apikey|authorization|secret|password)(\s*[:=]?\s*)"
+    r"(?i)(bearer|token|x-key|api[ _-]?key|apikey|authorization|secret|password)(['\"]?\s*[:=]?\s*)"
     r"(?!\[redacted\])['\"]?(?=[^\s'\",;]*\d)[^\s'\",;]{6,}"
     r"|\b(?:sk|pk|rk|afk|pd|fw|vtrix|key)[-_][A-Za-z0-9_\-]{6,}"
 )
@@ -547,8 +547,10 @@ def seconds_until_next() -> float | None:
     return max(0.0, (min(times) - timezone.now()).total_seconds())
 
 
-def resubmit_due() -> None:
+def resubmit_due() -> int:
+    """Queue the submit of every queued job whose retry time has come or whose submit lease ran out."""
     now = timezone.now()
+    moved = 0
     for pk in Generation.objects.filter(
         Q(lease_until__isnull=True) | Q(lease_until__lte=now),
         status=Generation.Status.QUEUED,
@@ -560,6 +562,8 @@ def resubmit_due() -> None:
             next_poll_at=None, lease_until=None, redriven_at=now
         )
         enqueue_safely("submit", pk)
+        moved += 1
+    return moved
 
 
 # -- the reaper ----------------------------------------------------------------------------------------------
@@ -595,6 +599,7 @@ def reap(now=None, *, kick: bool = True) -> int:
             message = "The provider did not finish in time. Your credits are back."
             code = ProviderError.TIMEOUT
         moved += fail(generation, code, message)
+    moved += resubmit_due()
     lost_submits = Generation.objects.filter(
         free,
         Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, created_at__lte=stale),
@@ -918,6 +923,16 @@ def cancel(generation: Generation, by) -> bool:
             return False
         credits.refund(generation, note="canceled")
     return True
+
+
+def cancel_refusal(generation: Generation) -> str:
+    """Why `cancel` said no, in words."""
+    if generation.is_terminal:
+        return f"Generation {generation.pk} is already {generation.status}."
+    return (
+        f"Generation {generation.pk} is already finished at the provider, which has charged for it; "
+        "its images are being saved."
+    )
 
 
 # -- webhooks -------------------------------------------------------------------------------------------------------
