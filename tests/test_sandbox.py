@@ -570,3 +570,96 @@ def test_it_exposes_the_control_api_over_http(sandbox, client):
 def test_it_imports_without_django():
     code = "import sys, generations.providers.sandbox; sys.exit('django' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
+
+
+# -- the hostile provider (issue 7) ---------------------------------------------------------------
+
+
+def af_done(client, sandbox, fault):
+    sandbox.queue_fault(fault, "apiframe")
+    job_id = af_submit(client, sandbox).json()["jobId"]
+    job, _ = poll(client, f"{sandbox.base_url('apiframe')}/v2/jobs/{job_id}", AF, {"COMPLETED", "FAILED"})
+    return job
+
+
+def test_it_gives_every_provider_s_error_as_an_object_where_a_string_belongs(sandbox, client):
+    job = af_done(client, sandbox, "error_object")
+    assert job["status"] == "FAILED" and isinstance(job["error"], dict) and job["error"]["message"]
+
+    sandbox.queue_fault("error_object", "pixeldojo")
+    job_id = pd_run(client, sandbox).json()["jobId"]
+    body, _ = poll(client, f"{sandbox.base_url('pixeldojo')}/api/v1/jobs/{job_id}", BEARER, {"failed"})
+    assert isinstance(body["error"], dict) and body["error"]["message"]
+
+    sandbox.queue_fault("error_object", "vtrix")
+    task_id = vx_create(client, sandbox, {}).json()["id"]
+    body, _ = poll(
+        client, f"{sandbox.base_url('vtrix')}/model/v1/generation/task/{task_id}", BEARER, {"failed"}
+    )
+    assert isinstance(body["error"]["message"], dict)
+
+    sandbox.queue_fault("error_object", "maxapi")
+    url = f"{sandbox.base_url('maxapi')}/v1/images/generations"
+    r = client.post(
+        url, json={"model": "flux-plus", "prompt": "cat", "n": 1, "size": "512x512"}, headers=BEARER
+    )
+    assert r.status_code == 400 and isinstance(r.json()["error"]["message"], dict)
+
+
+def test_it_swaps_the_type_of_every_value_in_a_reply(sandbox, client):
+    sandbox.queue_fault("wrong_types", "apiframe")
+    submitted = af_submit(client, sandbox)
+    assert submitted.status_code == 202
+    assert submitted.json() == {
+        "jobId": {"message": submitted.json()["jobId"]["message"]},
+        "status": {"message": "QUEUED"},
+    }
+    job_id = submitted.json()["jobId"]["message"]  # the job exists: only its reply lied
+    sandbox.queue_fault("wrong_types", "apiframe", phase="poll")
+    job = af_job(client, sandbox, job_id).json()
+    assert isinstance(job["status"], dict) and isinstance(job["progress"], str) and job["result"] == {}
+    assert af_job(client, sandbox, job_id).json()["status"] in ("QUEUED", "PROCESSING", "COMPLETED")  # once
+
+
+@pytest.mark.parametrize(
+    ("fault", "url"), [("bad_url", "http://[::1/apiframe/_files/"), ("control_url", "/_files/\x01")]
+)
+def test_it_hands_out_result_links_no_client_can_request(sandbox, client, fault, url):
+    link = af_done(client, sandbox, fault)["result"]["images"][0]
+    assert url in link
+    with pytest.raises(httpx.InvalidURL):
+        client.get(link)
+
+
+def test_it_serves_truncated_and_cut_off_images(sandbox, client):
+    whole = client.get(af_done(client, sandbox, "truncated")["result"]["images"][0])
+    assert whole.status_code == 200 and int(whole.headers["content-length"]) == len(whole.content)
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(whole.content)).load()
+
+    with pytest.raises(httpx.RemoteProtocolError):  # the length promised more than came before the close
+        client.get(af_done(client, sandbox, "cut_off")["result"]["images"][0])
+
+
+def test_it_drips_an_image_one_byte_at_a_time(sandbox, client):
+    sandbox.options["drip_seconds"] = 0.05
+    link = af_done(client, sandbox, "slow_drip")["result"]["images"][0]
+    started, chunks = time.monotonic(), []
+    with client.stream("GET", link) as r:
+        assert int(r.headers["content-length"]) > 1000
+        for chunk in r.iter_raw():
+            chunks.append(chunk)
+            if len(chunks) == 5:
+                break
+    assert [len(c) for c in chunks] == [1] * 5
+    assert time.monotonic() - started >= 0.2
+
+
+def test_the_hostile_faults_are_named_on_the_command_line():
+    from generations.providers.sandbox import FAULT_KINDS, HOSTILE_FAULTS, parse_fault
+
+    assert set(HOSTILE_FAULTS) <= set(FAULT_KINDS)
+    assert parse_fault("vtrix.poll.wrong_types:0.5") == ("vtrix.poll.wrong_types", 0.5)
+    assert parse_fault("pixeldojo.slow_drip") == ("pixeldojo.slow_drip", 1.0)
+    with pytest.raises(ValueError):
+        parse_fault("poll.bad_url:1")

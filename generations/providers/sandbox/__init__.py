@@ -7,7 +7,15 @@
 Pure stdlib + Pillow: importing it never imports Django.
 """
 
-from .faults import FAULT_KINDS, FILE_FAULTS, JOB_FAULTS, REQUEST_FAULTS, parse_fault, parse_latency
+from .faults import (
+    FAULT_KINDS,
+    FILE_FAULTS,
+    HOSTILE_FAULTS,
+    JOB_FAULTS,
+    REQUEST_FAULTS,
+    parse_fault,
+    parse_latency,
+)
 from .server import Sandbox
 from .state import DEFAULT_OPTIONS, OPTION_CHOICES
 from .webhooks import apiframe_signature
@@ -16,6 +24,7 @@ __all__ = [
     "DEFAULT_OPTIONS",
     "FAULT_KINDS",
     "FILE_FAULTS",
+    "HOSTILE_FAULTS",
     "JOB_FAULTS",
     "OPTION_CHOICES",
     "REQUEST_FAULTS",

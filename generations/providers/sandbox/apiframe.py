@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import webhooks
-from .base import ProviderApp, Route, is_int, is_number, route
+from .base import ProviderApp, Route, error_value, is_int, is_number, route
 from .images import normalize_format, size_for
 from .state import Job, iso
 from .wire import Request, Response, json_response
@@ -303,7 +303,7 @@ class Apiframe(ProviderApp):
             "model": MODEL,
             "progress": progress,
             "result": self.result(job) if status == "COMPLETED" else None,
-            "error": FAILURES[job.outcome] if status == "FAILED" else None,
+            "error": error_value(job, FAILURES[job.outcome]) if status == "FAILED" else None,
             "creditCost": 0 if status == "FAILED" else CREDIT_COST,  # FAILED => refunded [A1]
             "webhookStatus": job.extra.get("webhook_status"),
             "createdAt": iso(job.created),
@@ -351,7 +351,7 @@ class Apiframe(ProviderApp):
                 "event": "failed",
                 "jobId": job.id,
                 "status": "FAILED",
-                "error": FAILURES[job.outcome],
+                "error": error_value(job, FAILURES[job.outcome]),
                 "model": MODEL,
             }
         raw = json.dumps(payload, separators=(",", ":")).encode()

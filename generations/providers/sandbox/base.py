@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -78,7 +79,11 @@ class ProviderApp:
         plan = self.sandbox.fault_plan
         if plan.draw(("latency",), self.name, phase):
             self.sandbox.wait(self.sandbox.options["latency_fault_seconds"])
-        kind = plan.draw(("hang", "auth", "5xx", "429", "malformed", "insufficient_credit"), self.name, phase)
+        kind = plan.draw(
+            ("hang", "auth", "5xx", "429", "malformed", "insufficient_credit", "wrong_types"),
+            self.name,
+            phase,
+        )
         if kind == "hang":
             return Response(0, hang=True)
         if kind == "auth":
@@ -95,6 +100,8 @@ class ProviderApp:
             return Response(200, b'{"id":"sandbox-truncat', {"Content-Type": "application/json"})
         if kind == "insufficient_credit":
             return self.insufficient_credit(req)
+        if kind == "wrong_types":
+            return wrong_types(handler(req, match))
         return handler(req, match)
 
     def new_job(
@@ -112,8 +119,9 @@ class ProviderApp:
     ) -> Job:
         """A job ending `latency` seconds from now, with its outcome and file faults drawn now."""
         plan = self.sandbox.fault_plan
-        outcome = {"moderation": "moderation", "failure": "failure"}.get(
-            plan.draw(JOB_FAULTS, self.name) or "", "completed"
+        job_fault = plan.draw(JOB_FAULTS, self.name)
+        outcome = {"moderation": "moderation", "failure": "failure", "error_object": "failure"}.get(
+            job_fault or "", "completed"
         )
         now = time.monotonic()
         job = Job(
@@ -132,10 +140,48 @@ class ProviderApp:
             outcome=outcome,
             file_fault=plan.draw(FILE_FAULTS, self.name) if outcome == "completed" else None,
         )
+        job.extra["error_object"] = job_fault == "error_object"
         if job.succeeded:
             job.add_files(count, name_for)
         self.sandbox.store.add_job(job)
         return job
+
+
+def error_value(job: Job, message: str, code: str = "generation_failed") -> object:
+    """A failed job's error as documented (a string), or as an object where the string belongs (the
+    `error_object` fault)."""
+    if job.extra.get("error_object"):
+        return {"message": message, "code": code, "type": "provider_error"}
+    return message
+
+
+def swapped(value: object) -> object:
+    """`value` as another JSON type, all the way down: a string becomes an object holding it (an error object
+    where a string belongs), a number or a boolean a string, null an object, a list an object; an object keeps
+    its keys with every value swapped."""
+    if isinstance(value, dict):
+        return {key: swapped(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return {"items": [swapped(inner) for inner in value]}
+    if isinstance(value, str):
+        return {"message": value}
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return {}
+    return str(value)
+
+
+def wrong_types(response: Response) -> Response:
+    """The `wrong_types` fault: the real answer, same status and headers, with every JSON value swapped."""
+    try:
+        body = json.loads(response.body) if response.body and response.stream is None else None
+    except ValueError:
+        return response
+    if body is None:
+        return response
+    response.body = json.dumps(swapped(body), separators=(",", ":")).encode()
+    return response
 
 
 def is_int(value: object) -> bool:

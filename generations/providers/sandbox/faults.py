@@ -7,6 +7,18 @@ A fault is named `[provider.][phase.]KIND`, e.g. `5xx`, `apiframe.5xx`, `vtrix.p
 - Job faults decide, at submit, how the job ends.
 - File faults decide, at submit, how the job's result URLs behave.
 A queued fault (`queue`) goes to the next matching request or job exactly once, before any rate.
+
+The kinds:
+- request: `latency` (answers `latency_fault_seconds` late), `hang` (never answers), `auth`, `5xx`, `429`,
+  `malformed` (a truncated JSON body), `insufficient_credit` (submit only), and the hostile `wrong_types`: the
+  real answer with every value swapped for one of another type (a string becomes an object, a number a
+  string, a list an object, null an object), keys kept.
+- job: `moderation`, `failure`, and the hostile `error_object`: the job fails with its error given as an
+  object where the provider documents a string (MaxAPI: an error body whose message is an object).
+- file: `expired` (404 from the start), `oversized` (a 60 MB PNG), `not_image` (HTML served as image/png), and
+  the hostile `bad_url` (links like `http://[::1/x.png`, which no client can request), `control_url` (links
+  holding `\x01`), `slow_drip` (the image one byte at a time, `drip_seconds` apart), `truncated` (half the
+  image, its length honest) and `cut_off` (the full length announced, half sent, the connection closed).
 """
 
 from __future__ import annotations
@@ -17,9 +29,28 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 PROVIDERS = ("maxapi", "vtrix", "apiframe", "pixeldojo")
-REQUEST_FAULTS = ("latency", "hang", "auth", "5xx", "429", "malformed", "insufficient_credit")
-JOB_FAULTS = ("moderation", "failure")
-FILE_FAULTS = ("expired", "oversized", "not_image")
+REQUEST_FAULTS = ("latency", "hang", "auth", "5xx", "429", "malformed", "insufficient_credit", "wrong_types")
+JOB_FAULTS = ("moderation", "failure", "error_object")
+FILE_FAULTS = (
+    "expired",
+    "oversized",
+    "not_image",
+    "bad_url",
+    "control_url",
+    "slow_drip",
+    "truncated",
+    "cut_off",
+)
+# The hostile provider (issue 7): replies and files no provider documents, for the robustness matrix.
+HOSTILE_FAULTS = (
+    "wrong_types",
+    "error_object",
+    "bad_url",
+    "control_url",
+    "slow_drip",
+    "truncated",
+    "cut_off",
+)
 FAULT_KINDS = REQUEST_FAULTS + JOB_FAULTS + FILE_FAULTS
 PHASES = ("submit", "poll", "any")
 

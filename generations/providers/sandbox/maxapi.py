@@ -106,6 +106,21 @@ class MaxAPI(ProviderApp):
                 "content_policy_violation",
                 param="prompt",
             )
+        if job.outcome == "failure" and job.extra.get("error_object"):
+            # The new-api body with objects where its strings belong.
+            return json_response(
+                400,
+                {
+                    "error": {
+                        "message": {
+                            "message": "Image generation failed: invalid prompt",
+                            "type": "bad_prompt",
+                        },
+                        "type": {"name": "new_api_error"},
+                        "code": {"value": "generation_failed"},
+                    }
+                },
+            )
         if job.outcome == "failure":
             return self.error(500, "Image generation failed upstream, please retry", "generation_failed")
         return json_response(200, self.result(req, job, body))

@@ -8,7 +8,7 @@ import secrets
 import time
 from typing import Any
 
-from .base import ProviderApp, Route, is_int, route
+from .base import ProviderApp, Route, error_value, is_int, route
 from .images import normalize_format, size_for
 from .state import Job, iso
 from .wire import Request, Response, json_response
@@ -190,7 +190,7 @@ class PixelDojo(ProviderApp):
             # Documented: pending [S004]; processing [INFERRED].
             body["status"] = "pending" if job.fraction() < 0.3 else "processing"
         elif not job.succeeded:
-            body.update(status="failed", error=FAILURES[job.outcome])  # clients read .error [P10]
+            body.update(status="failed", error=error_value(job, FAILURES[job.outcome]))  # .error [P10]
         else:
             urls = job.urls(job.extra["base_url"])
             # [CONFLICT] {"images": [...]} [S004] vs {"image": url} [P9]: configurable.

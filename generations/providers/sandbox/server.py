@@ -227,7 +227,7 @@ class Sandbox:
                 404, {"error": f"unknown prefix /{prefix}", "prefixes": [f"/{p}" for p in self.apps]}
             )
         if req.path.startswith("/_files/") and method in ("GET", "HEAD"):
-            return files.serve(self.store, app.name, req.path.removeprefix("/_files/"))
+            return files.serve(self.store, app.name, req.path.removeprefix("/_files/"), self)
         return app.dispatch(req)
 
 
@@ -349,5 +349,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
             else:
                 self.wfile.write(response.body)
+            if response.close:
+                self.close_connection = True
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client gave up (e.g. a download size cap): fine

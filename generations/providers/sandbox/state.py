@@ -29,6 +29,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "latency_fault_seconds": 3.0,
     "hang_seconds": 60.0,
     "fault_5xx_status": None,  # None: 500, 502 or 503 at random
+    "drip_seconds": 1.0,  # the slow_drip fault: seconds between the bytes of a result file
     "webhook_timeout": 3.0,
 }
 OPTION_CHOICES: dict[str, tuple[Any, ...]] = {
@@ -72,6 +73,11 @@ class FileEntry:
     seed: int
 
     def url(self, base_url: str) -> str:
+        # The hostile link faults: an unclosed IPv6 bracket and a control character, both refused by httpx.
+        if self.job.file_fault == "bad_url":
+            return f"http://[::1/{self.provider}/_files/{self.name}"
+        if self.job.file_fault == "control_url":
+            return f"{base_url}/{self.provider}/_files/\x01{self.name}"
         return f"{base_url}/{self.provider}/_files/{self.name}"
 
 
@@ -90,7 +96,7 @@ class Job:
     created: float  # wall clock, for timestamps
     url_ttl: float
     outcome: str = "completed"  # completed | moderation | failure
-    file_fault: str | None = None  # expired | oversized | not_image
+    file_fault: str | None = None  # one of faults.FILE_FAULTS
     files: list[FileEntry] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # provider-specific bookkeeping
 

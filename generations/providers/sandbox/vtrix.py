@@ -170,6 +170,9 @@ class Vtrix(ProviderApp):
                 error = message
             elif shape == "numeric":
                 error = {"code": number, "error_message": message}
+            if job.extra.get("error_object"):
+                # The message, documented as a string [S001], given as an object.
+                error = {"code": code, "message": {"message": message, "type": "provider_error"}}
             body.update(status="failed", error=error)
             return body
         cost = usage_cost(job.width, job.height, job.extra.get("inputs", 0))

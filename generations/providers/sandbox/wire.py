@@ -66,6 +66,8 @@ class Response:
     length: int | None = None
     # Hold the connection without answering (the "hang" fault).
     hang: bool = False
+    # Close the connection once the body is written, however short of `length` it fell (the "cut_off" fault).
+    close: bool = False
 
 
 def json_response(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Response:
