@@ -170,7 +170,7 @@ def test_a_hostile_provider_ends_its_own_job_exactly_and_no_other(fault, kind, h
 
 
 # -- the HTTP seam's own bounds -----------------------------------------------------------------------------------
-def dripping_link(sandbox, bob, drain) -> str:
+def dripping_link(sandbox) -> str:
     """A result link on the sandbox that serves its file one byte every `drip_seconds`."""
     sandbox.queue_fault("slow_drip", "pixeldojo")
     sandbox.set_latency(0.01, 0.01)
@@ -205,10 +205,10 @@ def within(seconds: float, call):
     return box["value"]
 
 
-def test_a_reply_that_drips_is_cut_at_the_call_deadline(hostile, bob, drain, monkeypatch):
-    hostile.options["drip_seconds"] = 0.05
-    link = dripping_link(hostile, bob, drain)
-    adapter = PROVIDERS["pixeldojo"](hostile.base_url("pixeldojo"), "pd_test")
+def test_a_reply_that_drips_is_cut_at_the_call_deadline(fresh_sandbox, monkeypatch):
+    fresh_sandbox.options["drip_seconds"] = 0.05
+    link = dripping_link(fresh_sandbox)
+    adapter = PROVIDERS["pixeldojo"](fresh_sandbox.base_url("pixeldojo"), "pd_test")
     monkeypatch.setattr(provider_http, "DEADLINE", 0.3)
     started = time.monotonic()
     with pytest.raises(ProviderError) as caught:
@@ -217,10 +217,10 @@ def test_a_reply_that_drips_is_cut_at_the_call_deadline(hostile, bob, drain, mon
     assert time.monotonic() - started < 2
 
 
-def test_a_poll_that_drips_is_cut_at_the_poll_deadline(hostile, bob, drain, monkeypatch):
-    hostile.options["drip_seconds"] = 0.05
-    link = dripping_link(hostile, bob, drain)
-    adapter = PROVIDERS["pixeldojo"](hostile.base_url("pixeldojo"), "pd_test")
+def test_a_poll_that_drips_is_cut_at_the_poll_deadline(fresh_sandbox, monkeypatch):
+    fresh_sandbox.options["drip_seconds"] = 0.05
+    link = dripping_link(fresh_sandbox)
+    adapter = PROVIDERS["pixeldojo"](fresh_sandbox.base_url("pixeldojo"), "pd_test")
     monkeypatch.setattr(provider_http, "POLL_DEADLINE", 0.3)
 
     async def poll():
