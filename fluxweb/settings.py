@@ -113,6 +113,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "fluxweb.middleware.RequestLimitsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -186,6 +187,7 @@ FLUXWEB_JOB_DEADLINE = env_int("FLUXWEB_JOB_DEADLINE", 600)  # seconds from subm
 FLUXWEB_POLL_CONCURRENCY = env_int("FLUXWEB_POLL_CONCURRENCY", 10)
 FLUXWEB_MAX_DOWNLOAD_BYTES = env_int("FLUXWEB_MAX_DOWNLOAD_BYTES", 40 * 1024 * 1024)
 FLUXWEB_MAX_UPLOAD_BYTES = env_int("FLUXWEB_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
+FLUXWEB_MAX_UPLOAD_STORAGE_BYTES = env_int("FLUXWEB_MAX_UPLOAD_STORAGE_BYTES", 200 * 1024 * 1024)
 # Hosts images may be downloaded from besides each provider's documented CDN: the sandbox on loopback.
 FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = env_bool("FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS", DEBUG)
 FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:8765")

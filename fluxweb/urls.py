@@ -9,3 +9,6 @@ urlpatterns = [
     path("api/v1/", include("generations.api_urls")),
     path("", include("generations.urls")),
 ]
+
+handler400 = "fluxweb.middleware.handler400"
+handler500 = "fluxweb.middleware.handler500"

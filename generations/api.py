@@ -13,7 +13,15 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import credits, engine, media
 from .catalog import catalog
-from .forms import GenerationForm, first_error, reference_images, reference_uploads
+from .forms import (
+    GenerationForm,
+    check_upload_storage,
+    clean_idempotency_key,
+    first_error,
+    parse_id,
+    reference_images,
+    reference_uploads,
+)
 from .models import ApiToken, Generation, Image
 from .providers import Unsupported
 
@@ -192,9 +200,12 @@ def listing(request):
         rows = rows.filter(prompt__text__icontains=q)
     if cursor := request.GET.get("cursor"):
         try:
-            rows = rows.filter(pk__lt=int(base64.urlsafe_b64decode(cursor.encode()).decode()))
-        except ValueError:
+            before = parse_id(base64.urlsafe_b64decode(cursor.encode()).decode("ascii"))
+        except ValueError:  # not base64, or not ASCII inside
+            before = None
+        if before is None:
             return error(400, "invalid", "The cursor is not one this API gave out.", "cursor")
+        rows = rows.filter(pk__lt=before)
     page = list(rows.order_by("-id")[: PAGE + 1])
     more = len(page) > PAGE
     page = page[:PAGE]
@@ -207,11 +218,23 @@ def json_type(expected) -> str:
     return "number" if isinstance(expected, tuple) else names[expected]
 
 
+def is_json(request: HttpRequest) -> bool:
+    return request.content_type.lower() == "application/json"
+
+
 def create(request):
+    if request.body and not is_json(request):
+        return error(
+            415,
+            "unsupported_media_type",
+            f"Send the body as Content-Type: application/json, not {request.content_type or 'none'}.",
+        )
     try:
         data = json.loads(request.body or b"{}")
-    except ValueError:
+    except ValueError:  # not JSON, or not UTF-8
         return error(400, "invalid", "The body is not JSON.")
+    except RecursionError:
+        return error(400, "invalid", "The body is nested too deeply.")
     if not isinstance(data, dict):
         return error(400, "invalid", "The body must be a JSON object.")
     unknown = set(data) - set(GenerationForm.base_fields) - {"reference_images", "reference_uploads"}
@@ -235,9 +258,9 @@ def create(request):
         )
     except Unsupported as exc:
         return error(400, "invalid", exc.message, exc.field)
-    key = request.headers.get("Idempotency-Key", "")
-    if len(key) > 255:
-        return error(400, "invalid", "Idempotency-Key is at most 255 characters.")
+    key = clean_idempotency_key(request.headers.get("Idempotency-Key", ""))
+    if key is None:
+        return error(400, "invalid", "Idempotency-Key is at most 255 printable characters.")
     try:
         generation, created = engine.create(
             request.user,
@@ -300,9 +323,10 @@ def upload_reference(request):
     if upload is None:
         return error(400, "invalid", 'Send the image as multipart form field "file".', "file")
     try:
+        check_upload_storage(request.user, upload.size)
         reference = media.store_reference(upload, request.user)
     except media.MediaError as exc:
-        return error(400, exc.code, exc.message, "file")
+        return error(413 if exc.code in ("too_large", "storage_full") else 400, exc.code, exc.message, "file")
     return JsonResponse(
         {
             "id": reference.pk,

@@ -15,7 +15,16 @@ from django_htmx.http import trigger_client_event
 from . import credits, engine, media
 from .api import serve_image
 from .catalog import NAMES, model_ids
-from .forms import GenerationForm, first_error, reference_images
+from .forms import (
+    GenerationForm,
+    check_upload_storage,
+    clean_idempotency_key,
+    discard_uploads,
+    first_error,
+    parse_id,
+    reference_images,
+    reference_uploads,
+)
 from .models import Generation, Image, LedgerEntry, Reference
 from .providers import Unsupported
 
@@ -53,8 +62,8 @@ def studio_context(request) -> dict:
 
 def remix_of(request) -> dict:
     """`?remix=<id>`: the form filled from a team generation: same prompt, model, options and seed."""
-    pk = request.GET.get("remix", "")
-    source = visible_generations().filter(pk=pk).first() if pk.isdigit() else None
+    pk = parse_id(request.GET.get("remix", ""))
+    source = visible_generations().filter(pk=pk).first() if pk else None
     if source is None:
         return {}
     params = source.params
@@ -127,7 +136,8 @@ def quote(request):
     if form.is_valid():
         try:
             picked = reference_images(request.GET.getlist("reference_images"))
-            generation_request = form.to_request(*media.reference_keys(picked, []))
+            own = reference_uploads(request.GET.getlist("reference_uploads"), request.user)
+            generation_request = form.to_request(*media.reference_keys(picked, own))
             account, price = engine.choose_account(
                 generation_request, form.cleaned_data.get("provider") or None
             )
@@ -145,20 +155,28 @@ def quote(request):
 @require_POST
 @login_required
 def generate(request):
+    """Create from the studio form. Uploads are stored only once everything else checked out, and deleted
+    again when the create is refused, so a refused Generate leaves no files behind."""
     form = GenerationForm(request.POST)
-    key = request.POST.get("idempotency_key", "")[:255]
+    key = clean_idempotency_key(request.POST.get("idempotency_key", ""))
     problem = None
-    if not form.is_valid():
+    if key is None:
+        problem = "The form is out of date: reload the page and try again."
+    elif not form.is_valid():
         problem = first_error(form)[1]
     else:
+        files = request.FILES.getlist("reference_files")
+        stored = []
         try:
-            uploads = [
-                media.store_reference(f, request.user) for f in request.FILES.getlist("reference_files")
-            ]
             picked = reference_images(request.POST.getlist("reference_images"))
+            kept = reference_uploads(request.POST.getlist("reference_uploads"), request.user)
+            if files:
+                check_upload_storage(request.user, sum(f.size for f in files))
+                for f in files:
+                    stored.append(media.store_reference(f, request.user))
             generation, created = engine.create(
                 request.user,
-                form.to_request(*media.reference_keys(picked, uploads)),
+                form.to_request(*media.reference_keys(picked, kept + stored)),
                 provider=form.cleaned_data.get("provider") or None,
                 idempotency_key=key,
             )
@@ -166,6 +184,11 @@ def generate(request):
             problem = exc.message
         except engine.CreateError as exc:
             problem = exc.refusal.message
+        else:
+            if not created:  # the first request's job stands, with the first request's uploads
+                discard_uploads(stored)
+        if problem:
+            discard_uploads(stored)
     if problem:
         if not request.htmx:
             messages.error(request, problem)
@@ -216,16 +239,17 @@ def cancel(request, pk: int):
 def gallery(request):
     """New gallery images since `after` (204 when none), or an older page `before`."""
     images = Image.objects.gallery()
-    after, before = request.GET.get("after"), request.GET.get("before")
-    if after and after.isdigit():
-        new = list(images.filter(id__gt=int(after))[:GALLERY_PAGE])
+    after = parse_id(request.GET.get("after", ""), minimum=0)
+    before = parse_id(request.GET.get("before", ""))
+    if after is not None:
+        new = list(images.filter(id__gt=after)[:GALLERY_PAGE])
         if not new:
             return no_store(HttpResponse(status=204))
         return no_store(
             render(request, "generations/studio.html#gallery-new", {"gallery": new, "newest": new[0].pk})
         )
-    if before and before.isdigit():
-        images = images.filter(id__lt=int(before))
+    if before:
+        images = images.filter(id__lt=before)
     return no_store(
         render(request, "generations/studio.html#gallery-page", {"gallery": images[:GALLERY_PAGE]})
     )

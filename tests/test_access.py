@@ -2,18 +2,22 @@
 own jobs to cancel, private no-store fragments, signed reference links, escaped prompts, CSRF."""
 
 import io
+import os
 import re
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import time_machine
+from django.conf import settings
 from django.core import signing
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from generations import credits, media
-from generations.models import Generation, Image, Prompt
+from generations.models import Generation, Image, Prompt, Reference
 from generations.urls import urlpatterns
 
 PUBLIC = {"reference", "reference-upload", "webhook"}  # the signature or the unguessable token is the key
@@ -363,3 +367,164 @@ def test_it_prices_live_and_explains_what_it_cannot_price(bob, accounts):
     )
     assert unknown.status_code == 200
     assert "No image with id 999" in unknown.content.decode()
+
+
+# -- the studio's reference uploads ---------------------------------------------------------------------------
+FORM = {"prompt": "a red kite", "model": "flux-2-max", "provider": "sb-apiframe", "idempotency_key": "up1"}
+
+
+def noise_png(side: int = 64) -> bytes:
+    """A PNG that does not compress: about side * side * 3 bytes."""
+    out = io.BytesIO()
+    PILImage.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def attached(data: bytes, name: str = "ref.png") -> SimpleUploadedFile:
+    return SimpleUploadedFile(name, data, "image/png")
+
+
+def reference_files() -> list[Path]:
+    root = Path(settings.MEDIA_ROOT) / "references"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def form_error(response) -> str:
+    assert response.status_code == 200 and response["HX-Retarget"] == "#form-error", response.content[:300]
+    return response.content.decode()
+
+
+def test_generate_sends_an_upload_as_a_reference(bob, accounts):
+    response = logged_in(bob).post(
+        "/generate", FORM | {"reference_files": attached(png())}, HTTP_HX_REQUEST="true"
+    )
+    assert response.status_code == 200 and "HX-Retarget" not in response
+    upload = Reference.objects.get(user=bob)
+    assert Generation.objects.get().params["reference_urls"] == [f"upload:{upload.pk}"]
+
+
+def test_generate_refuses_an_upload_over_the_size_cap(bob, accounts, settings):
+    settings.FLUXWEB_MAX_UPLOAD_BYTES = 4000
+    before = reference_files()
+
+    response = logged_in(bob).post(
+        "/generate", FORM | {"reference_files": attached(noise_png(), "big.png")}, HTTP_HX_REQUEST="true"
+    )
+
+    assert "big.png is larger than" in form_error(response)
+    assert not Generation.objects.exists() and credits.account_for(bob).reserved == 0
+    assert not Reference.objects.exists() and reference_files() == before
+
+
+def test_generate_refuses_another_users_upload_as_a_reference(bob, carol, accounts):
+    carols = media.store_reference(attached(png()), carol)
+
+    response = logged_in(bob).post(
+        "/generate", FORM | {"reference_uploads": [carols.pk]}, HTTP_HX_REQUEST="true"
+    )
+
+    assert f"No upload with id {carols.pk}" in form_error(response)
+    assert not Generation.objects.exists() and credits.account_for(bob).reserved == 0
+    bobs = media.store_reference(attached(png()), bob)
+    made = logged_in(bob).post("/generate", FORM | {"reference_uploads": [bobs.pk]}, HTTP_HX_REQUEST="true")
+    assert "HX-Retarget" not in made
+    assert Generation.objects.get().params["reference_urls"] == [f"upload:{bobs.pk}"]
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_a_refused_generate_deletes_the_uploads_it_made_and_only_those(carol, accounts, htmx):
+    kept = media.store_reference(attached(png()), carol)  # from an earlier request: not this one's to delete
+    before = reference_files()
+    extra = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+
+    response = logged_in(carol).post(  # carol has no credits: the create is refused
+        "/generate",
+        FORM | {"reference_files": [attached(png()), attached(png())], "reference_uploads": [kept.pk]},
+        **extra,
+    )
+
+    assert response.status_code in (200, 302)
+    assert not Generation.objects.exists()
+    assert list(Reference.objects.all()) == [kept] and reference_files() == before
+    assert kept.file.storage.exists(kept.file.name)
+
+
+def test_generate_keeps_uploads_within_the_users_storage_limit(bob, carol, accounts, settings):
+    earlier = noise_png()
+    media.store_reference(attached(earlier), bob)
+    settings.FLUXWEB_MAX_UPLOAD_STORAGE_BYTES = len(earlier) + 1000
+    before = reference_files()
+
+    response = logged_in(bob).post(
+        "/generate", FORM | {"reference_files": attached(noise_png())}, HTTP_HX_REQUEST="true"
+    )
+
+    assert "Your reference uploads already take" in form_error(response)
+    assert not Generation.objects.exists() and Reference.objects.count() == 1 and reference_files() == before
+    credits.grant(carol, 1000, note="test credits")
+    made = logged_in(carol).post(
+        "/generate", FORM | {"reference_files": attached(noise_png())}, HTTP_HX_REQUEST="true"
+    )
+    assert "HX-Retarget" not in made and Reference.objects.filter(user=carol).count() == 1
+
+
+# -- the form's idempotency key -----------------------------------------------------------------------------------
+KEY_INPUT = re.compile(r'<input type="hidden" name="idempotency_key" id="idempotency-key" value="([^"]*)"')
+
+
+def test_each_studio_page_carries_a_fresh_idempotency_key(bob, accounts):
+    client = logged_in(bob)
+    keys = {KEY_INPUT.search(client.get("/").content.decode()).group(1) for _ in range(3)}
+    assert len(keys) == 3 and "" not in keys
+
+
+def test_a_second_generate_after_a_successful_one_makes_a_second_job(bob, accounts):
+    client = logged_in(bob)
+    key = KEY_INPUT.search(client.get("/").content.decode()).group(1)
+
+    first = client.post("/generate", FORM | {"idempotency_key": key}, HTTP_HX_REQUEST="true")
+    refreshed = KEY_INPUT.search(first.content.decode())
+    assert (
+        refreshed and 'hx-swap-oob="true"' in first.content.decode()[refreshed.start() : refreshed.end() + 40]
+    )
+    assert refreshed.group(1) not in ("", key)
+    second = client.post("/generate", FORM | {"idempotency_key": refreshed.group(1)}, HTTP_HX_REQUEST="true")
+
+    assert Generation.objects.filter(user=bob).count() == 2
+    assert "HX-Reswap" not in second  # the second card is shown, not swallowed as a double click
+    again = client.post("/generate", FORM | {"idempotency_key": refreshed.group(1)}, HTTP_HX_REQUEST="true")
+    assert again["HX-Reswap"] == "none" and Generation.objects.filter(user=bob).count() == 2
+
+
+# -- queries do not grow with the rows ------------------------------------------------------------------------------
+def add_images(users, account, jobs: int, per_job: int = 3) -> None:
+    for i in range(jobs):
+        job = make_job(users[i % len(users)], account, f"prompt {i}", status="succeeded")
+        for index in range(per_job):
+            Image.objects.create(
+                generation=job,
+                index=index,
+                file="images/x.png",
+                thumbnail="images/x_t.jpg",
+                width=8,
+                height=8,
+                format="png",
+                bytes=1,
+            )
+
+
+@pytest.mark.parametrize("path", ["/", "/gallery", "/gallery?after=0", "/gallery?before=999999"])
+def test_the_studio_and_gallery_take_a_fixed_number_of_queries(
+    alice, bob, carol, accounts, path, django_assert_max_num_queries
+):
+    users = [alice, bob, carol]
+    client = logged_in(bob)
+    add_images(users, accounts["apiframe"], jobs=3, per_job=1)  # a job each, so every prefetch runs already
+    client.get(path, HTTP_HX_REQUEST="true")  # warm the session and the account rows
+    with django_assert_max_num_queries(20) as few:
+        assert client.get(path, HTTP_HX_REQUEST="true").status_code == 200
+
+    add_images(users, accounts["apiframe"], jobs=10, per_job=3)  # 30 more images, 10 jobs, 3 users
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        response = client.get(path, HTTP_HX_REQUEST="true")
+    assert response.content.decode().count('class="tile"') == 33

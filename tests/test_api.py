@@ -2,13 +2,17 @@
 
 import io
 import json
+import os
+from pathlib import Path
 
 import pytest
+from django.conf import settings
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image as PILImage
 
 from generations import credits, media
-from generations.models import ApiToken, Generation, Image, Prompt, Quota
+from generations.models import ApiToken, Generation, Image, Prompt, Quota, Reference
 
 CONTRACT_FIELDS = {
     "id",
@@ -441,3 +445,88 @@ def test_it_lets_the_web_server_send_the_bytes_when_configured(bob, accounts, se
     expected = f"/_media/{image.file.name}" if header == "X-Accel-Redirect" else image.file.path
     assert response[header] == expected
     assert response["Content-Type"] == "image/png"
+
+
+# -- reference uploads ------------------------------------------------------------------------------------------
+def noise_png(side: int = 64) -> bytes:
+    """A PNG that does not compress: about side * side * 3 bytes."""
+    out = io.BytesIO()
+    PILImage.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(out, "PNG")
+    return out.getvalue()
+
+
+def upload(client: Client, data: bytes, name: str = "ref.png"):
+    return client.post("/api/v1/references", {"file": SimpleUploadedFile(name, data, "image/png")})
+
+
+def reference_files() -> list[Path]:
+    root = Path(settings.MEDIA_ROOT) / "references"
+    return sorted(p for p in root.rglob("*") if p.is_file()) if root.exists() else []
+
+
+def test_it_uploads_a_reference_and_creates_with_it(bob, accounts):
+    client = api(bob)
+    made = upload(client, png())
+    assert made.status_code == 201, made.content
+    reference = Reference.objects.get(pk=made.json()["id"])
+    assert reference.user == bob and (made.json()["width"], made.json()["height"]) == (96, 64)
+
+    created = post(client, "/api/v1/generations", body(reference_uploads=[reference.pk]))
+
+    assert created.status_code == 202, created.content
+    assert Generation.objects.get().params["reference_urls"] == [f"upload:{reference.pk}"]
+
+
+def test_it_refuses_an_upload_over_the_size_cap(bob, accounts, settings):
+    settings.FLUXWEB_MAX_UPLOAD_BYTES = 4000
+    files_before = reference_files()
+    data = noise_png()
+    assert len(data) > 4000
+
+    response = upload(api(bob), data)
+
+    assert response.status_code == 413, response.content
+    error = response.json()["error"]
+    assert error["code"] == "too_large" and error["field"] == "file" and "larger than" in error["message"]
+    assert not Reference.objects.exists() and reference_files() == files_before
+    assert upload(api(bob), png()).status_code == 201  # under the cap: accepted
+
+
+@pytest.mark.parametrize(
+    "data, name",
+    [(b"", "empty.png"), (b"not an image", "text.png"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "cut.png")],
+)
+def test_it_refuses_an_upload_that_is_not_an_image(bob, data, name):
+    response = upload(api(bob), data, name)
+    assert response.status_code == 400, response.content
+    assert response.json()["error"]["field"] == "file"
+    assert not Reference.objects.exists()
+
+
+def test_it_refuses_another_users_upload_as_a_reference(bob, carol, accounts):
+    carols = upload(api(carol), png()).json()["id"]
+    bobs = upload(api(bob), png()).json()["id"]
+    client = api(bob)
+
+    response = post(client, "/api/v1/generations", body(reference_uploads=[bobs, carols]))
+
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["field"] == "reference_uploads" and str(carols) in error["message"]
+    assert not Generation.objects.exists() and credits.account_for(bob).reserved == 0
+    assert post(client, "/api/v1/generations", body(reference_uploads=[bobs])).status_code == 202
+
+
+def test_it_limits_the_storage_each_user_keeps_in_uploads(bob, carol, accounts, settings):
+    first, second = noise_png(), noise_png()
+    settings.FLUXWEB_MAX_UPLOAD_STORAGE_BYTES = len(first) + len(second) // 2
+    files_before = reference_files()
+
+    assert upload(api(bob), first).status_code == 201
+    refused = upload(api(bob), second)
+
+    assert refused.status_code == 413, refused.content
+    error = refused.json()["error"]
+    assert error["code"] == "storage_full" and error["field"] == "file" and "MB" in error["message"]
+    assert Reference.objects.filter(user=bob).count() == 1 and len(reference_files()) == len(files_before) + 1
+    assert upload(api(carol), second).status_code == 201  # the limit is each user's own
