@@ -169,6 +169,26 @@ def test_a_hostile_provider_ends_its_own_job_exactly_and_no_other(fault, kind, h
     assert took < DEADLINE, f"took {took:.1f} s"
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="engine: a malformed submit reply on a provider with idempotency keys is resent until the job's "
+    "deadline (MAX_SUBMIT_ATTEMPTS with backoff), then failed as 'did not finish in time' just after "
+    "deadline_at; malformed submit replies should end the job like MAX_MALFORMED_POLLS does for polls",
+)
+def test_a_provider_whose_every_submit_reply_is_garbled_fails_the_job_before_its_deadline(
+    hostile, bob, drain, settings
+):
+    settings.FLUXWEB_JOB_DEADLINE = 4
+    hostile.set_faults({"apiframe.submit.wrong_types": 1.0})
+    bad, good = create(bob, "apiframe"), create(bob, "vtrix")
+    run(drain, bad.pk, good.pk, budget=6)
+    assert_ended(good, "vtrix", ("succeeded",))
+    assert credits.reconcile() == []
+    assert_ended(
+        bad, "apiframe", (FAILED, "malformed_response", "Apiframe accepted the job but sent no jobId")
+    )
+
+
 # -- the HTTP seam's own bounds -----------------------------------------------------------------------------------
 def dripping_link(sandbox) -> str:
     """A result link on the sandbox that serves its file one byte every `drip_seconds`."""
