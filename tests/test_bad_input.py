@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from PIL import Image as PILImage
 
@@ -390,3 +391,53 @@ def test_no_hostile_input_reaches_a_500_on_any_url(bob, alice, accounts, image):
 
     assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} in all)"
     assert time.monotonic() - started < 60
+
+
+# -- malformed requests, and failures, in the right shape ---------------------------------------------------------
+@pytest.mark.parametrize("path", ["/api/v1/generations", "/generate"])
+def test_a_content_length_that_is_not_a_number_is_a_400(bob, accounts, path):
+    client = session(bob)
+    client.raise_request_exception = False
+    response = client.post(path, "{}", content_type="application/json", CONTENT_LENGTH="lots")
+    assert response.status_code == 400
+    if path.startswith("/api/"):
+        assert_json_error(response, 400, "invalid")
+
+
+def test_a_multipart_body_past_its_files_allowance_is_a_413(bob, accounts, settings):
+    settings.FLUXWEB_MAX_UPLOAD_BYTES = 1000
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 10_000
+    big = SimpleUploadedFile("big.png", b"x" * 30_000, "image/png")  # past 10 000 + 8 files x 1000
+
+    assert_json_error(api(bob).post("/api/v1/references", {"file": big}), 413, "too_large")
+    big.seek(0)
+    response = session(bob).post("/generate", {"prompt": "a fox", "reference_files": big})
+    assert response.status_code == 413 and b"too large" in response.content
+
+
+def test_too_many_fields_is_a_400_in_json_on_the_api(bob):
+    query = "&".join(f"f{i}=1" for i in range(1100))  # past DATA_UPLOAD_MAX_NUMBER_FIELDS
+    client = api(bob)
+    client.raise_request_exception = False
+    assert_json_error(client.get("/api/v1/generations?" + query), 400, "invalid")
+
+
+def test_a_server_error_on_the_api_is_json_and_elsewhere_a_plain_page(bob, accounts, monkeypatch):
+    from generations import api as api_module
+    from generations import views
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom: secret detail")
+
+    monkeypatch.setattr(api_module, "me_payload", broken)
+    monkeypatch.setattr(views, "studio_context", broken)
+    client = api(bob)
+    client.raise_request_exception = False
+    error = assert_json_error(client.get("/api/v1/me"), 500, "server_error")
+    assert "boom" not in error["message"]
+
+    page = session(bob)
+    page.raise_request_exception = False
+    response = page.get("/")
+    assert response.status_code == 500 and response["Content-Type"].startswith("text/html")
+    assert b"boom" not in response.content and b"Traceback" not in response.content
