@@ -17,12 +17,14 @@ from .forms import (
     GenerationForm,
     check_upload_storage,
     clean_idempotency_key,
+    discard_uploads,
     first_error,
     parse_id,
     reference_images,
     reference_uploads,
+    upload_storage_used,
 )
-from .models import ApiToken, Generation, Image
+from .models import ApiToken, Generation, Image, Reference
 from .providers import Unsupported
 
 PAGE = 50
@@ -316,9 +318,31 @@ def serve_image(image: Image, variant: str) -> HttpResponse:
     return response
 
 
-@api_view("POST")
-def upload_reference(request):
-    """POST /api/v1/references (multipart, field "file"): a reference image for later generations."""
+def reference_payload(reference: Reference) -> dict:
+    return {
+        "id": reference.pk,
+        "width": reference.width,
+        "height": reference.height,
+        "format": reference.format,
+        "created_at": reference.created_at.isoformat(),
+    }
+
+
+@api_view("GET", "POST")
+def references(request):
+    """GET /api/v1/references: the caller's uploads and the storage they take against the limit.
+    POST (multipart, field "file"): a reference image for later generations."""
+    if request.method == "GET":
+        uploads = Reference.objects.filter(user=request.user).order_by("-id")
+        return JsonResponse(
+            {
+                "results": [reference_payload(r) for r in uploads],
+                "storage": {
+                    "used": upload_storage_used(request.user),
+                    "limit": settings.FLUXWEB_MAX_UPLOAD_STORAGE_BYTES,
+                },
+            }
+        )
     upload = request.FILES.get("file")
     if upload is None:
         return error(400, "invalid", 'Send the image as multipart form field "file".', "file")
@@ -327,12 +351,20 @@ def upload_reference(request):
         reference = media.store_reference(upload, request.user)
     except media.MediaError as exc:
         return error(413 if exc.code in ("too_large", "storage_full") else 400, exc.code, exc.message, "file")
-    return JsonResponse(
-        {
-            "id": reference.pk,
-            "width": reference.width,
-            "height": reference.height,
-            "format": reference.format,
-        },
-        status=201,
-    )
+    return JsonResponse(reference_payload(reference), status=201)
+
+
+@api_view("DELETE")
+def reference(request, pk: int):
+    """DELETE /api/v1/references/{id}: free the storage of one's own upload, unless a job in flight uses it."""
+    upload = get_object_or_404(Reference, pk=pk, user=request.user)
+    key = f"upload:{upload.pk}"
+    in_use = [
+        g.pk
+        for g in Generation.objects.for_user(request.user).in_flight().only("params")
+        if key in (g.params.get("reference_urls") or [])
+    ]
+    if in_use:
+        return error(409, "conflict", f"Generation {in_use[0]} in flight uses this upload; try once it ends.")
+    discard_uploads([upload])
+    return HttpResponse(status=204)

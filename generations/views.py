@@ -170,16 +170,22 @@ def generate(request):
         try:
             picked = reference_images(request.POST.getlist("reference_images"))
             kept = reference_uploads(request.POST.getlist("reference_uploads"), request.user)
-            if files:
-                check_upload_storage(request.user, sum(f.size for f in files))
-                for f in files:
-                    stored.append(media.store_reference(f, request.user))
-            generation, created = engine.create(
-                request.user,
-                form.to_request(*media.reference_keys(picked, kept + stored)),
-                provider=form.cleaned_data.get("provider") or None,
-                idempotency_key=key,
-            )
+            first = Generation.objects.filter(user=request.user, idempotency_key=key).first() if key else None
+            if files and first is not None:
+                # The same form sent twice (a double click): its files would be new uploads, so the engine
+                # would see a different request. The first submit's job stands and nothing is stored.
+                generation, created = first, False
+            else:
+                if files:
+                    check_upload_storage(request.user, sum(f.size for f in files))
+                    for f in files:
+                        stored.append(media.store_reference(f, request.user))
+                generation, created = engine.create(
+                    request.user,
+                    form.to_request(*media.reference_keys(picked, kept + stored)),
+                    provider=form.cleaned_data.get("provider") or None,
+                    idempotency_key=key,
+                )
         except (Unsupported, media.MediaError) as exc:
             problem = exc.message
         except engine.CreateError as exc:

@@ -528,3 +528,22 @@ def test_the_studio_and_gallery_take_a_fixed_number_of_queries(
     with django_assert_max_num_queries(len(few.captured_queries)):
         response = client.get(path, HTTP_HX_REQUEST="true")
     assert response.content.decode().count('class="tile"') == 33
+
+
+@pytest.mark.parametrize("htmx", [True, False])
+def test_a_double_submit_with_a_file_makes_one_job_and_keeps_one_upload(bob, accounts, htmx):
+    client = logged_in(bob)
+    extra = {"HTTP_HX_REQUEST": "true"} if htmx else {}
+    before = reference_files()
+
+    first = client.post("/generate", FORM | {"reference_files": attached(png())}, **extra)
+    second = client.post("/generate", FORM | {"reference_files": attached(png())}, **extra)
+
+    assert Generation.objects.filter(user=bob).count() == 1
+    assert Reference.objects.filter(user=bob).count() == 1 and len(reference_files()) == len(before) + 1
+    if htmx:
+        assert "HX-Retarget" not in first and "HX-Retarget" not in second
+        assert second["HX-Reswap"] == "none"  # the first click's card is already on the page
+    else:
+        assert first.status_code == second.status_code == 302
+        assert not list(client.get("/").context["messages"])  # no error shown for the double submit

@@ -530,3 +530,27 @@ def test_it_limits_the_storage_each_user_keeps_in_uploads(bob, carol, accounts, 
     assert error["code"] == "storage_full" and error["field"] == "file" and "MB" in error["message"]
     assert Reference.objects.filter(user=bob).count() == 1 and len(reference_files()) == len(files_before) + 1
     assert upload(api(carol), second).status_code == 201  # the limit is each user's own
+
+
+def test_it_lists_ones_uploads_with_the_storage_they_take_and_deletes_them(bob, carol, accounts, settings):
+    settings.FLUXWEB_MAX_UPLOAD_STORAGE_BYTES = 10**6
+    client = api(bob)
+    data = png()
+    mine = upload(client, data).json()["id"]
+    carols = upload(api(carol), png()).json()["id"]
+    files_before = reference_files()
+
+    listed = client.get("/api/v1/references").json()
+    assert [r["id"] for r in listed["results"]] == [mine]
+    assert listed["storage"] == {"used": len(data), "limit": 10**6}
+
+    assert client.delete(f"/api/v1/references/{carols}").status_code == 404  # not bob's
+    created = post(client, "/api/v1/generations", body(reference_uploads=[mine])).json()
+    busy = client.delete(f"/api/v1/references/{mine}")
+    assert busy.status_code == 409 and str(created["id"]) in busy.json()["error"]["message"]
+
+    assert post(client, f"/api/v1/generations/{created['id']}/cancel").status_code == 200
+    assert client.delete(f"/api/v1/references/{mine}").status_code == 204
+    assert not Reference.objects.filter(pk=mine).exists() and len(reference_files()) == len(files_before) - 1
+    assert client.get("/api/v1/references").json()["storage"]["used"] == 0
+    assert client.delete(f"/api/v1/references/{mine}").status_code == 404
