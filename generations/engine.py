@@ -353,6 +353,12 @@ def submit(generation_id: int) -> None:
     except ProviderError as error:
         if error.permanent:
             fail(generation, error.code, error.message)
+        elif error.code == ProviderError.MALFORMED and generation.attempts >= MAX_MALFORMED_POLLS:
+            fail(
+                generation,
+                error.code,
+                f"{error.message} It did so {generation.attempts} times in a row. Your credits are back.",
+            )
         elif safe_to_resend(adapter, error):
             retry_submit(generation, error)
         else:
@@ -407,6 +413,14 @@ def retry_submit(generation: Generation, error: ProviderError) -> None:
         if error.retry_after is not None
         else (min(30.0, 2.0**generation.attempts) * (0.5 + random.random() / 2))
     )
+    if timezone.now() + timedelta(seconds=delay) >= generation.deadline_at:
+        # The next try would come after the deadline: end it now, with the provider's reason.
+        fail(
+            generation,
+            error.code,
+            f"{error.message} It could not be sent before the job's deadline. Your credits are back.",
+        )
+        return
     message = redact(error.message, generation.account)
     Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
         error_code=error.code,
@@ -614,7 +628,7 @@ def reap(now=None, *, kick: bool = True) -> int:
             enqueue_safely("submit", pk)
             moved += 1
     lost_ingests = Generation.objects.filter(downloading).filter(
-        Q(lease_until__lte=now)
+        Q(lease_until__isnull=False)
         | Q(
             Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, provider_done_at__lte=stale),
             lease_until__isnull=True,
