@@ -530,3 +530,15 @@ def test_reconcile_reports_images_kept_on_a_job_that_was_not_charged(bob, accoun
     Generation.objects.filter(pk=succeeded.pk).update(status="succeeded")
     media.record(succeeded, saved_files(1)[0])
     assert f"generation {succeeded.pk}: keeps 1 image(s) but charged nothing" in credits.reconcile()
+
+
+def test_the_studio_card_offers_no_cancel_once_the_provider_has_finished(bob, accounts, drain, client):
+    generation = provider_done(bob, drain)
+    client.force_login(bob)
+    card = client.get(f"/jobs/{generation.pk}/card").content.decode()
+    assert "saving the images" in card and ">Cancel<" not in card
+    # A cancel sent from a card rendered a moment earlier is refused and answers with the current card.
+    answer = client.post(f"/jobs/{generation.pk}/cancel", HTTP_HX_REQUEST="true")
+    assert answer.status_code == 200 and "saving the images" in answer.content.decode()
+    generation.refresh_from_db()
+    assert generation.status == "running"
