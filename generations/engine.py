@@ -628,7 +628,7 @@ def reap(now=None, *, kick: bool = True) -> int:
             enqueue_safely("submit", pk)
             moved += 1
     lost_ingests = Generation.objects.filter(downloading).filter(
-        Q(lease_until__isnull=False)
+        Q(lease_until__lte=now)
         | Q(
             Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, provider_done_at__lte=stale),
             lease_until__isnull=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.db import connection
+from django.db.models import Sum
 
 from . import media
 from .catalog import model_ids
@@ -163,13 +164,7 @@ def clean_idempotency_key(key: str) -> str | None:
 
 def upload_storage_used(user) -> int:
     """Bytes the user's reference uploads take in storage."""
-    used = 0
-    for upload in Reference.objects.filter(user=user).only("file"):
-        try:
-            used += upload.file.size
-        except (OSError, ValueError):  # the file is gone: it takes nothing
-            pass
-    return used
+    return Reference.objects.filter(user=user).aggregate(used=Sum("bytes"))["used"] or 0
 
 
 def megabytes(size: int) -> str:

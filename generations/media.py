@@ -494,4 +494,5 @@ def store_reference(upload, user):
         width=checked.width,
         height=checked.height,
         format=checked.format,
+        bytes=len(checked.data),
     )

@@ -301,6 +301,9 @@ class Reference(models.Model):
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     format = models.CharField(max_length=10)
+    bytes = models.PositiveIntegerField(
+        default=0, help_text="Size in storage, counted against the user's limit."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     def __str__(self) -> str:
