@@ -200,6 +200,12 @@ def listing(request):
         rows = rows.filter(status=status)
     if q := request.GET.get("q"):
         rows = rows.filter(prompt__text__icontains=q)
+    if username := request.GET.get("user"):
+        rows = rows.filter(user__username=username)
+    if model := request.GET.get("model"):
+        rows = rows.filter(model=model)
+    if provider := request.GET.get("provider"):
+        rows = rows.filter(account__slug=provider)
     if cursor := request.GET.get("cursor"):
         try:
             before = parse_id(base64.urlsafe_b64decode(cursor.encode()).decode("ascii"))

@@ -259,6 +259,23 @@ def test_it_lists_newest_first_and_filters(bob, carol, accounts):
     assert client.get("/api/v1/generations").json()["next"] is None
 
 
+def test_it_filters_the_list_by_member_model_and_provider(bob, carol, accounts):
+    apiframe, vtrix = accounts["apiframe"], accounts["vtrix"]
+    first = make_generation(bob, apiframe, "a red barn", status="succeeded")
+    second = make_generation(carol, vtrix, "a red fox", status="succeeded")
+    Generation.objects.filter(pk=second.pk).update(model="flux-pro-2")
+    client = api(bob)
+
+    def ids(query: str) -> list[int]:
+        return [g["id"] for g in client.get("/api/v1/generations" + query).json()["results"]]
+
+    assert ids("?user=carol") == [second.pk]
+    assert ids("?user=nobody") == []
+    assert ids("?model=flux-pro-2") == [second.pk]
+    assert ids(f"?provider={apiframe.slug}") == [first.pk]
+    assert ids(f"?provider={vtrix.slug}&user=bob") == []
+
+
 def test_it_pages_the_list_with_a_cursor(bob, accounts):
     prompt = Prompt.remember("a tide pool", bob)
     Generation.objects.bulk_create(
