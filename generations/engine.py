@@ -561,9 +561,9 @@ def seconds_until_next() -> float | None:
     return max(0.0, (min(times) - timezone.now()).total_seconds())
 
 
-def resubmit_due() -> int:
+def resubmit_due(now=None) -> int:
     """Queue the submit of every queued job whose retry time has come or whose submit lease ran out."""
-    now = timezone.now()
+    now = now or timezone.now()
     moved = 0
     for pk in Generation.objects.filter(
         Q(lease_until__isnull=True) | Q(lease_until__lte=now),
@@ -613,7 +613,7 @@ def reap(now=None, *, kick: bool = True) -> int:
             message = "The provider did not finish in time. Your credits are back."
             code = ProviderError.TIMEOUT
         moved += fail(generation, code, message)
-    moved += resubmit_due()
+    moved += resubmit_due(now)
     lost_submits = Generation.objects.filter(
         free,
         Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, created_at__lte=stale),
