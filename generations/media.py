@@ -391,6 +391,9 @@ def record(generation, saved: Saved, seed: int | None = None):
 
     return Image.objects.create(
         generation=generation,
+        user_id=generation.user_id,
+        model=generation.model,
+        account_id=generation.account_id,
         index=saved.index,
         file=saved.file,
         thumbnail=saved.thumbnail,

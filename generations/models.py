@@ -13,14 +13,22 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.db.models.functions import Lower
 from django.utils import timezone
 
-from . import crypto
+from . import crypto, search
 from .providers import PROVIDERS, Adapter
 
 
 def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+class PromptQuerySet(models.QuerySet):
+    def search(self, text: str):
+        """Prompts holding every word of `text` in any order, the last one as a prefix (full-text: FTS5 on
+        SQLite, a GIN-indexed tsvector on PostgreSQL; see search.py)."""
+        return search.prompts(self, text)
 
 
 class Prompt(models.Model):
@@ -35,6 +43,10 @@ class Prompt(models.Model):
     last_used_at = models.DateTimeField(default=timezone.now, db_index=True)
     uses = models.PositiveIntegerField(default=0)
 
+    objects = PromptQuerySet.as_manager()
+
+    # The full-text indexes are made by migration 0006 for the database in use (search.py): an FTS5 table
+    # kept by triggers on SQLite, a GIN index on to_tsvector('simple', text) on PostgreSQL.
     class Meta:
         ordering = ["-last_used_at"]
 
@@ -110,6 +122,10 @@ class GenerationQuerySet(models.QuerySet):
     def for_user(self, user):
         return self.filter(user=user)
 
+    def search(self, text: str):
+        """Generations whose prompt matches `text` (Prompt.objects.search)."""
+        return search.by_prompt(self, text, "prompt")
+
 
 class Generation(models.Model):
     class Status(models.TextChoices):
@@ -138,6 +154,9 @@ class Generation(models.Model):
         max_length=64, unique=True, default=secrets.token_urlsafe, editable=False
     )
     image_urls = models.JSONField(default=list, blank=True, help_text="Provider result URLs awaiting ingest.")
+    comparison = models.CharField(
+        max_length=32, blank=True, db_index=True, help_text='Shared by the jobs one "Compare providers" made.'
+    )
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -185,7 +204,16 @@ class Generation(models.Model):
                 condition=Q(credits_charged__lte=F("credits_reserved")), name="generation_charged_within_hold"
             ),
         ]
-        indexes = [models.Index(fields=["status", "next_poll_at"])]
+        # Keyset pages (newest first) of each filter: the studio's own jobs, ?status=, ?mine=/?user=,
+        # ?model=, ?provider= (issue 8: without them a filter sorts every matching row).
+        indexes = [
+            models.Index(fields=["status", "next_poll_at"]),
+            models.Index(fields=["user", "-created_at", "-id"], name="generation_user_recent"),
+            models.Index(fields=["status", "-id"], name="generation_status_id"),
+            models.Index(fields=["user", "-id"], name="generation_user_id"),
+            models.Index(fields=["model", "-id"], name="generation_model_id"),
+            models.Index(fields=["account", "-id"], name="generation_account_id"),
+        ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.model} {self.status}"
@@ -263,12 +291,26 @@ def image_path(instance: Image, filename: str) -> str:
 
 
 class ImageQuerySet(models.QuerySet):
+    def visible(self):
+        """Not soft-deleted."""
+        return self.filter(deleted_at=None)
+
     def gallery(self):
-        return self.select_related("generation__prompt", "generation__user").order_by("-id")
+        """What a gallery page shows, newest first, with what each card needs in the same query: a card reads
+        `image.user`, `image.model`, `image.account` and `image.generation.prompt` (not `generation.user`)."""
+        return self.visible().select_related("generation__prompt", "user", "account").order_by("-id")
+
+    def search(self, text: str):
+        """Images whose prompt matches `text` (Prompt.objects.search)."""
+        return search.by_prompt(self, text, "generation__prompt")
 
 
 class Image(models.Model):
     generation = models.ForeignKey(Generation, on_delete=models.CASCADE, related_name="images")
+    # Copied from the generation so that each gallery filter is one flat keyset over this table's indexes.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="images")
+    model = models.CharField(max_length=40)
+    account = models.ForeignKey(ProviderAccount, on_delete=models.PROTECT, related_name="images")
     index = models.PositiveSmallIntegerField(default=0)
     file = models.FileField(upload_to=image_path, max_length=300)
     thumbnail = models.FileField(upload_to=image_path, max_length=300)
@@ -278,19 +320,91 @@ class Image(models.Model):
     bytes = models.PositiveIntegerField()
     seed = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+    deleted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     objects = ImageQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
         constraints = [models.UniqueConstraint(fields=["generation", "index"], name="image_once_per_index")]
+        indexes = [
+            models.Index(fields=["user", "-id"], name="image_user_id"),
+            models.Index(fields=["model", "-id"], name="image_model_id"),
+            models.Index(fields=["account", "-id"], name="image_account_id"),
+            models.Index(fields=["format", "-id"], name="image_format_id"),
+        ]
 
     def __str__(self) -> str:
         return f"image {self.pk} of generation {self.generation_id}"
 
+    def save(self, *args, **kwargs):
+        # The copies follow the generation unless given (media.record and seed_images give them).
+        if self.user_id is None or self.account_id is None or not self.model:
+            generation = self.generation
+            self.user_id = self.user_id or generation.user_id
+            self.account_id = self.account_id or generation.account_id
+            self.model = self.model or generation.model
+        super().save(*args, **kwargs)
+
+    @property
+    def is_deleted(self) -> bool:
+        return self.deleted_at is not None
+
     @property
     def content_type(self) -> str:
         return {"jpeg": "image/jpeg", "png": "image/png", "webp": "image/webp"}[self.format]
+
+
+class Favorite(models.Model):
+    """One person's favorite image."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="favorites")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="favorited_by")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # (user, image) also serves "my favorites, newest image first" as a keyset.
+        constraints = [models.UniqueConstraint(fields=["user", "image"], name="favorite_once")]
+
+    def __str__(self) -> str:
+        return f"{self.user} likes image {self.image_id}"
+
+
+class Collection(models.Model):
+    """A team collection of images: anyone on the team may add to it, rename it or remove from it."""
+
+    name = models.CharField(max_length=100)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = [Lower("name")]
+        constraints = [models.UniqueConstraint(Lower("name"), name="collection_name_unique")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CollectionItem(models.Model):
+    collection = models.ForeignKey(Collection, on_delete=models.CASCADE, related_name="items")
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="collection_items")
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    added_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        # (collection, image) also serves "this collection, newest image first" as a keyset.
+        constraints = [models.UniqueConstraint(fields=["collection", "image"], name="collection_item_once")]
+
+    def __str__(self) -> str:
+        return f"image {self.image_id} in {self.collection_id}"
 
 
 class Reference(models.Model):
