@@ -1,0 +1,792 @@
+"""The team gallery (its page, and the same section on the studio), the lightbox, favorites, collections,
+bulk actions and the zip, the prompt history, and the actions on an image: rerun, variations and compare
+providers (issue 8, items 3-7).
+
+Every list is a keyset over `Image.id` (or `Prompt.last_used_at, id`), never an OFFSET, so the thousandth
+page costs what the first does; a page is one query for its rows and one for the viewer's favorites among
+them. What the viewer looks at (a view and its filters) is a `Scope`, read from the query string and written
+back into every link, so the lightbox's arrows, the new-image poll and the next page all stay in the view.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import secrets
+import uuid
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime, time, timedelta
+from urllib.parse import urlencode
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.decorators import login_required
+from django.db import IntegrityError, transaction
+from django.db.models import Count, OuterRef, Q, Subquery
+from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
+
+from . import archive, engine
+from .catalog import NAMES, model_ids
+from .forms import clean_idempotency_key, is_text, parse_id
+from .models import (
+    Collection,
+    CollectionItem,
+    Favorite,
+    Generation,
+    Image,
+    Prompt,
+    ProviderAccount,
+    Reference,
+)
+from .providers import Unsupported
+
+PAGE = 40
+HISTORY_PAGE = 40
+MAX_SELECTED = 1000  # ids one bulk action reads; a zip holds at most FLUXWEB_ZIP_MAX_IMAGES of them
+MAX_VARIATIONS = 4
+MAX_TEXT = 200
+FORMATS = ("jpeg", "png", "webp")
+SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
+COMPARISON = re.compile(r"[0-9a-f]{32}")
+
+
+def zip_cap() -> int:
+    return int(getattr(settings, "FLUXWEB_ZIP_MAX_IMAGES", 500))
+
+
+def no_store(response: HttpResponse) -> HttpResponse:
+    response["Cache-Control"] = "private, no-store"
+    response["Vary"] = "HX-Request, HX-Target, Cookie"
+    return response
+
+
+def clean_text(value) -> str:
+    if not isinstance(value, str) or not is_text(value) or "\x00" in value:
+        return ""
+    return value.strip()[:MAX_TEXT]
+
+
+def clean_date(value) -> date | None:
+    try:
+        return date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
+    except ValueError:
+        return None
+
+
+def start_of(day: date) -> datetime:
+    return timezone.make_aware(datetime.combine(day, time.min))
+
+
+# -- what the viewer looks at ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scope:
+    """A view (team, mine, favorites or one collection) and its filters; `embed` is the studio's copy."""
+
+    view: str = "team"
+    collection: int | None = None
+    q: str = ""
+    member: int | None = None
+    model: str = ""
+    provider: str = ""
+    start: date | None = None
+    end: date | None = None
+    status: str = ""
+    format: str = ""
+    embed: bool = False
+
+    NAMES = {"start": "from", "end": "to"}
+
+    @classmethod
+    def from_query(cls, query) -> Scope:
+        collection = parse_id(query.get("collection", ""))
+        view = query.get("view", "")
+        if collection:
+            view = "collection"
+        elif view not in ("team", "mine", "favorites"):
+            view = "team"
+        model = clean_text(query.get("model", ""))
+        provider = clean_text(query.get("provider", ""))
+        status = query.get("status", "")
+        fmt = query.get("format", "")
+        return cls(
+            view=view,
+            collection=collection,
+            q=clean_text(query.get("q", "")),
+            member=parse_id(query.get("member", "")),
+            model=model if model in model_ids() else "",
+            provider=provider if SLUG.fullmatch(provider) else "",
+            start=clean_date(query.get("from")),
+            end=clean_date(query.get("to")),
+            status=status if status in Generation.Status.values else "",
+            format=fmt if fmt in FORMATS else "",
+            embed=query.get("embed") == "studio",
+        )
+
+    def params(self, **changes) -> dict[str, str]:
+        scope = replace(self, **changes)
+        out = {}
+        for field in fields(scope):
+            value = getattr(scope, field.name)
+            if field.name == "view" and (value == "team" or scope.collection):
+                continue
+            if value in (None, "", False):
+                continue
+            if field.name == "embed":
+                value = "studio"
+            out[self.NAMES.get(field.name, field.name)] = str(value)
+        return out
+
+    @property
+    def query(self) -> str:
+        return urlencode(self.params())
+
+    @property
+    def filtered(self) -> bool:
+        return bool(self.q or self.member or self.model or self.provider or self.start or self.end)
+
+    def images(self, user):
+        rows = Image.objects.gallery()
+        if self.view == "mine":
+            rows = rows.filter(user=user)
+        elif self.view == "favorites":
+            rows = rows.filter(favorited_by__user=user)
+        elif self.view == "collection":
+            rows = rows.filter(collection_items__collection_id=self.collection)
+        if self.member:
+            rows = rows.filter(user_id=self.member)
+        if self.model:
+            rows = rows.filter(model=self.model)
+        if self.provider:
+            rows = rows.filter(account__slug=self.provider)
+        if self.start:
+            rows = rows.filter(created_at__gte=start_of(self.start))
+        if self.end:
+            rows = rows.filter(created_at__lt=start_of(self.end + timedelta(days=1)))
+        if self.status:
+            rows = rows.filter(generation__status=self.status)
+        if self.format:
+            rows = rows.filter(format=self.format)
+        if self.q:
+            rows = rows.search(self.q)
+        return rows
+
+
+def favorites_among(user, images) -> set[int]:
+    ids = [image.pk for image in images]
+    if not ids:
+        return set()
+    return set(Favorite.objects.filter(user=user, image_id__in=ids).values_list("image_id", flat=True))
+
+
+def priced(images: list) -> list:
+    for image in images:
+        image.cost = archive.cost_of(image)
+    return images
+
+
+def page_context(request, scope: Scope, before: int | None = None) -> dict:
+    rows = scope.images(request.user)
+    if before:
+        rows = rows.filter(id__lt=before)
+    images = list(rows[: PAGE + 1])
+    more = len(images) > PAGE
+    images = priced(images[:PAGE])
+    return {
+        "scope": scope,
+        "images": images,
+        "favorites": favorites_among(request.user, images),
+        "next_before": images[-1].pk if more else None,
+    }
+
+
+def section_context(request, scope: Scope, before: int | None = None) -> dict:
+    """The whole gallery section: views, filters, bulk bar, a page of images and the lightbox."""
+    context = page_context(request, scope, before)
+    context["newest"] = context["images"][0].pk if context["images"] else 0
+    collections = list(Collection.objects.all()[:200])
+    context.update(
+        collections=collections,
+        collection=next((c for c in collections if c.pk == scope.collection), None),
+        members=get_user_model().objects.filter(is_active=True).order_by("username").only("id", "username"),
+        models=[(m, NAMES.get(m, m)) for m in model_ids()],
+        providers=ProviderAccount.objects.order_by("slug").values_list("slug", flat=True),
+        statuses=Generation.Status.choices,
+        formats=FORMATS,
+        zip_cap=zip_cap(),
+    )
+    context["tabs"] = [
+        ("Team", "", scope.view == "team"),
+        ("Mine", "view=mine", scope.view == "mine"),
+        ("Favorites", "view=favorites", scope.view == "favorites"),
+        *[(c.name, f"collection={c.pk}", c.pk == scope.collection) for c in collections],
+    ]
+    if scope.view == "collection" and context["collection"] is None:
+        raise Http404
+    return context
+
+
+def studio_section(request) -> str:
+    """The gallery section as the studio shows it (templatetags/gallery_tags.py)."""
+    scope = Scope.from_query(request.GET)
+    scope = replace(scope, embed=True)
+    return render_to_string(
+        "generations/gallery.html#section", section_context(request, scope), request=request
+    )
+
+
+@require_GET
+@login_required
+def gallery(request):
+    """The page; for htmx, the part asked for: images newer than `after` (204 when none), the page older
+    than `before`, the results of changed filters, or the whole section (a view tab on the studio)."""
+    scope = Scope.from_query(request.GET)
+    user = request.user
+    if "after" in request.GET:
+        after = parse_id(request.GET.get("after", ""), minimum=0) or 0
+        new = priced(list(scope.images(user).filter(id__gt=after)[:PAGE]))
+        if not new:
+            return no_store(HttpResponse(status=204))
+        context = {
+            "scope": scope,
+            "images": new,
+            "favorites": favorites_among(user, new),
+            "newest": new[0].pk,
+        }
+        return no_store(render(request, "generations/gallery.html#new", context))
+    before = parse_id(request.GET.get("before", ""))
+    if request.htmx and before:
+        return no_store(
+            render(request, "generations/gallery.html#cards", page_context(request, scope, before))
+        )
+    if request.htmx and request.htmx.target == "gallery-results":
+        context = page_context(request, scope)
+        context["newest"] = context["images"][0].pk if context["images"] else 0
+        return no_store(render(request, "generations/gallery.html#results", context))
+    context = section_context(request, scope, None if request.htmx else before)
+    if request.htmx and request.htmx.target == "gallery-section":
+        return no_store(render(request, "generations/gallery.html#section", context))
+    return no_store(render(request, "generations/gallery.html", context))
+
+
+# -- the lightbox ---------------------------------------------------------------------------------------------
+def visible_image(pk: int) -> Image:
+    return get_object_or_404(Image.objects.gallery().select_related("generation__account"), pk=pk)
+
+
+def lightbox_context(request, image: Image, scope: Scope) -> dict:
+    rows = scope.images(request.user).order_by()
+    generation = image.generation
+    taken = (
+        (generation.finished_at - generation.created_at).total_seconds() if generation.finished_at else None
+    )
+    return {
+        "scope": scope,
+        "image": image,
+        "generation": generation,
+        "seed": archive.seed_of(image),
+        "cost": archive.cost_of(image),
+        "taken": taken,
+        "newer": rows.filter(id__gt=image.pk).order_by("id").values_list("pk", flat=True).first(),
+        "older": rows.filter(id__lt=image.pk).order_by("-id").values_list("pk", flat=True).first(),
+        "favorite": Favorite.objects.filter(user=request.user, image=image).exists(),
+        "collections": list(Collection.objects.all()[:200]),
+        "own": image.user_id == request.user.pk,
+        "idempotency_key": uuid.uuid4().hex,
+        "max_variations": MAX_VARIATIONS,
+    }
+
+
+@require_GET
+@login_required
+def lightbox(request, pk: int):
+    """One image large, with its metadata and actions; prev/next are its neighbours in the scope."""
+    scope = Scope.from_query(request.GET)
+    context = lightbox_context(request, visible_image(pk), scope)
+    template = "generations/lightbox.html#body" if request.htmx else "generations/lightbox.html"
+    return no_store(render(request, template, context))
+
+
+@require_GET
+@login_required
+def download(request, pk: int):
+    """The original as stored (metadata embedded), or `?metadata=0` without our metadata."""
+    image = visible_image(pk)
+    with image.file.open("rb") as source:
+        data = source.read()
+    if request.GET.get("metadata") == "0":
+        data = archive.strip_metadata(data, image.format)
+    response = HttpResponse(data, content_type=image.content_type)
+    name = archive.file_name(image)
+    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# -- favorites ------------------------------------------------------------------------------------------------
+def back(request, fallback: str = "") -> HttpResponseRedirect:
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = ""
+    return HttpResponseRedirect(target or fallback or reverse("gallery"))
+
+
+def set_favorite(user, image_ids: list[int], on: bool) -> None:
+    if on:
+        Favorite.objects.bulk_create(
+            [Favorite(user=user, image_id=pk) for pk in image_ids], ignore_conflicts=True
+        )
+    else:
+        Favorite.objects.filter(user=user, image_id__in=image_ids).delete()
+
+
+@require_POST
+@login_required
+def favorite(request, pk: int):
+    """Toggle the viewer's favorite; the button comes back with aria-pressed set."""
+    image = get_object_or_404(Image.objects.visible(), pk=pk)
+    pressed = not Favorite.objects.filter(user=request.user, image=image).exists()
+    set_favorite(request.user, [image.pk], pressed)
+    if not request.htmx:
+        return back(request)
+    where = "lightbox" if request.POST.get("where") == "lightbox" else "card"
+    context = {"image": image, "pressed": pressed, "where": where}
+    return no_store(render(request, "generations/gallery.html#favorite-toggled", context))
+
+
+# -- delete own -----------------------------------------------------------------------------------------------
+def soft_delete(user, image_ids: list[int]) -> list[int]:
+    """Soft-delete those of `image_ids` that `user` made; returns the ids deleted. Nobody deletes another
+    member's images here (an admin restores or removes them in the admin)."""
+    rows = Image.objects.visible().filter(pk__in=image_ids, user=user)
+    ids = list(rows.values_list("pk", flat=True))
+    Image.objects.filter(pk__in=ids, deleted_at=None).update(deleted_at=timezone.now(), deleted_by=user)
+    return ids
+
+
+@require_POST
+@login_required
+def delete(request, pk: int):
+    image = get_object_or_404(Image.objects.visible().filter(user=request.user), pk=pk)
+    soft_delete(request.user, [image.pk])
+    if not request.htmx:
+        messages.success(request, "Image deleted.")
+        return back(request)
+    response = render(request, "generations/gallery.html#deleted", {"deleted": [image.pk], "one": True})
+    return trigger_client_event(no_store(response), "image-deleted")
+
+
+# -- collections ----------------------------------------------------------------------------------------------
+def clean_name(value) -> str:
+    name = clean_text(value)
+    return name[:100]
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def collections(request):
+    """The team's collections, and a new one (any member may make one)."""
+    problem = ""
+    if request.method == "POST":
+        name = clean_name(request.POST.get("name"))
+        if not name:
+            problem = "Give the collection a name."
+        else:
+            try:
+                with transaction.atomic():
+                    made = Collection.objects.create(name=name, created_by=request.user)
+            except IntegrityError:
+                problem = f"There is already a collection named “{name}”."
+            else:
+                ids = clean_ids(request.POST.getlist("image"))
+                add_to(made, ids, request.user)
+                if request.htmx and request.htmx.target != "collections-list":
+                    return no_store(bulk_done(request, f"Made “{made.name}” with {len(ids)} images.", {}))
+                if not request.htmx:
+                    return HttpResponseRedirect(f"{reverse('gallery')}?collection={made.pk}")
+    rows = Collection.objects.select_related("created_by").order_by("name")
+    context = {"collections": counted(rows), "problem": problem}
+    template = "generations/collections.html#list" if request.htmx else "generations/collections.html"
+    # htmx swaps only 2xx answers: the fragment carries the problem in words.
+    return no_store(render(request, template, context, status=400 if problem and not request.htmx else 200))
+
+
+def counted(rows):
+    return rows.annotate(size=Count("items", filter=Q(items__image__deleted_at=None)))
+
+
+@require_POST
+@login_required
+def rename_collection(request, pk: int):
+    collection = get_object_or_404(Collection, pk=pk)
+    name = clean_name(request.POST.get("name"))
+    problem = "" if name else "Give the collection a name."
+    if name:
+        try:
+            with transaction.atomic():
+                Collection.objects.filter(pk=pk).update(name=name, updated_at=timezone.now())
+        except IntegrityError:
+            problem = f"There is already a collection named “{name}”."
+    collection.refresh_from_db()
+    if not request.htmx:
+        if problem:
+            messages.error(request, problem)
+        return back(request, reverse("collections"))
+    context = {"collection": collection, "problem": problem}
+    return no_store(render(request, "generations/collections.html#row", context))
+
+
+def add_to(collection: Collection, image_ids: list[int], user) -> int:
+    present = set(Image.objects.visible().filter(pk__in=image_ids).values_list("pk", flat=True))
+    made = CollectionItem.objects.bulk_create(
+        [
+            CollectionItem(collection=collection, image_id=pk, added_by=user)
+            for pk in image_ids
+            if pk in present
+        ],
+        ignore_conflicts=True,
+    )
+    return len(made)
+
+
+def clean_ids(values) -> list[int]:
+    ids = []
+    for value in values[:MAX_SELECTED]:
+        pk = parse_id(value)
+        if pk is not None and pk not in ids:
+            ids.append(pk)
+    return ids
+
+
+@require_POST
+@login_required
+def collection_items(request, pk: int, op: str):
+    """Add images to a collection, or take them out (the images themselves stay)."""
+    collection = get_object_or_404(Collection, pk=pk)
+    ids = clean_ids(request.POST.getlist("image"))
+    if op == "add":
+        add_to(collection, ids, request.user)
+        text = f"Added to “{collection.name}”."
+        context = {}
+    else:
+        CollectionItem.objects.filter(collection=collection, image_id__in=ids).delete()
+        text = f"Removed from “{collection.name}”."
+        scope = Scope.from_query(request.POST)
+        context = {"deleted": ids} if scope.collection == collection.pk else {}
+    if not request.htmx:
+        messages.success(request, text)
+        return back(request)
+    return no_store(bulk_done(request, text, context))
+
+
+# -- bulk -----------------------------------------------------------------------------------------------------
+def bulk_done(request, text: str, extra: dict) -> HttpResponse:
+    target = "lightbox-status" if request.htmx and request.htmx.target == "lightbox-status" else "bulk-status"
+    return render(request, "generations/gallery.html#status", {"text": text, "status_id": target, **extra})
+
+
+@require_POST
+@login_required
+def bulk(request):
+    """Selected images: favorite, unfavorite, add to a collection, delete (one's own), or download a zip."""
+    ids = clean_ids(request.POST.getlist("image"))
+    action = request.POST.get("action") or request.POST.get("do", "")
+    if not ids:
+        return refuse(request, "Select one or more images first.")
+    if action == "zip":
+        return zip_download(request, ids)
+    if action in ("favorite", "unfavorite"):
+        present = list(Image.objects.visible().filter(pk__in=ids).values_list("pk", flat=True))
+        set_favorite(request.user, present, action == "favorite")
+        verb = "Added to" if action == "favorite" else "Removed from"
+        text, context = f"{verb} your favorites: {len(present)} images.", {}
+        context["toggled"] = present
+        context["pressed"] = action == "favorite"
+    elif action == "collect":
+        collection = Collection.objects.filter(pk=parse_id(request.POST.get("collection", ""))).first()
+        if collection is None:
+            return refuse(request, "Choose a collection to add the images to.")
+        added = add_to(collection, ids, request.user)
+        text, context = f"Added {added} images to “{collection.name}”.", {}
+    elif action == "delete":
+        deleted = soft_delete(request.user, ids)
+        kept = len(ids) - len(deleted)
+        text = f"Deleted {len(deleted)} images."
+        if kept:
+            text += f" {kept} made by other members were left alone: only their authors can delete them."
+        context = {"deleted": deleted}
+    else:
+        return refuse(request, "Choose what to do with the selected images.")
+    if not request.htmx:
+        messages.success(request, text)
+        return back(request)
+    return no_store(bulk_done(request, text, context))
+
+
+def refuse(request, text: str, status: int = 400) -> HttpResponse:
+    if request.htmx:
+        response = bulk_done(request, text, {"problem": True})
+        response.status_code = 200  # htmx swaps only 2xx; the words say it was refused
+        return no_store(response)
+    return no_store(render(request, "generations/gallery_refused.html", {"text": text}, status=status))
+
+
+def zip_download(request, ids: list[int]) -> HttpResponse:
+    cap = zip_cap()
+    if len(ids) > cap:
+        return refuse(request, f"A zip holds at most {cap} images; you selected {len(ids)}. Select fewer.")
+    images = list(Image.objects.gallery().filter(pk__in=ids))
+    if not images:
+        return refuse(request, "None of the selected images exists any more.", status=404)
+    response = StreamingHttpResponse(archive.zip_stream(images), content_type="application/zip")
+    stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
+    response["Content-Disposition"] = f'attachment; filename="fluxweb-{stamp}-{len(images)}-images.zip"'
+    response["Cache-Control"] = "private, no-store"
+    return response
+
+
+# -- rerun, variations, compare ---------------------------------------------------------------------------------
+def reference_megapixels(keys) -> tuple[float, ...]:
+    """The priced size of each reference key ("image:12", "upload:3") of a job being made again."""
+    wanted = {"image": [], "upload": []}
+    for key in keys:
+        kind, _, pk = str(key).partition(":")
+        if kind in wanted and parse_id(pk):
+            wanted[kind].append(int(pk))
+        else:
+            raise Unsupported("A reference image of this job can no longer be read.", "reference_images")
+    sizes = {f"image:{i.pk}": i for i in Image.objects.filter(pk__in=wanted["image"])}
+    sizes |= {f"upload:{r.pk}": r for r in Reference.objects.filter(pk__in=wanted["upload"])}
+    if len(sizes) < len(set(keys)):
+        raise Unsupported("A reference image of this job no longer exists.", "reference_images")
+    return tuple(sizes[k].width * sizes[k].height / (1024 * 1024) for k in keys)
+
+
+def again(image: Image, *, seed: int | None, n: int = 1):
+    """The request that made `image`, to be made again with `seed` and `n` images."""
+    request = engine.request_of(image.generation)
+    return replace(request, seed=seed, n=n, reference_megapixels=reference_megapixels(request.reference_urls))
+
+
+def make(request, generation_request, provider: str | None, key: str):
+    try:
+        return engine.create(request.user, generation_request, provider=provider, idempotency_key=key)
+    except engine.CreateError as exc:
+        raise Unsupported(exc.refusal.message) from None
+
+
+def action_done(request, jobs: list, text: str) -> HttpResponse:
+    if not request.htmx:
+        messages.success(request, text)
+        return HttpResponseRedirect(reverse("studio"))
+    scope = Scope.from_query(request.POST)
+    response = render(
+        request,
+        "generations/lightbox.html#made",
+        {"jobs": jobs, "text": text, "on_studio": scope.embed},
+    )
+    trigger_client_event(response, "jobs-created", {"jobs": [job.pk for job in jobs]})
+    return trigger_client_event(no_store(response), "credits-changed")
+
+
+def action_refused(request, text: str) -> HttpResponse:
+    if not request.htmx:
+        messages.error(request, text)
+        return HttpResponseRedirect(reverse("lightbox", args=[request.resolver_match.kwargs["pk"]]))
+    return no_store(
+        render(
+            request,
+            "generations/gallery.html#status",
+            {"text": text, "problem": True, "status_id": "lightbox-status"},
+        )
+    )
+
+
+def same_provider(image: Image) -> str | None:
+    account = image.generation.account
+    return account.slug if account.enabled and account.has_key else None
+
+
+@require_POST
+@login_required
+def rerun(request, pk: int):
+    """The same request with the same seed on the same provider account (when it still serves)."""
+    image = visible_image(pk)
+    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
+    try:
+        seed = archive.seed_of(image)
+        job, _ = make(request, again(image, seed=seed), same_provider(image), key)
+    except Unsupported as exc:
+        return action_refused(request, exc.message)
+    return action_done(request, [job], f"Rerun queued with seed {seed if seed is not None else 'random'}.")
+
+
+@require_POST
+@login_required
+def variations(request, pk: int):
+    """N images of the same request with new seeds: one job per seed, so each can be rerun exactly."""
+    image = visible_image(pk)
+    n = parse_id(request.POST.get("n", "")) or 1
+    n = min(n, MAX_VARIATIONS)
+    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
+    provider = same_provider(image)
+    jobs = []
+    try:
+        for i in range(n):
+            seed = random.randrange(2**31)
+            job, _ = make(request, again(image, seed=seed), provider, f"{key}-v{i}" if key else "")
+            jobs.append(job)
+    except Unsupported as exc:
+        if not jobs:
+            return action_refused(request, exc.message)
+        return action_done(request, jobs, f"{len(jobs)} of {n} variations queued; {exc.message}")
+    return action_done(request, jobs, f"{n} variations queued, each with a new seed.")
+
+
+@require_POST
+@login_required
+def compare_providers(request, pk: int):
+    """The same prompt and seed sent to every enabled account serving the model, one job each, grouped by
+    a shared `comparison` key; the compare page shows them side by side."""
+    image = visible_image(pk)
+    generation = image.generation
+    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
+    seed = archive.seed_of(image)
+    if seed is None:
+        seed = random.randrange(2**31)
+    try:
+        base = again(image, seed=seed)
+    except Unsupported as exc:
+        return action_refused(request, exc.message)
+    jobs, problems = [], []
+    for account in engine.accounts_serving(generation.model):
+        spec = account.adapter_class.models[generation.model]
+        wanted = base if spec.seed else replace(base, seed=None)
+        try:
+            job, _ = make(request, wanted, account.slug, f"{key}-{account.slug}"[:255] if key else "")
+        except Unsupported as exc:
+            problems.append(f"{account.slug}: {exc.message}")
+        else:
+            jobs.append(job)
+    if not jobs:
+        return action_refused(request, " ".join(problems) or "No enabled provider account serves this model.")
+    token = next((job.comparison for job in jobs if job.comparison), "") or secrets.token_hex(16)
+    Generation.objects.filter(pk__in=[job.pk for job in jobs], user=request.user, comparison="").update(
+        comparison=token
+    )
+    for problem in problems:
+        messages.warning(request, f"Not sent to {problem}")
+    url = reverse("compare", args=[token])
+    response = HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)
+    return trigger_client_event(response, "credits-changed") if request.htmx else response
+
+
+@require_GET
+@login_required
+def compare(request, token: str):
+    """The jobs of one comparison side by side; the grid re-requests itself until every job has ended."""
+    if not COMPARISON.fullmatch(token):
+        raise Http404
+    jobs = list(
+        Generation.objects.filter(comparison=token)
+        .select_related("prompt", "account", "user")
+        .prefetch_related("images")
+        .order_by("account__priority", "id")
+    )
+    if not jobs:
+        raise Http404
+    for job in jobs:
+        job.visible_images = [i for i in job.images.all() if i.deleted_at is None]
+        job.taken = (job.finished_at - job.created_at).total_seconds() if job.finished_at else None
+    context = {
+        "token": token,
+        "jobs": jobs,
+        "first": jobs[0],
+        "running": any(not job.is_terminal for job in jobs),
+    }
+    template = "generations/compare.html#grid" if request.htmx else "generations/compare.html"
+    return no_store(render(request, template, context))
+
+
+# -- the prompt history ---------------------------------------------------------------------------------------
+def history_cursor(value) -> tuple[datetime, int] | None:
+    if not isinstance(value, str) or "_" not in value:
+        return None
+    stamp, _, pk = value.rpartition("_")
+    pk = parse_id(pk)
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if pk is None or moment.tzinfo is None:
+        return None
+    return moment, pk
+
+
+@require_GET
+@login_required
+def history(request):
+    """Every prompt the team used, newest use first: uses, last use, who, its newest image, and Use."""
+    q = clean_text(request.GET.get("q", ""))
+    rows = Prompt.objects.search(q) if q else Prompt.objects.all()
+    newest = Generation.objects.filter(prompt=OuterRef("pk"), status=Generation.Status.SUCCEEDED).order_by(
+        "-id"
+    )
+    rows = rows.annotate(newest_generation=Subquery(newest.values("pk")[:1])).order_by("-last_used_at", "-id")
+    cursor = history_cursor(request.GET.get("before"))
+    if cursor:
+        moment, pk = cursor
+        rows = rows.filter(Q(last_used_at__lt=moment) | Q(last_used_at=moment, id__lt=pk))
+    prompts = list(rows[: HISTORY_PAGE + 1])
+    more = len(prompts) > HISTORY_PAGE
+    prompts = prompts[:HISTORY_PAGE]
+    users: dict[int, list[str]] = {}
+    for prompt_id, name in (
+        Generation.objects.filter(prompt_id__in=[p.pk for p in prompts])
+        .values_list("prompt_id", "user__username")
+        .distinct()
+        .order_by("prompt_id", "user__username")
+    ):
+        users.setdefault(prompt_id, []).append(name)
+    images = {}
+    for image in (
+        Image.objects.visible()
+        .filter(generation_id__in=[p.newest_generation for p in prompts if p.newest_generation])
+        .order_by("generation_id", "index")
+    ):
+        images.setdefault(image.generation_id, image)
+    for prompt in prompts:
+        prompt.users = users.get(prompt.pk, [])
+        prompt.image = images.get(prompt.newest_generation)
+    last = prompts[-1] if more else None
+    context = {
+        "q": q,
+        "prompts": prompts,
+        "next_before": f"{last.last_used_at.isoformat()}_{last.pk}" if last else "",
+    }
+    if request.htmx and request.GET.get("before"):
+        return no_store(render(request, "generations/history.html#rows", context))
+    if request.htmx and request.htmx.target == "history-results":
+        return no_store(render(request, "generations/history.html#results", context))
+    return no_store(render(request, "generations/history.html", context))
+
+
+def prefill(request) -> dict:
+    """What the studio's form starts with for `?use_prompt=<prompt id>` (history's Use) or
+    `?reference=<image id>` (the gallery page's Use as reference). views.studio_context calls it:
+    `initial = remix_of(request) or gallery.prefill(request)`."""
+    initial = {}
+    prompt = Prompt.objects.filter(pk=parse_id(request.GET.get("use_prompt", ""))).first()
+    if prompt is not None:
+        initial["prompt"] = prompt.text
+    reference = Image.objects.visible().filter(pk=parse_id(request.GET.get("reference", ""))).first()
+    if reference is not None:
+        initial["reference_images"] = [reference]
+    return initial
