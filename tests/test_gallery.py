@@ -33,7 +33,7 @@ def make_image(
     job.setdefault("status", "succeeded")
     job.setdefault("credits_reserved", 70)
     job.setdefault("credits_charged", 70)
-    job.setdefault("params", {"credits_per_image": 70, "output_format": fmt.lower(), "aspect_ratio": "3:2"})
+    job.setdefault("params", {"credits_per_image": 70, "output_format": fmt.lower(), "aspect_ratio": "16:9"})
     generation = Generation.objects.create(
         user=user, prompt=Prompt.remember(prompt, user), model=model, account=account, seed=1234, **job
     )

@@ -1,0 +1,111 @@
+"""The prompt history page (issue 8, item 6): every prompt the team used, searchable over all of history,
+with its use count, last use, who used it, its newest image and a Use link into the studio's prompt."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from generations import gallery
+from generations.models import Generation, Image, Prompt
+
+from .test_gallery import HX, logged_in, make_image
+
+
+def rows(response) -> list[int]:
+    return [
+        int(pk) for pk in re.findall(r'<li class="prompt-row" id="prompt-(\d+)"', response.content.decode())
+    ]
+
+
+@pytest.fixture
+def used(bob, carol, accounts):
+    """Three prompts: a lighthouse used twice (bob, carol), a fox once (bob), a castle with no image."""
+    first = make_image(bob, accounts["apiframe"], "a lighthouse at dusk")
+    newest = make_image(carol, accounts["vtrix"], "a lighthouse at dusk")
+    fox = make_image(bob, accounts["apiframe"], "a fox in the snow")
+    castle = Prompt.remember("an old castle", carol)
+    return first, newest, fox, castle
+
+
+def test_it_lists_every_prompt_with_uses_last_use_who_and_its_newest_image(carol, used):
+    first, newest, fox, castle = used
+    response = logged_in(carol).get("/history/")
+    html = response.content.decode()
+    lighthouse = first.generation.prompt
+
+    assert response.status_code == 200 and '<h1 id="history-heading">Prompt history</h1>' in html
+    assert rows(response) == [castle.pk, fox.generation.prompt_id, lighthouse.pk]
+    row = html[html.index(f'id="prompt-{lighthouse.pk}"') :]
+    row = row[: row.index("</li>")]
+    assert "Used <strong>2</strong> times" in row and "by bob, carol" in row
+    assert f"/images/{newest.pk}/thumbnail" in row and f"/images/{first.pk}/thumbnail" not in row
+    assert f'href="/?use_prompt={lighthouse.pk}"' in row and ">Use</a>" in row
+    assert 'type="search"' in html and ">Search <input" in html
+    castle_row = html[html.index(f'id="prompt-{castle.pk}"') :]
+    assert "no image" in castle_row[: castle_row.index("</li>")]
+
+
+def test_search_covers_the_whole_history(bob, used):
+    first, newest, fox, castle = used
+    client = logged_in(bob)
+    response = client.get("/history/?q=lightho", HTTP_HX_TARGET="history-results", **HX)
+    assert response.status_code == 200 and "<html" not in response.content.decode()
+    assert rows(response) == [first.generation.prompt_id]
+    assert rows(client.get("/history/?q=snow+fox")) == [fox.generation.prompt_id]
+    assert "No prompt matches" in client.get("/history/?q=zeppelin").content.decode()
+
+
+def test_the_newest_image_skips_deleted_ones(bob, used):
+    first, newest, fox, castle = used
+    Image.objects.filter(pk=newest.pk).update(deleted_at=timezone.now())
+    html = logged_in(bob).get("/history/").content.decode()
+    assert f"/images/{newest.pk}/thumbnail" not in html
+
+
+def test_it_pages_by_keyset_on_last_use(bob, accounts):
+    now = timezone.now()
+    made = []
+    for i in range(gallery.HISTORY_PAGE + 3):
+        prompt = Prompt.remember(f"prompt number {i}", bob)
+        Prompt.objects.filter(pk=prompt.pk).update(last_used_at=now - timedelta(minutes=i // 2))  # ties too
+        made.append(prompt.pk)
+    client = logged_in(bob)
+    page = client.get("/history/")
+    shown = rows(page)
+    assert len(shown) == gallery.HISTORY_PAGE and 'hx-trigger="revealed"' in page.content.decode()
+    cursor = re.search(r"before=([^\"&]+)", page.content.decode()).group(1)
+    more = client.get(f"/history/?before={cursor}".replace("&amp;", "&"), **HX)
+    assert "<html" not in more.content.decode()
+    assert sorted(shown + rows(more)) == sorted(made) and not set(shown) & set(rows(more))
+
+
+def test_hostile_cursors_and_searches_are_harmless(bob, used):
+    client = logged_in(bob)
+    for query in (
+        "before=x",
+        "before=2026-01-01_²",
+        "before=2026-01-01T00:00:00_5",
+        "q=%22*OR",
+        "q=" + "a" * 500,
+    ):
+        assert client.get(f"/history/?{query}", **HX).status_code == 200, query
+
+
+def test_history_queries_do_not_grow_with_the_rows(bob, carol, accounts, django_assert_max_num_queries):
+    client = logged_in(bob)
+    make_image(bob, accounts["apiframe"], "prompt zero")
+    with django_assert_max_num_queries(6) as few:
+        client.get("/history/")
+    for i in range(35):
+        image = make_image(carol if i % 2 else bob, accounts["apiframe"], f"prompt {i}")
+        Generation.objects.create(
+            user=bob, prompt=image.generation.prompt, model="flux-2-max", account=accounts["apiframe"]
+        )
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        assert client.get("/history/").status_code == 200
+    with django_assert_max_num_queries(len(few.captured_queries)):
+        assert client.get("/history/?q=prompt", **HX).status_code == 200
