@@ -7,6 +7,8 @@ import functools
 import json
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db.models import Prefetch, Subquery
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
@@ -20,14 +22,12 @@ from .forms import (
     discard_uploads,
     first_error,
     parse_id,
-    reference_images,
-    reference_uploads,
     upload_storage_used,
 )
-from .models import ApiToken, Generation, Image, Reference
-from .providers import Unsupported
+from .models import ApiToken, Generation, Image, ProviderAccount, Reference
 
 PAGE = 50
+User = get_user_model()
 # The JSON type each create field must have (contract.md). The form alone would coerce: a list prompt to its
 # repr, "yes" to True for a boolean. null means "not given".
 FIELD_TYPES = {
@@ -174,7 +174,10 @@ def image_payload(image: Image, request: HttpRequest) -> dict:
 
 
 def generations_qs():
-    return Generation.objects.select_related("prompt", "account", "user").prefetch_related("images")
+    """Generations with what their payload needs; soft-deleted images are left out."""
+    return Generation.objects.select_related("prompt", "account", "user").prefetch_related(
+        Prefetch("images", queryset=Image.objects.visible().order_by("index"))
+    )
 
 
 @api_view("GET")
@@ -193,19 +196,32 @@ def generations(request):
 
 
 def listing(request):
+    """Newest first, by keyset (`?cursor=`), never OFFSET. Every filter is one condition that an index of
+    its own serves (models.py): a name given (?user=, ?provider=) is matched in a subquery, not looked up
+    first, so any page is the token check, the page and its images: 3 queries."""
     rows = generations_qs()
-    if request.GET.get("mine") in ("1", "true"):
+    truthy = ("1", "true")
+    if request.GET.get("mine") in truthy:
         rows = rows.filter(user=request.user)
     if status := request.GET.get("status"):
         rows = rows.filter(status=status)
     if q := request.GET.get("q"):
-        rows = rows.filter(prompt__text__icontains=q)
+        rows = rows.search(q)
     if username := request.GET.get("user"):
-        rows = rows.filter(user__username=username)
+        rows = rows.filter(user=Subquery(User.objects.filter(username=username).values("pk")[:1]))
     if model := request.GET.get("model"):
         rows = rows.filter(model=model)
     if provider := request.GET.get("provider"):
-        rows = rows.filter(account__slug=provider)
+        rows = rows.filter(account=Subquery(ProviderAccount.objects.filter(slug=provider).values("pk")[:1]))
+    if request.GET.get("favorite") in truthy:
+        liked = Image.objects.visible().filter(favorited_by__user=request.user)
+        rows = rows.filter(pk__in=liked.values("generation_id"))
+    if "collection" in request.GET:
+        collection = parse_id(request.GET["collection"])
+        if collection is None:
+            return error(400, "invalid", "collection must be a collection id.", "collection")
+        kept = Image.objects.visible().filter(collection_items__collection=collection)
+        rows = rows.filter(pk__in=kept.values("generation_id"))
     if cursor := request.GET.get("cursor"):
         try:
             before = parse_id(base64.urlsafe_b64decode(cursor.encode()).decode("ascii"))
@@ -245,7 +261,7 @@ def create(request):
         return error(400, "invalid", "The body is nested too deeply.")
     if not isinstance(data, dict):
         return error(400, "invalid", "The body must be a JSON object.")
-    unknown = set(data) - set(GenerationForm.base_fields) - {"reference_images", "reference_uploads"}
+    unknown = set(data) - set(GenerationForm.base_fields)
     if unknown:
         return error(400, "invalid", f"Unknown field {sorted(unknown)[0]!r}.", sorted(unknown)[0])
     for name, value in data.items():
@@ -255,24 +271,17 @@ def create(request):
         if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
             return error(400, "invalid", f"{name} must be a JSON {json_type(expected)}.", name)
     data = {name: value for name, value in data.items() if value is not None}
-    form = GenerationForm(data)
+    form = GenerationForm(data, user=request.user)  # the studio's form: one create path, one set of checks
     if not form.is_valid():
         field, message = first_error(form)
         return error(400, "invalid", message, field)
-    try:
-        keys, megapixels = media.reference_keys(
-            reference_images(data.get("reference_images")),
-            reference_uploads(data.get("reference_uploads"), request.user),
-        )
-    except Unsupported as exc:
-        return error(400, "invalid", exc.message, exc.field)
     key = clean_idempotency_key(request.headers.get("Idempotency-Key", ""))
     if key is None:
         return error(400, "invalid", "Idempotency-Key is at most 255 printable characters.")
     try:
         generation, created = engine.create(
             request.user,
-            form.to_request(keys, megapixels),
+            form.to_request(),
             provider=form.cleaned_data.get("provider") or None,
             idempotency_key=key,
         )

@@ -7,8 +7,8 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
 
-from . import media
-from .catalog import model_ids
+from . import engine, media
+from .catalog import NAMES, model_ids
 from .models import Generation, Image, Reference
 from .providers import GenerationRequest, Unsupported
 from .providers.base import parse_ratio
@@ -82,13 +82,49 @@ class GenerationForm(forms.Form):
     output_format = forms.ChoiceField(choices=FORMAT_CHOICES, required=False, initial="jpeg")
     safety_tolerance = forms.IntegerField(min_value=0, max_value=6, required=False)
     prompt_upsampling = forms.BooleanField(required=False)
+    # Lists of ids: the studio sends one input per id, the API a JSON array (MultipleHiddenInput reads both).
+    reference_images = forms.Field(required=False, widget=forms.MultipleHiddenInput)
+    reference_uploads = forms.Field(required=False, widget=forms.MultipleHiddenInput)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, data=None, *args, user=None, **kwargs):
+        super().__init__(data, *args, **kwargs)
+        self.user = user
         self.fields["model"].choices = [(m, m) for m in model_ids()]
         for field in self.fields.values():
             if isinstance(field, forms.CharField):
                 field.validators = [*field.validators, validate_text]
+
+    def clean_reference_images(self) -> list[Image]:
+        """The gallery images picked as references, each once (a second pick would be charged twice)."""
+        try:
+            return reference_images(unique(self.cleaned_data.get("reference_images")))
+        except Unsupported as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def clean_reference_uploads(self) -> list[Reference]:
+        """The user's own uploads; another member's upload id is unknown here."""
+        try:
+            return reference_uploads(unique(self.cleaned_data.get("reference_uploads")), self.user)
+        except Unsupported as exc:
+            raise forms.ValidationError(exc.message) from None
+
+    def clean(self) -> dict:
+        data = super().clean()
+        model, n = data.get("model"), data.get("n") or 1
+        if model and n > 1 and not self.has_error("n"):
+            # The field's own bound (10) is no provider's: name the limit of the accounts this form can use,
+            # and the account the user picked, never one they did not.
+            accounts = engine.accounts_serving(model)
+            picked = data.get("provider")
+            chosen = [a for a in accounts if a.slug == picked] if picked else accounts
+            if chosen:
+                most = max(a.adapter_class.models[model].max_n for a in chosen)
+                if n > most:
+                    where = f"on {picked}" if picked else "on any provider serving it"
+                    self.add_error(
+                        "n", f"{NAMES.get(model, model)} makes at most {most} image{pluralize(most)} {where}."
+                    )
+        return data
 
     def clean_aspect_ratio(self) -> str | None:
         ratio = self.cleaned_data.get("aspect_ratio") or None
@@ -99,10 +135,14 @@ class GenerationForm(forms.Form):
                 raise forms.ValidationError(exc.message) from None
         return ratio
 
-    def to_request(
-        self, reference_urls: tuple[str, ...] = (), reference_megapixels: tuple[float, ...] = ()
-    ) -> GenerationRequest:
+    def to_request(self, extra_uploads: list[Reference] | tuple = ()) -> GenerationRequest:
+        """The provider-neutral request this valid form describes, references included (with `extra_uploads`:
+        files the studio stored for this submit). The studio, its price, a retry and the API all build their
+        request here, so what is quoted is what is held."""
         data = self.cleaned_data
+        reference_urls, reference_megapixels = media.reference_keys(
+            data.get("reference_images") or [], [*(data.get("reference_uploads") or []), *extra_uploads]
+        )
         return GenerationRequest(
             prompt=data["prompt"].strip(),
             model=data["model"],
@@ -120,21 +160,42 @@ class GenerationForm(forms.Form):
         )
 
 
+def unique(values) -> list:
+    """A list field's value: nothing given is an empty list; anything else is left for parse_ids to check."""
+    return [] if values is None or values == "" else values
+
+
+def pluralize(count: int) -> str:
+    return "" if count == 1 else "s"
+
+
 def first_error(form: forms.Form) -> tuple[str, str]:
     """(field, message) of the first problem, for one clear line to the user."""
     for field, errors in form.errors.items():
-        return (
-            field,
-            f"{field.replace('_', ' ').capitalize()}: {errors[0]}" if field != "__all__" else errors[0],
-        )
+        return (field, labelled(field, errors[0]))
     return "", "The request is not valid."
+
+
+def labelled(field: str, message: str) -> str:
+    """A field's error as one line that names the field, unless the message already speaks for itself."""
+    if field in ("__all__", "n", *REFERENCE_FIELDS):
+        return message
+    return f"{field.replace('_', ' ').capitalize()}: {message}"
+
+
+def field_errors(form: forms.Form) -> dict[str, str]:
+    """Each field's first error, shown beside the field."""
+    return {field: errors[0] for field, errors in form.errors.items() if field != "__all__"}
+
+
+REFERENCE_FIELDS = ("reference_images", "reference_uploads")
 
 
 def reference_images(ids) -> list[Image]:
     """Gallery images picked as references, in the order given; unknown ids raise Unsupported."""
     if not ids:
         return []
-    wanted = parse_ids(ids, "reference_images", "image")
+    wanted = list(dict.fromkeys(parse_ids(ids, "reference_images", "image")))  # each image once
     found = Image.objects.in_bulk(wanted)
     missing = [i for i in wanted if i not in found]
     if missing:
@@ -146,7 +207,7 @@ def reference_uploads(ids, user) -> list[Reference]:
     """The user's own uploaded references, in the order given; another user's upload is unknown here."""
     if not ids:
         return []
-    wanted = parse_ids(ids, "reference_uploads", "upload")
+    wanted = list(dict.fromkeys(parse_ids(ids, "reference_uploads", "upload")))
     found = Reference.objects.filter(user=user).in_bulk(wanted)
     missing = [i for i in wanted if i not in found]
     if missing:

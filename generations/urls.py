@@ -9,6 +9,9 @@ urlpatterns = [
     path("generate", views.generate, name="generate"),
     path("jobs/<int:pk>/card", views.job_card, name="job-card"),
     path("jobs/<int:pk>/cancel", views.cancel, name="cancel"),
+    path("jobs/<int:pk>/retry", views.retry, name="retry"),
+    path("jobs/updates", views.job_updates, name="job-updates"),
+    path("jobs/older", views.older_jobs, name="older-jobs"),
     path("jobs/<int:pk>/", views.generation_page, name="generation"),
     path("gallery", gallery.gallery, name="gallery"),
     path("gallery/bulk", gallery.bulk, name="bulk"),
@@ -32,5 +35,6 @@ urlpatterns = [
     path("r/<str:token>", views.reference, name="reference"),
     path("r/u/<str:token>", views.reference_upload, name="reference-upload"),
     path("studio/reference/<int:pk>", views.reference_chip, name="reference-chip"),
+    path("studio/references", views.upload_references, name="studio-upload"),
     path("hooks/<str:token>", webhooks.receive, name="webhook"),
 ]

@@ -1,35 +1,59 @@
-"""The studio: the prompt form, self-updating job cards, the shared gallery, the balance badge."""
+"""The studio: the prompt form with its live price, job cards kept current by one poll per page, the shared
+gallery, the balance badge and the credits ledger."""
 
 from __future__ import annotations
 
+import functools
 import uuid
+from urllib.parse import urlencode, urlsplit
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect
-from django.shortcuts import get_object_or_404, render
+from django.contrib.auth.decorators import login_required as django_login_required
+from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
+from django.shortcuts import get_object_or_404, render, resolve_url
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
-from . import credits, engine, media
+from . import credits, engine, gallery, media
 from .api import serve_image
 from .catalog import NAMES, model_ids
+from .estimate import Estimate, estimate
 from .forms import (
     GenerationForm,
     check_upload_storage,
     clean_idempotency_key,
     discard_uploads,
+    field_errors,
     first_error,
     parse_id,
-    reference_images,
-    reference_uploads,
 )
 from .models import Generation, Image, LedgerEntry, Reference
-from .providers import Unsupported
+from .providers import ProviderError, Unsupported
 
-GALLERY_PAGE = 60
 JOBS_SHOWN = 12
+WATCHED_MOST = 50  # the cards one poll looks at; a page shows 12 at a time
+LOW_BALANCE = 150  # credits: about two FLUX.2 [max] images; below it the badge warns
+# The form fields whose errors are shown beside them (the rest go to the line under the button).
+SHOWN_FIELDS = ("prompt", "model", "provider", "n", "seed", "aspect_ratio", "megapixels", "output_format")
+SHOWN_FIELDS += ("safety_tolerance", "references")
+
+
+def login_required(view):
+    """Django's login_required, except that an htmx request from a page whose session has ended gets a 401
+    with `HX-Redirect` to the login page (the whole page goes there, once), never the login page pasted
+    into a job column or the price."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not request.user.is_authenticated and request.headers.get("HX-Request") == "true":
+            page = urlsplit(request.headers.get("HX-Current-URL", "")).path or reverse("studio")
+            response = HttpResponse("Your session has ended: log in again.", status=401)
+            response["HX-Redirect"] = f"{resolve_url('login')}?{urlencode({'next': page, 'expired': 1})}"
+            return response
+        return django_login_required(view)(request, *args, **kwargs)
+
+    return wrapper
 
 
 def visible_generations():
@@ -47,41 +71,62 @@ def no_store(response: HttpResponse) -> HttpResponse:
     return response
 
 
-def studio_context(request) -> dict:
-    initial = remix_of(request)
-    model = initial.get("model") or (model_ids()[-1] if model_ids() else "")
-    return {
-        "initial": initial,
-        "jobs": visible_generations().filter(user=request.user)[:JOBS_SHOWN],
-        "gallery": Image.objects.gallery()[:GALLERY_PAGE],
-        "account": credits.account_for(request.user),
-        "idempotency_key": uuid.uuid4().hex,
-        **options_context(model, initial.get("provider", ""), initial),
+# -- the form -------------------------------------------------------------------------------------------------
+def settings_of(generation: Generation, user) -> dict:
+    """A job's settings as the form's values: what Remix fills in and Retry sends again. References come
+    along; another member's upload cannot (it is theirs), and is counted in `dropped`."""
+    params = generation.params
+    images, uploads, dropped = [], [], 0
+    for key in params.get("reference_urls") or []:
+        kind, _, pk = str(key).partition(":")
+        if kind == "image":
+            images.append(pk)
+        elif kind == "upload" and generation.user_id == user.pk:
+            uploads.append(pk)
+        else:
+            dropped += 1
+    values = {
+        "prompt": generation.prompt.text,
+        "model": generation.model,
+        "provider": generation.account.slug,
+        "n": generation.n,
+        "seed": generation.seed,
+        "aspect_ratio": params.get("aspect_ratio"),
+        "width": params.get("width"),
+        "height": params.get("height"),
+        "megapixels": params.get("megapixels"),
+        "output_format": params.get("output_format") or "jpeg",
+        "safety_tolerance": params.get("safety_tolerance"),
+        "prompt_upsampling": bool(params.get("prompt_upsampling")),
+        "reference_images": images,
+        "reference_uploads": uploads,
     }
+    values = {k: v for k, v in values.items() if v is not None and v != "" and v is not False}
+    values["dropped"] = dropped
+    return values
 
 
 def remix_of(request) -> dict:
-    """`?remix=<id>`: the form filled from a team generation: same prompt, model, options and seed."""
+    """`?remix=<id>`: the form filled from a team generation: prompt, model, provider, options, seed and
+    references, an exact rerun."""
     pk = parse_id(request.GET.get("remix", ""))
     source = visible_generations().filter(pk=pk).first() if pk else None
-    if source is None:
-        return {}
-    params = source.params
-    return {
-        "prompt": source.prompt.text,
-        "model": source.model,
-        "provider": source.account.slug,
-        "seed": source.seed,
-        "aspect_ratio": params.get("aspect_ratio") or "1:1",
-        "megapixels": params.get("megapixels") or 1.0,
-        "output_format": params.get("output_format") or "jpeg",
-        "n": source.n,
-    }
+    return settings_of(source, request.user) if source else {}
 
 
-def options_context(model: str, provider: str = "", initial: dict | None = None) -> dict:
-    """What the form offers for one model: the accounts that serve it and the union of their options
-    (or one account's, when the user picked it)."""
+def picked_references(values, user) -> tuple[list[Image], list[Reference]]:
+    """The references a form carries (or a remix brings), each once; unknown ids are left out here (the
+    form refuses them on submit)."""
+    image_ids = [i for i in dict.fromkeys(parse_id(v) for v in values.get("reference_images", [])) if i]
+    upload_ids = [i for i in dict.fromkeys(parse_id(v) for v in values.get("reference_uploads", [])) if i]
+    images = Image.objects.select_related("generation__prompt").in_bulk(image_ids)
+    uploads = Reference.objects.filter(user=user).in_bulk(upload_ids)
+    return [images[i] for i in image_ids if i in images], [uploads[i] for i in upload_ids if i in uploads]
+
+
+def options_context(model: str, provider: str = "", initial: dict | None = None, user=None) -> dict:
+    """What the form offers for one model: the accounts that serve it and the union of their options (or one
+    account's, when the user picked it). `initial` keeps the user's values where the new options allow them."""
     accounts = engine.accounts_serving(model)
     chosen = [a for a in accounts if a.slug == provider] or accounts
     specs = [a.adapter_class.models[model] for a in chosen]
@@ -92,20 +137,160 @@ def options_context(model: str, provider: str = "", initial: dict | None = None)
         else ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4"]
     )
     safety = [s.safety_tolerance for s in specs if s.safety_tolerance]
+    megapixels = sorted({mp for s in specs for mp in s.megapixels})
+    formats = union("output_formats")
+    max_n = max((s.max_n for s in specs), default=1)
+    values = {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg", "n": 1} | (initial or {})
+    # A value the new model or provider does not offer falls back to its default; one it does is kept.
+    if values.get("aspect_ratio") not in ratios:
+        values["aspect_ratio"] = "1:1" if "1:1" in ratios else ratios[0]
+    try:
+        values["megapixels"] = float(values.get("megapixels") or 1.0)
+    except (TypeError, ValueError):
+        values["megapixels"] = 1.0
+    if values["megapixels"] not in megapixels and megapixels:
+        values["megapixels"] = 1.0 if 1.0 in megapixels else megapixels[0]
+    if values.get("output_format") not in formats and formats:
+        values["output_format"] = formats[0]
+    n = parse_id(str(values.get("n") or 1)) or 1
+    values["n"] = min(n, max_n)
+    images, uploads = picked_references(values, user) if user else ([], [])
     return {
-        "initial": initial or {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg", "n": 1},
+        "initial": values,
         "model": model,
         "model_names": [(m, NAMES.get(m, m)) for m in model_ids()],
         "accounts": accounts,
         "provider": provider if provider in {a.slug for a in accounts} else "",
         "ratios": ratios,
-        "megapixels": sorted({mp for s in specs for mp in s.megapixels}),
-        "formats": union("output_formats"),
-        "max_n": max((s.max_n for s in specs), default=1),
+        "megapixels": megapixels,
+        "formats": formats,
+        "max_n": max_n,
         "max_refs": max((s.max_reference_images for s in specs), default=0),
         "safety": (min(lo for lo, _ in safety), max(hi for _, hi in safety)) if safety else None,
         "upsampling": any(s.prompt_upsampling for s in specs),
         "seeded": any(s.seed for s in specs),
+        "picked_images": images,
+        "picked_uploads": uploads,
+        "dropped": (initial or {}).get("dropped", 0),
+    }
+
+
+def form_values(query: QueryDict) -> dict:
+    """The form as the page has it now (a GET of its fields), for re-rendering the options."""
+    values = {k: query.get(k) for k in query if k not in ("reference_images", "reference_uploads")}
+    values["reference_images"] = query.getlist("reference_images")
+    values["reference_uploads"] = query.getlist("reference_uploads")
+    return values
+
+
+# -- job cards --------------------------------------------------------------------------------------------------
+def card_version(job: Generation) -> str:
+    """What a card shows that can change while it runs; the page sends it back so a poll returns only the
+    cards that changed."""
+    return f"{job.status}.{round((job.progress or 0) * 100)}.{int(bool(job.provider_done_at))}"
+
+
+READABLE = {
+    ProviderError.AUTH: "{label} refused FluxWeb's key for this account; an admin must fix it.",
+    ProviderError.INVALID: "{label} refused the request.",
+    ProviderError.MODERATION: "{label} refused the prompt under its content rules.",
+    ProviderError.PROVIDER_CREDIT: "The {label} account is out of credit; an admin must top it up.",
+    ProviderError.RATE_LIMITED: "{label} was too busy to take the job in time.",
+    ProviderError.SERVER: "{label} had a server error and did not finish the job.",
+    ProviderError.TIMEOUT: "{label} did not finish the job in time.",
+    ProviderError.MALFORMED: "{label} sent a reply FluxWeb could not read.",
+    ProviderError.EXPIRED: "{label}'s result links expired before the images could be saved.",
+    ProviderError.FAILED: "{label} could not make this image.",
+    ProviderError.NOT_FOUND: "{label} lost track of the job.",
+}
+
+
+def looks_like_markup(text: str) -> bool:
+    lowered = text.lower()
+    return any(
+        tag in lowered for tag in ("<html", "<!doctype", "<body", "<head", "<title", "</", "<div", "<h1")
+    )
+
+
+def reason(job: Generation) -> str:
+    """Why a job failed, in words a member can act on. The provider's own words when they are words; a
+    markup reply (a proxy's 502 page) becomes the sentence for its kind of failure. The raw reply stays in
+    the job's timeline, shown to admins."""
+    message = (job.error_message or "").strip()
+    if message and not looks_like_markup(message):
+        return message
+    label = job.account.adapter_class.label if job.account_id else "The provider"
+    return READABLE.get(job.error_code, "{label} could not make this image.").format(label=label)
+
+
+def eta(job: Generation, latencies: dict) -> tuple[float, float] | None:
+    """(low, high) seconds this account usually takes, from its recent jobs (one query per account)."""
+    if job.account_id not in latencies:
+        latencies[job.account_id] = engine.expected_latency(job.account)
+    return latencies[job.account_id]
+
+
+def card_context(request, job: Generation, latencies: dict | None = None) -> dict:
+    latencies = {} if latencies is None else latencies
+    return {
+        "job": job,
+        "reason": reason(job) if job.status == Generation.Status.FAILED else "",
+        "eta": eta(job, latencies) if not job.is_terminal else None,
+        "version": card_version(job),
+        "retry_key": uuid.uuid4().hex,
+    }
+
+
+def render_card(request, job: Generation, oob: bool = False, latencies: dict | None = None) -> str:
+    from django.template.loader import render_to_string
+
+    context = card_context(request, job, latencies) | {"oob": oob}
+    return render_to_string("generations/studio.html#job-card", context, request)
+
+
+def finished_notice(job: Generation) -> dict:
+    """The toast (and browser notification) for one of your jobs that just ended."""
+    prompt = job.prompt.text if len(job.prompt.text) <= 60 else job.prompt.text[:59] + "…"
+    if job.status == Generation.Status.SUCCEEDED:
+        count = len(job.images.all())
+        text = f"Done: {count} image{'s' if count != 1 else ''} for “{prompt}”."
+    elif job.status == Generation.Status.FAILED:
+        text = f"Failed: “{prompt}”. {reason(job)}"
+        if job.credits_refunded:
+            text += f" {job.credits_refunded} credits refunded."
+    else:
+        text = f"Canceled: “{prompt}”."
+    return {"id": job.pk, "status": job.status, "text": text, "url": reverse("generation", args=[job.pk])}
+
+
+# -- pages ---------------------------------------------------------------------------------------------------------
+def jobs_page(user, before: int | None = None) -> tuple[list[Generation], int | None]:
+    """One page of the user's jobs, newest first, and the id to continue before (None at the end). Keyset on
+    id: jobs are numbered in the order they were made."""
+    rows = visible_generations().filter(user=user).order_by("-id")
+    if before:
+        rows = rows.filter(pk__lt=before)
+    page = list(rows[: JOBS_SHOWN + 1])
+    more = page[JOBS_SHOWN - 1].pk if len(page) > JOBS_SHOWN else None
+    return page[:JOBS_SHOWN], more
+
+
+def studio_context(request) -> dict:
+    initial = remix_of(request) or gallery.prefill(request)
+    initial["reference_images"] = [getattr(i, "pk", i) for i in initial.get("reference_images", [])]
+    model = initial.get("model") or (model_ids()[-1] if model_ids() else "")
+    jobs, more = jobs_page(request.user)
+    latencies: dict = {}
+    account = credits.account_for(request.user)
+    return {
+        "jobs": [card_context(request, job, latencies) for job in jobs],
+        "more": more,
+        "watching": any(not job.is_terminal for job in jobs),
+        "account": account,
+        "low": account.available < LOW_BALANCE,
+        "idempotency_key": uuid.uuid4().hex,
+        "remixed": bool(initial),
+        **options_context(model, initial.get("provider", ""), initial, request.user),
     }
 
 
@@ -118,38 +303,62 @@ def studio(request):
 @require_GET
 @login_required
 def model_options(request):
+    """The options for the model (and provider) now chosen, keeping the user's other values and references
+    where the new choice allows them; the price is asked again once they are on the page."""
     model = request.GET.get("model", "")
     if model not in model_ids():
         raise Http404
-    context = options_context(model, request.GET.get("provider", ""))
-    return no_store(render(request, "generations/studio.html#model-options", context))
+    values = form_values(request.GET)
+    context = options_context(model, request.GET.get("provider", ""), values, request.user)
+    response = no_store(render(request, "generations/studio.html#model-options", context))
+    response["HX-Trigger-After-Settle"] = "form-changed"
+    return response
+
+
+def estimate_form(request, data: QueryDict) -> tuple[GenerationForm, Estimate | None]:
+    """The form and what it would cost now (None while the form itself is invalid)."""
+    form = GenerationForm(data, user=request.user)
+    if not form.is_valid():
+        return form, None
+    return form, estimate(request.user, form.to_request(), form.cleaned_data.get("provider") or None)
+
+
+def quote_context(request, form: GenerationForm, price: Estimate | None) -> dict:
+    account = credits.account_for(request.user)
+    context = {"account": account, "estimate": price, "problem": "", "field": ""}
+    if price is None:
+        context["field"], context["problem"] = first_error(form)
+    else:
+        context["problem"], context["field"] = price.problem, price.field or ""
+    return context
 
 
 @require_GET
 @login_required
 def quote(request):
-    """The price of what the form says now, and what would remain: shown live under the button."""
+    """The price of what the form says now, what would remain, and anything that would refuse it (an
+    option, the balance, a quota): shown live under the button, in the one place messages appear."""
     data = request.GET.copy()
     data["prompt"] = data.get("prompt") or "price check"  # the price does not depend on the words
-    form = GenerationForm(data)
-    context = {"account": credits.account_for(request.user)}
-    if form.is_valid():
-        try:
-            picked = reference_images(request.GET.getlist("reference_images"))
-            own = reference_uploads(request.GET.getlist("reference_uploads"), request.user)
-            generation_request = form.to_request(*media.reference_keys(picked, own))
-            account, price = engine.choose_account(
-                generation_request, form.cleaned_data.get("provider") or None
-            )
-            remaining = context["account"].available - price.total
-            context.update(price=price.total, via=account.slug, remaining=remaining, shortfall=-remaining)
-        except credits.Refusal as refusal:
-            context["problem"] = refusal.message
-        except Unsupported as exc:
-            context["problem"] = exc.message
-    else:
-        context["problem"] = first_error(form)[1]
-    return no_store(render(request, "generations/studio.html#quote", context))
+    form, price = estimate_form(request, data)
+    context = quote_context(request, form, price)
+    return no_store(render(request, "generations/studio.html#quote-response", context))
+
+
+def refused(request, problem: str, form: GenerationForm | None = None) -> HttpResponse:
+    """A Generate that made nothing: the reason under the button, field errors beside their fields, and
+    the price line without its own copy of the message."""
+    if not request.htmx:
+        messages.error(request, problem)
+        return HttpResponseRedirect(reverse("studio"))
+    errors = field_errors(form) if form is not None else {}
+    if "reference_images" in errors or "reference_uploads" in errors:
+        errors["references"] = errors.pop("reference_images", None) or errors.pop("reference_uploads")
+    context = {"problem": problem, "errors": [(f, errors.get(f, "")) for f in SHOWN_FIELDS]}
+    response = render(request, "generations/studio.html#form-error", context)
+    response["HX-Retarget"] = "#form-error"
+    response["HX-Reswap"] = "outerHTML"
+    return no_store(response)
 
 
 @require_POST
@@ -157,59 +366,44 @@ def quote(request):
 def generate(request):
     """Create from the studio form. Uploads are stored only once everything else checked out, and deleted
     again when the create is refused, so a refused Generate leaves no files behind."""
-    form = GenerationForm(request.POST)
+    form = GenerationForm(request.POST, user=request.user)
     key = clean_idempotency_key(request.POST.get("idempotency_key", ""))
-    problem = None
     if key is None:
-        problem = "The form is out of date: reload the page and try again."
-    elif not form.is_valid():
-        problem = first_error(form)[1]
-    else:
-        files = request.FILES.getlist("reference_files")
-        stored = []
-        try:
-            picked = reference_images(request.POST.getlist("reference_images"))
-            kept = reference_uploads(request.POST.getlist("reference_uploads"), request.user)
-            first = Generation.objects.filter(user=request.user, idempotency_key=key).first() if key else None
-            if files and first is not None:
-                # The same form sent twice (a double click): its files would be new uploads, so the engine
-                # would see a different request. The first submit's job stands and nothing is stored.
-                generation, created = first, False
-            else:
-                if files:
-                    check_upload_storage(request.user, sum(f.size for f in files))
-                    for f in files:
-                        stored.append(media.store_reference(f, request.user))
-                generation, created = engine.create(
-                    request.user,
-                    form.to_request(*media.reference_keys(picked, kept + stored)),
-                    provider=form.cleaned_data.get("provider") or None,
-                    idempotency_key=key,
-                )
-        except (Unsupported, media.MediaError) as exc:
-            problem = exc.message
-        except engine.CreateError as exc:
-            problem = exc.refusal.message
+        return refused(request, "The form is out of date: reload the page and try again.")
+    if not form.is_valid():
+        return refused(request, first_error(form)[1], form)
+    files = request.FILES.getlist("reference_files")
+    stored: list[Reference] = []
+    try:
+        first = Generation.objects.filter(user=request.user, idempotency_key=key).first() if key else None
+        if files and first is not None:
+            # The same form sent twice (a double click): its files would be new uploads, so the engine
+            # would see a different request. The first submit's job stands and nothing is stored.
+            generation, created = first, False
         else:
-            if not created:  # the first request's job stands, with the first request's uploads
-                discard_uploads(stored)
-        if problem:
-            discard_uploads(stored)
-    if problem:
-        if not request.htmx:
-            messages.error(request, problem)
-            return HttpResponseRedirect(reverse("studio"))
-        response = render(request, "generations/studio.html#form-error", {"problem": problem})
-        response["HX-Retarget"] = "#form-error"
-        response["HX-Reswap"] = "outerHTML"
-        return response
+            if files:
+                check_upload_storage(request.user, sum(f.size for f in files))
+                for f in files:
+                    stored.append(media.store_reference(f, request.user))
+            generation, created = engine.create(
+                request.user,
+                form.to_request(stored),
+                provider=form.cleaned_data.get("provider") or None,
+                idempotency_key=key,
+            )
+    except (Unsupported, media.MediaError) as exc:
+        discard_uploads(stored)
+        return refused(request, exc.message)
+    except engine.CreateError as exc:
+        discard_uploads(stored)
+        return refused(request, exc.refusal.message)
+    if not created:  # the first request's job stands, with the first request's uploads
+        discard_uploads(stored)
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
-    response = render(
-        request,
-        "generations/studio.html#created",
-        {"job": visible_generations().get(pk=generation.pk), "idempotency_key": uuid.uuid4().hex},
-    )
+    job = visible_generations().get(pk=generation.pk)
+    context = card_context(request, job) | {"idempotency_key": uuid.uuid4().hex, "watching": True}
+    response = render(request, "generations/studio.html#created", context)
     if not created:  # a double click: the first click's card is already on the page
         response["HX-Reswap"] = "none"
     return trigger_client_event(no_store(response), "credits-changed")
@@ -218,13 +412,70 @@ def generate(request):
 @require_GET
 @login_required
 def job_card(request, pk: int):
+    """One card, current (a link target and a fallback; the studio keeps cards current with `job_updates`)."""
     job = get_object_or_404(visible_generations(), pk=pk)
-    response = no_store(render(request, "generations/studio.html#job-card", {"job": job}))
+    response = no_store(render(request, "generations/studio.html#job-card", card_context(request, job)))
     if job.is_terminal and request.GET.get("was") != "terminal":
         # The job just finished: the gallery and the balance change with it.
         trigger_client_event(response, "gallery-changed")
         trigger_client_event(response, "credits-changed")
     return response
+
+
+def watched(request) -> dict[int, str]:
+    """`?watch=<id>:<version>` for each running card on the page: id -> the version the page shows."""
+    result = {}
+    for value in request.GET.getlist("watch")[:WATCHED_MOST]:
+        pk, _, version = value.partition(":")
+        if (pk := parse_id(pk)) is not None:
+            result[pk] = version
+    return result
+
+
+@require_GET
+@login_required
+def job_updates(request):
+    """The one poll of an open page: every watched card that changed since the page's version of it, as
+    out-of-band swaps, and the poller again while any is still running. A card that ended tells the page
+    (`job-finished`, with a toast's words for the user's own jobs) and refreshes the balance and gallery."""
+    versions = watched(request)
+    jobs = list(visible_generations().filter(pk__in=versions)) if versions else []
+    latencies: dict = {}
+    changed = [job for job in jobs if card_version(job) != versions[job.pk]]
+    ended = [job for job in changed if job.is_terminal]
+    context = {
+        "cards": [render_card(request, job, oob=True, latencies=latencies) for job in changed],
+        "watching": any(not job.is_terminal for job in jobs),
+    }
+    response = no_store(render(request, "generations/studio.html#job-updates", context))
+    if ended:
+        own = [finished_notice(job) for job in ended if job.user_id == request.user.pk]
+        if own:
+            trigger_client_event(response, "job-finished", {"jobs": own})
+        trigger_client_event(response, "gallery-changed")
+        trigger_client_event(response, "credits-changed")
+        if own and credits.account_for(request.user).available < LOW_BALANCE:
+            trigger_client_event(response, "balance-low", {"text": low_balance_text(request.user)})
+    return response
+
+
+def low_balance_text(user) -> str:
+    return (
+        f"Your balance is low: {credits.account_for(user).available:,} credits left. Ask an admin for more."
+    )
+
+
+@require_GET
+@login_required
+def older_jobs(request):
+    """`?before=<id>`: the next page of "Your jobs", with its own "Older jobs" button (keyset, never OFFSET)."""
+    before = parse_id(request.GET.get("before", ""))
+    if before is None:
+        raise Http404
+    jobs, more = jobs_page(request.user, before)
+    latencies: dict = {}
+    context = {"jobs": [card_context(request, job, latencies) for job in jobs], "more": more}
+    return no_store(render(request, "generations/studio.html#older-jobs", context))
 
 
 @require_POST
@@ -236,48 +487,134 @@ def cancel(request, pk: int):
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
     return trigger_client_event(
-        no_store(render(request, "generations/studio.html#job-card", {"job": job})), "credits-changed"
+        no_store(render(request, "generations/studio.html#job-card", card_context(request, job))),
+        "credits-changed",
     )
 
 
-@require_GET
+@require_POST
 @login_required
-def gallery(request):
-    """New gallery images since `after` (204 when none), or an older page `before`."""
-    images = Image.objects.gallery()
-    after = parse_id(request.GET.get("after", ""), minimum=0)
-    before = parse_id(request.GET.get("before", ""))
-    if after is not None:
-        new = list(images.filter(id__gt=after)[:GALLERY_PAGE])
-        if not new:
-            return no_store(HttpResponse(status=204))
-        return no_store(
-            render(request, "generations/studio.html#gallery-new", {"gallery": new, "newest": new[0].pk})
-        )
-    if before:
-        images = images.filter(id__lt=before)
-    return no_store(
-        render(request, "generations/studio.html#gallery-page", {"gallery": images[:GALLERY_PAGE]})
+def retry(request, pk: int):
+    """A failed or canceled job again: a new job with the same settings, through the same form as Generate
+    (so the same checks and price), and the same seed."""
+    job = own_generation(request, pk)
+    if not job.is_terminal or job.status == Generation.Status.SUCCEEDED:
+        raise Http404
+    values = settings_of(job, request.user)
+    values.pop("dropped")
+    data = QueryDict(mutable=True)
+    for name, value in values.items():
+        data.setlist(name, value if isinstance(value, list) else [value])
+    form = GenerationForm(data, user=request.user)
+    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
+    problem = None
+    if not form.is_valid():
+        problem = first_error(form)[1]
+    else:
+        try:
+            generation, created = engine.create(
+                request.user,
+                form.to_request(),
+                provider=form.cleaned_data.get("provider") or None,
+                idempotency_key=f"retry:{pk}:{key}" if key else "",
+            )
+        except engine.CreateError as exc:
+            problem = exc.refusal.message
+    if not request.htmx:
+        if problem:
+            messages.error(request, problem)
+        return HttpResponseRedirect(reverse("studio"))
+    if problem:
+        response = render(request, "generations/studio.html#retry-error", {"job": job, "problem": problem})
+        response["HX-Retarget"] = f"#retry-error-{job.pk}"
+        response["HX-Reswap"] = "outerHTML"
+        return no_store(response)
+    new = visible_generations().get(pk=generation.pk)
+    response = render(
+        request, "generations/studio.html#retried", card_context(request, new) | {"watching": True}
     )
+    if not created:
+        response["HX-Reswap"] = "none"
+    return trigger_client_event(no_store(response), "credits-changed")
+
+
+@require_POST
+@login_required
+def upload_references(request):
+    """Reference files chosen in the form, stored at once so the price counts them and Generate sends them
+    as uploads: chips like a gallery pick's, and the file input emptied."""
+    files = request.FILES.getlist("reference_files")
+    problem = ""
+    stored: list[Reference] = []
+    try:
+        if files:
+            check_upload_storage(request.user, sum(f.size for f in files))
+            for f in files:
+                stored.append(media.store_reference(f, request.user))
+    except media.MediaError as exc:
+        discard_uploads(stored)
+        stored, problem = [], exc.message
+    context = {"picked_uploads": stored, "upload_problem": problem}
+    response = no_store(render(request, "generations/studio.html#uploaded", context))
+    return trigger_client_event(response, "form-changed", after="settle")
 
 
 @require_GET
 @login_required
 def credit_badge(request):
-    return no_store(
-        render(
-            request, "generations/studio.html#credit-badge", {"account": credits.account_for(request.user)}
+    account = credits.account_for(request.user)
+    context = {"account": account, "low": account.available < LOW_BALANCE}
+    return no_store(render(request, "generations/studio.html#credit-badge", context))
+
+
+# -- credits --------------------------------------------------------------------------------------------------------
+# How each ledger entry moves the credits a member can spend (balance minus holds): a hold takes them, a
+# charge spends from the hold (nothing more leaves), a refund gives the held rest back.
+LEDGER_WORDS = {"grant": "granted", "reserve": "held", "settle": "charged", "refund": "refunded"}
+
+
+def available_change(entry: LedgerEntry) -> int:
+    if entry.kind in ("grant", "adjust", "refund"):
+        return entry.amount
+    if entry.kind == "reserve":
+        return -entry.amount
+    return 0
+
+
+def ledger_rows(entries: list[LedgerEntry], available: int) -> list[dict]:
+    """Entries newest first, each with its signed change and the credits available after it (worked back
+    from today's figure, so the newest row's balance is the one on the badge)."""
+    rows = []
+    after = available
+    for entry in entries:
+        change = available_change(entry)
+        rows.append(
+            {
+                "entry": entry,
+                "change": change,
+                "size": abs(change),
+                "after": after,
+                "what": LEDGER_WORDS.get(entry.kind),
+            }
         )
-    )
+        after -= change
+    return rows
 
 
 @require_GET
 @login_required
 def credits_page(request):
-    entries = LedgerEntry.objects.filter(user=request.user).select_related("generation__prompt", "admin")[
-        :200
-    ]
-    context = {"entries": entries, "account": credits.account_for(request.user)}
+    entries = list(
+        LedgerEntry.objects.filter(user=request.user)
+        .select_related("generation__prompt", "admin")
+        .order_by("-created_at", "-id")[:200]
+    )
+    account = credits.account_for(request.user)
+    context = {
+        "rows": ledger_rows(entries, account.available),
+        "account": account,
+        "low": account.available < LOW_BALANCE,
+    }
     return no_store(render(request, "generations/credits.html", context))
 
 
@@ -285,13 +622,25 @@ def credits_page(request):
 @login_required
 def generation_page(request, pk: int):
     job = get_object_or_404(visible_generations().prefetch_related("events"), pk=pk)
-    return no_store(
-        render(
-            request, "generations/generation.html", {"job": job, "account": credits.account_for(request.user)}
-        )
-    )
+    account = credits.account_for(request.user)
+    from .admin import COST_UNITS
+
+    context = card_context(request, job) | {
+        "account": account,
+        # The provider's own figure, in its own unit: for admins, who know what the account is billed in.
+        "cost_shown": bool(job.provider_cost) and request.user.is_staff,
+        "cost_unit": COST_UNITS.get(job.account.kind, ""),
+        "low": account.available < LOW_BALANCE,
+        "watching": not job.is_terminal,
+        "events": [
+            (event, event.detail if request.user.is_staff or not looks_like_markup(event.detail) else "")
+            for event in job.events.all()
+        ],
+    }
+    return no_store(render(request, "generations/generation.html", context))
 
 
+# -- images and references --------------------------------------------------------------------------------------------
 @require_GET
 @login_required
 def image(request, pk: int, variant: str):
@@ -322,7 +671,10 @@ def reference_upload(request, token: str):
 @require_GET
 @login_required
 def reference_chip(request, pk: int):
-    """ "Use as reference" on a gallery image: a removable chip carrying the image id into the form."""
-    return no_store(
-        render(request, "generations/studio.html#reference-chip", {"image": get_object_or_404(Image, pk=pk)})
-    )
+    """ "Use as reference" on a gallery image: a removable chip carrying the image id into the form, unless
+    the form already has it (`hx-include="#references"` sends the picks): then nothing changes (204)."""
+    image = get_object_or_404(Image.objects.select_related("generation__prompt"), pk=pk)
+    if str(pk) in request.GET.getlist("reference_images"):
+        return no_store(HttpResponse(status=204))
+    response = no_store(render(request, "generations/studio.html#reference-chip", {"image": image}))
+    return trigger_client_event(response, "form-changed", after="settle")

@@ -1,0 +1,91 @@
+// FluxWeb's own small script, for what htmx cannot do: Ctrl+Enter, the running clocks on job cards, toasts
+// and browser notifications for jobs that end (the server says which, in the one poll's HX-Trigger), and the
+// low-balance warning. No inline scripts: a strict Content-Security-Policy allows this file.
+(function () {
+  "use strict";
+
+  // Ctrl+Enter (Cmd+Enter on a Mac) in the generate form submits it, through htmx like the button.
+  document.addEventListener("keydown", function (event) {
+    if (event.key !== "Enter" || !(event.ctrlKey || event.metaKey)) return;
+    var form = event.target.closest && event.target.closest("#generate-form");
+    if (!form) return;
+    event.preventDefault();
+    var button = document.getElementById("generate-button");
+    if (button && button.disabled) return;
+    if (form.requestSubmit) form.requestSubmit(button || undefined);
+    else if (button) button.click();
+  });
+
+  // Elapsed seconds on running cards, ticking between polls (the poll only sends cards that changed).
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll(".job time[data-since]").forEach(function (el) {
+      var since = Date.parse(el.getAttribute("data-since"));
+      if (!isNaN(since)) el.textContent = String(Math.max(0, Math.round((now - since) / 1000)));
+    });
+  }
+  setInterval(tick, 1000);
+
+  // Toasts: one live region (#toasts, in base.html); each note stays 8 s, or until clicked.
+  function toast(text, kind, url) {
+    var region = document.getElementById("toasts");
+    if (!region) return;
+    var note = document.createElement(url ? "a" : "div");
+    note.className = "toast " + (kind || "");
+    note.textContent = text;
+    if (url) note.href = url;
+    region.appendChild(note);
+    setTimeout(function () { note.remove(); }, 8000);
+  }
+
+  function canNotify() {
+    return "Notification" in window && Notification.permission === "granted";
+  }
+
+  document.body.addEventListener("job-finished", function (event) {
+    var jobs = (event.detail && event.detail.jobs) || [];
+    jobs.forEach(function (job) {
+      toast(job.text, job.status, job.url);
+      if (document.hidden && canNotify()) {
+        var shown = new Notification("FluxWeb", { body: job.text, tag: "job-" + job.id });
+        shown.onclick = function () { window.focus(); shown.close(); };
+      }
+    });
+  });
+
+  document.body.addEventListener("balance-low", function (event) {
+    toast((event.detail && event.detail.text) || "Your balance is low.", "warning");
+  });
+
+  // Browser notifications only after the user asks for them with the button.
+  var button = document.getElementById("notify-button");
+  if (button && "Notification" in window && Notification.permission === "default") {
+    button.hidden = false;
+    button.addEventListener("click", function () {
+      Notification.requestPermission().then(function (answer) {
+        button.hidden = true;
+        toast(answer === "granted" ? "You will be notified when a job ends while this tab is hidden."
+                                   : "Notifications stay off.", answer === "granted" ? "" : "warning");
+      });
+    });
+  }
+
+  // A gallery image already among the references is not added twice (the form counts each once anyway;
+  // this keeps the chips honest whichever gallery or lightbox button sent it).
+  document.body.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (!target || target.id !== "references") return;
+    var match = /id="(ref-image-\d+)"/.exec(event.detail.serverResponse || "");
+    if (match && document.getElementById(match[1])) event.detail.shouldSwap = false;
+  });
+
+  // After a Generate, bring the new card into view on a narrow screen (the form fills the phone).
+  document.body.addEventListener("htmx:afterSwap", function (event) {
+    if (event.detail.target && event.detail.target.id === "jobs" && window.innerWidth < 760) {
+      var card = document.querySelector("#jobs .job");
+      var status = document.getElementById("form-status");
+      if (status && status.textContent) status.scrollIntoView({ block: "nearest" });
+      else if (card) card.scrollIntoView({ block: "nearest" });
+    }
+  });
+})();
