@@ -197,8 +197,8 @@ def generations(request):
 
 def listing(request):
     """Newest first, by keyset (`?cursor=`), never OFFSET. Every filter is one condition that an index of
-    its own serves (models.py): a name given (?user=, ?provider=) is matched in a subquery, not looked up
-    first, so any page is the token check, the page and its images: 3 queries."""
+    its own serves (models.py), and a name given (?user=, ?provider=) is matched in a subquery, not looked
+    up first: any page is the token check, the page (`newest`) and its images, 3 queries."""
     rows = generations_qs()
     truthy = ("1", "true")
     if request.GET.get("mine") in truthy:
@@ -222,6 +222,7 @@ def listing(request):
             return error(400, "invalid", "collection must be a collection id.", "collection")
         kept = Image.objects.visible().filter(collection_items__collection=collection)
         rows = rows.filter(pk__in=kept.values("generation_id"))
+    before = None
     if cursor := request.GET.get("cursor"):
         try:
             before = parse_id(base64.urlsafe_b64decode(cursor.encode()).decode("ascii"))
@@ -229,8 +230,7 @@ def listing(request):
             before = None
         if before is None:
             return error(400, "invalid", "The cursor is not one this API gave out.", "cursor")
-        rows = rows.filter(pk__lt=before)
-    page = list(rows.order_by("-id")[: PAGE + 1])
+    page = list(rows.newest(PAGE + 1, before))
     more = len(page) > PAGE
     page = page[:PAGE]
     cursor = base64.urlsafe_b64encode(str(page[-1].pk).encode()).decode() if more else None

@@ -394,6 +394,7 @@ def record(generation, saved: Saved, seed: int | None = None):
         user_id=generation.user_id,
         model=generation.model,
         account_id=generation.account_id,
+        prompt_id=generation.prompt_id,
         index=saved.index,
         file=saved.file,
         thumbnail=saved.thumbnail,

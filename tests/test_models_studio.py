@@ -8,11 +8,13 @@ import io
 import pytest
 from django.db import IntegrityError, connection, transaction
 from django.db.migrations.executor import MigrationExecutor
+from django.test import Client
 from django.utils import timezone
 from PIL import Image as PILImage
 
 from generations import media
 from generations.models import (
+    ApiToken,
     Collection,
     CollectionItem,
     Favorite,
@@ -180,3 +182,143 @@ def test_the_migration_gives_existing_images_their_generations_owner_model_and_a
     executor.migrate(executor.loader.graph.leaf_nodes())
     image = Image.objects.get()
     assert (image.user_id, image.model, image.account_id) == (user.pk, "flux-plus", account.pk)
+
+
+def test_an_image_takes_its_generations_prompt(bob, account):
+    job = make_job(bob, account, "a red kite")
+    assert bare_image(job).prompt == job.prompt
+    assert stored(make_job(bob, account, "a blue kite")).prompt.text == "a blue kite"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_gives_existing_images_their_generations_prompt():
+    executor = MigrationExecutor(connection)
+    executor.migrate([("generations", "0007_image_owners_required")])
+    old = executor.loader.project_state([("generations", "0007_image_owners_required")]).apps
+    user = old.get_model("auth", "User").objects.create(username="dora")
+    account = old.get_model("generations", "ProviderAccount").objects.create(
+        slug="old", kind="vtrix", base_url="http://127.0.0.1:9/vtrix"
+    )
+    prompt = old.get_model("generations", "Prompt").objects.create(text="old", digest="d" * 64)
+    job = old.get_model("generations", "Generation").objects.create(
+        user=user, prompt=prompt, model="flux-plus", account=account, webhook_token="t"
+    )
+    old.get_model("generations", "Image").objects.create(
+        generation=job,
+        user=user,
+        model="flux-plus",
+        account=account,
+        file="x",
+        thumbnail="y",
+        width=1,
+        height=1,
+        format="png",
+        bytes=1,
+    )
+    executor = MigrationExecutor(connection)
+    executor.loader.build_graph()
+    executor.migrate(executor.loader.graph.leaf_nodes())
+    assert Image.objects.get().prompt_id == prompt.pk
+
+
+# -- newest(): a keyset page whose ids are picked before any join ----------------------------------------------
+def test_newest_is_a_keyset_page_that_keeps_the_querysets_joins(
+    bob, carol, account, django_assert_num_queries
+):
+    images = [bare_image(make_job(bob if i % 2 else carol, account, f"kite {i}")) for i in range(7)]
+    rows = Image.objects.gallery().filter(user=bob)
+    bobs = [image.pk for image in reversed(images) if image.user_id == bob.pk]
+    with django_assert_num_queries(1):
+        page = [(i.pk, i.user.username, i.account.slug, i.generation.prompt.text) for i in rows.newest(2)]
+    assert [pk for pk, *_ in page] == bobs[:2] and {u for _, u, *_ in page} == {"bob"}
+    assert [i.pk for i in rows.newest(2, before=bobs[1])] == bobs[2:]
+    assert [i.pk for i in rows.search("kite").newest(50)] == bobs
+
+
+def test_newest_picks_ids_in_a_subquery_before_the_joins(bob, account):
+    bare_image(make_job(bob, account))
+    sql = str(Image.objects.gallery().search("lighthouse").newest(10).query).upper()
+    inner = sql[sql.index("IN (SELECT") :]
+    assert "LIMIT 10" in inner and "AUTH_USER" not in inner.split("LIMIT 10")[0]
+
+
+def test_generations_have_newest_too(bob, account):
+    jobs = [make_job(bob, account, f"p{i}") for i in range(3)]
+    assert list(Generation.objects.newest(2)) == [jobs[2], jobs[1]]
+    assert list(Generation.objects.newest(5, before=jobs[1].pk)) == [jobs[0]]
+
+
+# -- the API's list filters: ?favorite=1 and ?collection= (contract.md) -----------------------------------------
+def api(user) -> Client:
+    _, token = ApiToken.issue(user)
+    return Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+
+def listed(client: Client, query: str = "") -> list[int]:
+    response = client.get("/api/v1/generations" + query)
+    assert response.status_code == 200, response.content
+    return [g["id"] for g in response.json()["results"]]
+
+
+def test_favorite_lists_the_callers_favorites_only(bob, carol, account):
+    jobs = [make_job(bob, account, f"p{i}") for i in range(4)]
+    images = [bare_image(job) for job in jobs]
+    Favorite.objects.create(user=bob, image=images[0])
+    Favorite.objects.create(user=bob, image=images[2])
+    Favorite.objects.create(user=carol, image=images[3])
+    assert listed(api(bob), "?favorite=1") == [jobs[2].pk, jobs[0].pk]
+    assert listed(api(carol), "?favorite=true") == [jobs[3].pk]
+    assert listed(api(bob), "?favorite=0") == [job.pk for job in reversed(jobs)]
+
+
+def test_collection_lists_the_generations_of_its_images(bob, carol, account):
+    jobs = [make_job(bob, account, f"p{i}") for i in range(3)]
+    images = [bare_image(job) for job in jobs]
+    mood, other = Collection.objects.create(name="mood"), Collection.objects.create(name="other")
+    CollectionItem.objects.create(collection=mood, image=images[0])
+    CollectionItem.objects.create(collection=mood, image=images[1])
+    CollectionItem.objects.create(collection=other, image=images[2])
+    assert listed(api(carol), f"?collection={mood.pk}") == [jobs[1].pk, jobs[0].pk]  # team-wide
+    assert listed(api(bob), f"?collection={mood.pk}&cursor=" + cursor_for(jobs[1].pk)) == [jobs[0].pk]
+    assert listed(api(bob), "?collection=999999") == []
+
+
+def cursor_for(pk: int) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(str(pk).encode()).decode()
+
+
+@pytest.mark.parametrize("value", ["x", "", "-1", "0", "1.5", "²"])
+def test_a_collection_that_is_not_an_id_is_refused(bob, value):
+    response = api(bob).get("/api/v1/generations", {"collection": value})
+    assert response.status_code == 400
+    assert response.json()["error"]["field"] == "collection"
+
+
+def test_soft_deleted_images_leave_the_api_and_its_filters(bob, account):
+    job = make_job(bob, account)
+    kept, gone = bare_image(job, 0), bare_image(job, 1, deleted_at=timezone.now())
+    Favorite.objects.create(user=bob, image=gone)
+    collection = Collection.objects.create(name="c")
+    CollectionItem.objects.create(collection=collection, image=gone)
+    client = api(bob)
+    assert [i["id"] for i in client.get(f"/api/v1/generations/{job.pk}").json()["images"]] == [kept.pk]
+    assert [i["id"] for i in client.get("/api/v1/generations").json()["results"][0]["images"]] == [kept.pk]
+    assert listed(client, "?favorite=1") == []
+    assert listed(client, f"?collection={collection.pk}") == []
+
+
+def test_the_filters_combine(bob, carol, account):
+    other = ProviderAccount.objects.create(slug="other", kind="vtrix", base_url="http://127.0.0.1:9/vtrix")
+    a = make_job(bob, account, "red fox", status="succeeded")
+    b = make_job(carol, account, "red fox", status="succeeded")
+    c = make_job(bob, other, "red fox", status="failed")
+    d = make_job(bob, account, "blue whale", status="succeeded")
+    for job in (a, b, c, d):
+        Favorite.objects.create(user=bob, image=bare_image(job))
+    client = api(bob)
+    assert listed(client, "?favorite=1&q=fox&user=bob") == [c.pk, a.pk]
+    assert listed(client, "?favorite=1&q=fox&provider=acme&status=succeeded") == [b.pk, a.pk]
+    assert listed(client, "?mine=1&provider=other") == [c.pk]
+    assert listed(client, "?user=nobody") == [] and listed(client, "?provider=nothing") == []

@@ -146,3 +146,27 @@ def test_the_query_is_answered_from_the_full_text_index(prompts):
     else:
         assert "generations_prompt_text_fts" in plan
     assert "LIKE" not in sql.upper()
+
+
+def test_the_api_lists_by_q_with_full_text_search(bob, prompts):
+    from django.test import Client
+
+    from generations.models import ApiToken
+
+    account = ProviderAccount.objects.create(slug="acme", kind="apiframe", base_url="http://127.0.0.1:9/a")
+    jobs = {
+        text: Generation.objects.create(user=bob, prompt=prompt, model="flux-2-max", account=account)
+        for text, prompt in prompts.items()
+    }
+    _, token = ApiToken.issue(bob)
+    client = Client(HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    def listed(q: str) -> list[int]:
+        response = client.get("/api/v1/generations", {"q": q})
+        assert response.status_code == 200
+        return [g["id"] for g in response.json()["results"]]
+
+    assert listed("LIGHTHOUSE dusk") == [jobs[PROMPTS[0]].pk]
+    assert listed("lighth") == [jobs[PROMPTS[4]].pk, jobs[PROMPTS[2]].pk, jobs[PROMPTS[0]].pk]
+    assert listed("house") == []  # words, not substrings (a LIKE '%house%' would find the lighthouses)
+    assert listed('fox" OR "rain') == []

@@ -278,6 +278,7 @@ def image(generation_id: int, job: dict, files: dict) -> dict:
         "user_id": job["user_id"],
         "model": job["model"],
         "account_id": job["account_id"],
+        "prompt_id": job["prompt_id"],
         "index": 0,
         "file": name,
         "thumbnail": thumb,
