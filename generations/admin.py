@@ -12,6 +12,8 @@ from django.utils import timezone
 from . import credits
 from .models import (
     ApiToken,
+    Collection,
+    CollectionItem,
     CreditAccount,
     Generation,
     GenerationEvent,
@@ -281,9 +283,78 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
 
 admin.site.register(Prompt, search_fields=["text"], list_display=["__str__", "uses", "last_used_at"])
-admin.site.register(
-    Image,
-    list_display=["id", "generation", "width", "height", "format", "bytes"],
-    readonly_fields=["generation", "file", "thumbnail"],
-)
+
+
+class DeletedFilter(admin.SimpleListFilter):
+    title = "deleted"
+    parameter_name = "deleted"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Deleted"), ("no", "Not deleted")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(deleted_at=None)
+        if self.value() == "no":
+            return queryset.filter(deleted_at=None)
+        return queryset
+
+
+@admin.register(Image)
+class ImageAdmin(admin.ModelAdmin):
+    """Every image, the soft-deleted included: members delete their own images from the gallery (the row
+    and its files stay), an admin finds them under "deleted" and restores them."""
+
+    list_display = ["id", "generation", "user", "model", "account", "format", "created_at", "deleted_at"]
+    list_filter = [DeletedFilter, "format", "model", "account"]
+    list_select_related = ["generation", "user", "account"]
+    search_fields = ["prompt__text", "user__username"]
+    readonly_fields = [f.name for f in Image._meta.fields]
+    actions = ["restore"]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Restore the selected deleted images")
+    def restore(self, request, queryset):
+        restored = queryset.exclude(deleted_at=None).update(deleted_at=None, deleted_by=None)
+        self.message_user(request, f"Restored {restored} image(s).", messages.SUCCESS)
+
+
+class CollectionItemInline(admin.TabularInline):
+    model = CollectionItem
+    extra = 0
+    raw_id_fields = ["image"]
+    readonly_fields = ["added_by", "added_at"]
+
+
+@admin.register(Collection)
+class CollectionAdmin(admin.ModelAdmin):
+    list_display = ["name", "images", "created_by", "created_at", "updated_at"]
+    list_select_related = ["created_by"]
+    search_fields = ["name"]
+    readonly_fields = ["created_by", "created_at", "updated_at"]
+    inlines = [CollectionItemInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(image_count=Count("items"))
+
+    @admin.display(ordering="image_count")
+    def images(self, collection) -> int:
+        return collection.image_count
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        for item in formset.save(commit=False):
+            if item.pk is None:
+                item.added_by = request.user
+            item.save()
+        for item in formset.deleted_objects:
+            item.delete()
+
+
 admin.site.site_header = "FluxWeb admin"

@@ -322,3 +322,74 @@ def test_the_filters_combine(bob, carol, account):
     assert listed(client, "?favorite=1&q=fox&provider=acme&status=succeeded") == [b.pk, a.pk]
     assert listed(client, "?mine=1&provider=other") == [c.pk]
     assert listed(client, "?user=nobody") == [] and listed(client, "?provider=nothing") == []
+
+
+# -- the admin: restore soft-deleted images; team collections --------------------------------------------------
+IMAGES = "/admin/generations/image/"
+COLLECTIONS = "/admin/generations/collection/"
+
+
+def logged_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_image_admin_filters_deleted_images(alice, bob, account):
+    job = make_job(bob, account)
+    kept, gone = bare_image(job, 0), bare_image(job, 1, deleted_at=timezone.now(), deleted_by=bob)
+    client = logged_in(alice)
+    deleted = client.get(IMAGES, {"deleted": "yes"})
+    assert deleted.status_code == 200
+    assert list(deleted.context["cl"].queryset) == [gone]
+    assert list(client.get(IMAGES, {"deleted": "no"}).context["cl"].queryset) == [kept]
+    assert set(client.get(IMAGES).context["cl"].queryset) == {kept, gone}
+
+
+def test_an_admin_restores_soft_deleted_images(alice, bob, account):
+    job = make_job(bob, account)
+    kept = bare_image(job, 0)
+    gone = [bare_image(job, i, deleted_at=timezone.now(), deleted_by=bob) for i in (1, 2)]
+    response = logged_in(alice).post(
+        IMAGES,
+        {"action": "restore", "_selected_action": [kept.pk, gone[0].pk, gone[1].pk]},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Restored 2 image(s)." in response.content.decode()
+    assert Image.objects.visible().count() == 3
+    assert not Image.objects.exclude(deleted_by=None).exists()
+
+
+def test_members_cannot_reach_the_image_or_collection_admin(bob, account):
+    client = logged_in(bob)
+    for path in (IMAGES, COLLECTIONS):
+        assert client.get(path).status_code == 302  # to the admin login
+    gone = bare_image(make_job(bob, account), deleted_at=timezone.now())
+    client.post(IMAGES, {"action": "restore", "_selected_action": [gone.pk]})
+    gone.refresh_from_db()
+    assert gone.is_deleted
+
+
+def test_the_collection_admin_lists_counts_and_records_who_made_and_added(alice, bob, account):
+    image = bare_image(make_job(bob, account))
+    client = logged_in(alice)
+    response = client.post(
+        f"{COLLECTIONS}add/",
+        {
+            "name": "Moodboard",
+            "items-TOTAL_FORMS": "1",
+            "items-INITIAL_FORMS": "0",
+            "items-0-image": str(image.pk),
+        },
+    )
+    assert response.status_code == 302, response.content
+    collection = Collection.objects.get()
+    assert collection.created_by == alice
+    assert [(i.image, i.added_by) for i in collection.items.all()] == [(image, alice)]
+    listing = client.get(COLLECTIONS)
+    assert [(c.name, c.image_count) for c in listing.context["cl"].queryset] == [("Moodboard", 1)]
+    duplicate = client.post(
+        f"{COLLECTIONS}add/", {"name": "moodboard", "items-TOTAL_FORMS": "0", "items-INITIAL_FORMS": "0"}
+    )
+    assert duplicate.status_code == 200 and Collection.objects.count() == 1  # the form says why
