@@ -133,7 +133,7 @@ def options_context(model: str, provider: str = "", initial: dict | None = None,
     union = lambda attr: sorted({v for s in specs for v in getattr(s, attr)}, key=str)  # noqa: E731
     ratios = (
         union("aspect_ratios")
-        if all(s.aspect_ratios for s in specs)
+        if specs and all(s.aspect_ratios for s in specs)
         else ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4"]
     )
     safety = [s.safety_tolerance for s in specs if s.safety_tolerance]
