@@ -326,7 +326,7 @@ def test_the_stylesheet_has_a_dark_theme_and_the_page_loads_our_script(bob, clie
 def test_it_says_near_the_button_that_the_job_started(bob, accounts):
     created = post_generate(logged_in(bob), FORM).content.decode()
     job = Generation.objects.get()
-    assert f'<p id="form-status" role="status" hx-swap-oob="true">Job #{job.pk} is queued' in created
+    assert f'<p id="form-status" role="status" hx-swap-oob="true">Job #{job.pk} started' in created
 
 
 # -- item 2: one poll for every card -------------------------------------------------------------------------------
