@@ -3,14 +3,11 @@ gallery, the balance badge and the credits ledger."""
 
 from __future__ import annotations
 
-import functools
 import uuid
-from urllib.parse import urlencode, urlsplit
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required as django_login_required
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
-from django.shortcuts import get_object_or_404, render, resolve_url
+from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
@@ -28,6 +25,7 @@ from .forms import (
     first_error,
     parse_id,
 )
+from .login import login_required
 from .models import Generation, Image, LedgerEntry, Reference
 from .providers import ProviderError, Unsupported
 
@@ -37,23 +35,6 @@ LOW_BALANCE = 150  # credits: about two FLUX.2 [max] images; below it the badge 
 # The form fields whose errors are shown beside them (the rest go to the line under the button).
 SHOWN_FIELDS = ("prompt", "model", "provider", "n", "seed", "aspect_ratio", "megapixels", "output_format")
 SHOWN_FIELDS += ("safety_tolerance", "references")
-
-
-def login_required(view):
-    """Django's login_required, except that an htmx request from a page whose session has ended gets a 401
-    with `HX-Redirect` to the login page (the whole page goes there, once), never the login page pasted
-    into a job column or the price."""
-
-    @functools.wraps(view)
-    def wrapper(request, *args, **kwargs):
-        if not request.user.is_authenticated and request.headers.get("HX-Request") == "true":
-            page = urlsplit(request.headers.get("HX-Current-URL", "")).path or reverse("studio")
-            response = HttpResponse("Your session has ended: log in again.", status=401)
-            response["HX-Redirect"] = f"{resolve_url('login')}?{urlencode({'next': page, 'expired': 1})}"
-            return response
-        return django_login_required(view)(request, *args, **kwargs)
-
-    return wrapper
 
 
 def visible_generations():
