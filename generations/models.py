@@ -231,6 +231,8 @@ class Generation(models.Model):
             models.Index(fields=["user", "-id"], name="generation_user_id"),
             models.Index(fields=["model", "-id"], name="generation_model_id"),
             models.Index(fields=["account", "-id"], name="generation_account_id"),
+            # A prompt's newest finished job (the history): without it SQLite walks (status, -id) per prompt.
+            models.Index(fields=["prompt", "status", "-id"], name="generation_prompt_status_id"),
         ]
 
     def __str__(self) -> str:
@@ -318,6 +320,12 @@ class ImageQuerySet(KeysetQuerySet):
         `image.user`, `image.model`, `image.account` and `image.generation.prompt` (not `generation.user`)."""
         return self.visible().select_related("generation__prompt", "user", "account").order_by("-id")
 
+    def of_status(self, status: str):
+        """Images of jobs in `status`, without a join: only a job that succeeded keeps images (they are
+        recorded in the transaction that charges for them; `credits reconcile` reports any other), so any
+        other status has none. A join to the job's status made SQLite sort every image (370 ms at 100,000)."""
+        return self if status == Generation.Status.SUCCEEDED else self.none()
+
     def search(self, text: str):
         """Images whose prompt matches `text` (Prompt.objects.search)."""
         return search.by_prompt(self, text, "prompt")
@@ -354,6 +362,8 @@ class Image(models.Model):
             models.Index(fields=["model", "-id"], name="image_model_id"),
             models.Index(fields=["account", "-id"], name="image_account_id"),
             models.Index(fields=["format", "-id"], name="image_format_id"),
+            # A search's page (newest): the matching visible images' ids straight from the index, no row reads.
+            models.Index(fields=["prompt", "-id"], condition=Q(deleted_at=None), name="image_prompt_visible"),
         ]
 
     def __str__(self) -> str:

@@ -152,6 +152,8 @@ def test_the_jobs_of_one_comparison_share_its_key(bob, account):
         (Image, ["model", "id"]),
         (Image, ["account_id", "id"]),
         (Image, ["format", "id"]),
+        (Image, ["prompt_id", "id"]),  # partial: visible images only
+        (Generation, ["prompt_id", "status", "id"]),
     ],
 )
 def test_each_keyset_filter_has_its_index(db, model, columns):
@@ -393,3 +395,13 @@ def test_the_collection_admin_lists_counts_and_records_who_made_and_added(alice,
         f"{COLLECTIONS}add/", {"name": "moodboard", "items-TOTAL_FORMS": "0", "items-INITIAL_FORMS": "0"}
     )
     assert duplicate.status_code == 200 and Collection.objects.count() == 1  # the form says why
+
+
+def test_of_status_needs_no_join_because_only_succeeded_jobs_keep_images(
+    bob, account, django_assert_num_queries
+):
+    image = bare_image(make_job(bob, account, status="succeeded"))
+    assert list(Image.objects.gallery().of_status("succeeded")) == [image]
+    with django_assert_num_queries(0):
+        assert list(Image.objects.gallery().of_status("failed")) == []
+    assert "generations_generation" not in str(Image.objects.visible().of_status("succeeded").query)
