@@ -269,7 +269,12 @@ def gallery(request):
     if request.htmx and request.htmx.target == "gallery-results":
         context = page_context(request, scope)
         context["newest"] = context["images"][0].pk if context["images"] else 0
-        return no_store(render(request, "generations/gallery.html#results", context))
+        response = render(request, "generations/gallery.html#results", context)
+        if (
+            not scope.embed
+        ):  # the address keeps the filters (only those set), so a reload or a link shows them
+            response["HX-Push-Url"] = reverse("gallery") + (f"?{scope.query}" if scope.query else "")
+        return no_store(response)
     context = section_context(request, scope, None if request.htmx else before)
     if request.htmx and request.htmx.target == "gallery-section":
         return no_store(render(request, "generations/gallery.html#section", context))

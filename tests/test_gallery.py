@@ -102,7 +102,7 @@ def test_it_shows_everyone_the_team_gallery_with_author_model_provider_and_cost(
     assert response.status_code == 200
     assert tiles(response) == [c.pk, b.pk, a.pk]
     assert 'aria-labelledby="gallery-heading"' in html and '<h1 id="gallery-heading">Gallery</h1>' in html
-    assert 'type="search"' in html and ">Search <input" in html
+    assert 'type="search"' in html and '<label for="gallery-q">Search</label>' in html
     card = html[html.index(f'id="image-{b.pk}"') :]
     card = card[: card.index("</figure>")]
     assert "bob" in card and "flux-2-max" in card and "sb-vtrix" in card and "70 credits" in card

@@ -44,7 +44,7 @@ def test_it_lists_every_prompt_with_uses_last_use_who_and_its_newest_image(carol
     assert "Used <strong>2</strong> times" in row and "by bob, carol" in row
     assert f"/images/{newest.pk}/thumbnail" in row and f"/images/{first.pk}/thumbnail" not in row
     assert f'href="/?use_prompt={lighthouse.pk}"' in row and ">Use</a>" in row
-    assert 'type="search"' in html and ">Search <input" in html
+    assert 'type="search"' in html and '<label for="history-q">Search</label>' in html
     castle_row = html[html.index(f'id="prompt-{castle.pk}"') :]
     assert "no image" in castle_row[: castle_row.index("</li>")]
 
