@@ -328,14 +328,21 @@ def quote(request):
 
 def refused(request, problem: str, form: GenerationForm | None = None) -> HttpResponse:
     """A Generate that made nothing: the reason under the button, field errors beside their fields, and
-    the price line without its own copy of the message."""
+    the price line with the price only, so the reason is not shown twice."""
     if not request.htmx:
         messages.error(request, problem)
         return HttpResponseRedirect(reverse("studio"))
     errors = field_errors(form) if form is not None else {}
     if "reference_images" in errors or "reference_uploads" in errors:
         errors["references"] = errors.pop("reference_images", None) or errors.pop("reference_uploads")
-    context = {"problem": problem, "errors": [(f, errors.get(f, "")) for f in SHOWN_FIELDS]}
+    price = None
+    if form is not None and form.is_valid():
+        price = estimate(request.user, form.to_request(), form.cleaned_data.get("provider") or None)
+    context = {
+        "problem": problem,
+        "errors": [(f, errors.get(f, "")) for f in SHOWN_FIELDS],
+        "estimate": price if price is not None and price.price is not None else None,
+    }
     response = render(request, "generations/studio.html#form-error", context)
     response["HX-Retarget"] = "#form-error"
     response["HX-Reswap"] = "outerHTML"
@@ -374,10 +381,10 @@ def generate(request):
             )
     except (Unsupported, media.MediaError) as exc:
         discard_uploads(stored)
-        return refused(request, exc.message)
+        return refused(request, exc.message, form)
     except engine.CreateError as exc:
         discard_uploads(stored)
-        return refused(request, exc.refusal.message)
+        return refused(request, exc.refusal.message, form)
     if not created:  # the first request's job stands, with the first request's uploads
         discard_uploads(stored)
     if not request.htmx:

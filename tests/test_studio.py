@@ -181,7 +181,11 @@ def test_it_shows_a_message_in_one_place(bob, carol, accounts):
     quote = logged_in(bob).get("/studio/quote", FORM, **HX).content.decode()
     assert '<p id="form-error" hx-swap-oob="true"></p>' in quote  # a fresh price clears the submit's message
     refused = post_generate(logged_in(carol), FORM)
-    assert refused["HX-Retarget"] == "#form-error" and refused.content.decode().count("70 credits") == 1
+    html = refused.content.decode()
+    assert refused["HX-Retarget"] == "#form-error" and "you are 70 short" in html
+    # The price line comes back with the price alone: the reason is under the button, not twice.
+    quote = re.search(r'<p id="quote"[^>]*hx-swap-oob="true">(.*?)</p>', html, re.S).group(1)
+    assert "Costs" in quote and "short" not in quote and "error" not in quote
 
 
 def test_it_names_the_account_the_price_uses_in_best_available(bob, accounts):
