@@ -133,3 +133,9 @@ def test_it_refuses_clearly_when_there_is_no_provider_account(bob):
 def test_it_refuses_a_count_below_one(bob, team_accounts):
     with pytest.raises(CommandError):
         seed("0")
+
+
+def test_it_is_quiet_at_verbosity_0(bob, team_accounts):
+    out = StringIO()
+    call_command("seed_images", "5", verbosity=0, stdout=out)
+    assert out.getvalue() == "" and Image.objects.count() == 5

@@ -100,9 +100,10 @@ class Command(BaseCommand):
                 jobs = [job(row, prompts[row.text], files[row.format], rng) for row in batch]
                 ids = insert(Generation, jobs)
                 insert(Image, [image(pk, job, files) for pk, job in zip(ids, jobs, strict=True)])
-        self.stdout.write(
-            f"Added {count} generations with one image each ({Image.objects.count()} images now)."
-        )
+        if options.get("verbosity", 1):
+            self.stdout.write(
+                f"Added {count} generations with one image each ({Image.objects.count()} images now)."
+            )
 
     def users(self, username: str | None) -> list:
         User = get_user_model()
