@@ -3,8 +3,8 @@ bulk actions and the zip, the prompt history, and the actions on an image: rerun
 providers (issue 8, items 3-7).
 
 Every list is a keyset over `Image.id` (or `Prompt.last_used_at, id`), never an OFFSET, so the thousandth
-page costs what the first does; a page is one query for its rows and one for the viewer's favorites among
-them. What the viewer looks at (a view and its filters) is a `Scope`, read from the query string and written
+page costs what the first does; a page of cards is one query (the viewer's favorites and the lightbox's
+neighbours are subqueries of it). What the viewer looks at (a view and its filters) is a `Scope`, read from the query string and written
 back into every link, so the lightbox's arrows, the new-image poll and the next page all stay in the view.
 """
 
@@ -23,7 +23,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.decorators import login_required
 from django.db import IntegrityError, transaction
-from django.db.models import Count, OuterRef, Q, Subquery
+from django.db.models import CharField, Count, Exists, OuterRef, Q, Subquery, Value
 from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -179,11 +179,43 @@ class Scope:
         return rows
 
 
-def favorites_among(user, images) -> set[int]:
-    ids = [image.pk for image in images]
-    if not ids:
-        return set()
-    return set(Favorite.objects.filter(user=user, image_id__in=ids).values_list("image_id", flat=True))
+def with_favorite(rows, user):
+    """Each row says whether `user` favorited it, in the same query."""
+    return rows.annotate(is_favorite=Exists(Favorite.objects.filter(user=user, image=OuterRef("pk"))))
+
+
+@dataclass(frozen=True)
+class Option:
+    pk: int
+    name: str
+
+
+def filter_options() -> dict[str, list[Option]]:
+    """The members, provider accounts and collections the filters offer, in one query (a UNION)."""
+    label = lambda kind: Value(kind, output_field=CharField())  # noqa: E731
+    members = (
+        get_user_model()
+        .objects.filter(is_active=True)
+        .order_by()
+        .annotate(option_of=label("member"))
+        .values_list("option_of", "pk", "username")
+    )
+    accounts = (
+        ProviderAccount.objects.order_by()
+        .annotate(option_of=label("provider"))
+        .values_list("option_of", "pk", "slug")
+    )
+    collections = (
+        Collection.objects.order_by()
+        .annotate(option_of=label("collection"))
+        .values_list("option_of", "pk", "name")
+    )
+    found: dict[str, list[Option]] = {"member": [], "provider": [], "collection": []}
+    for kind, pk, name in members.union(accounts, collections, all=True):
+        found[kind].append(Option(pk, name))
+    for options in found.values():
+        options.sort(key=lambda o: (o.name.lower(), o.pk))
+    return found
 
 
 def priced(images: list) -> list:
@@ -193,7 +225,7 @@ def priced(images: list) -> list:
 
 
 def page_context(request, scope: Scope, before: int | None = None) -> dict:
-    rows = scope.images(request.user)
+    rows = with_favorite(scope.images(request.user), request.user)
     if before:
         rows = rows.filter(id__lt=before)
     images = list(rows[: PAGE + 1])
@@ -202,7 +234,6 @@ def page_context(request, scope: Scope, before: int | None = None) -> dict:
     return {
         "scope": scope,
         "images": images,
-        "favorites": favorites_among(request.user, images),
         "next_before": images[-1].pk if more else None,
     }
 
@@ -211,13 +242,14 @@ def section_context(request, scope: Scope, before: int | None = None) -> dict:
     """The whole gallery section: views, filters, bulk bar, a page of images and the lightbox."""
     context = page_context(request, scope, before)
     context["newest"] = context["images"][0].pk if context["images"] else 0
-    collections = list(Collection.objects.all()[:200])
+    options = filter_options()
+    collections = options["collection"]
     context.update(
         collections=collections,
         collection=next((c for c in collections if c.pk == scope.collection), None),
-        members=get_user_model().objects.filter(is_active=True).order_by("username").only("id", "username"),
+        members=options["member"],
         models=[(m, NAMES.get(m, m)) for m in model_ids()],
-        providers=ProviderAccount.objects.order_by("slug").values_list("slug", flat=True),
+        providers=options["provider"],
         statuses=Generation.Status.choices,
         formats=FORMATS,
         zip_cap=zip_cap(),
@@ -251,13 +283,12 @@ def gallery(request):
     user = request.user
     if "after" in request.GET:
         after = parse_id(request.GET.get("after", ""), minimum=0) or 0
-        new = priced(list(scope.images(user).filter(id__gt=after)[:PAGE]))
+        new = priced(list(with_favorite(scope.images(user), user).filter(id__gt=after)[:PAGE]))
         if not new:
             return no_store(HttpResponse(status=204))
         context = {
             "scope": scope,
             "images": new,
-            "favorites": favorites_among(user, new),
             "newest": new[0].pk,
         }
         return no_store(render(request, "generations/gallery.html#new", context))
@@ -286,8 +317,18 @@ def visible_image(pk: int) -> Image:
     return get_object_or_404(Image.objects.gallery().select_related("generation__account"), pk=pk)
 
 
-def lightbox_context(request, image: Image, scope: Scope) -> dict:
+def lightbox_image(request, pk: int, scope: Scope) -> Image:
+    """The image with, in the same query, whether the viewer favorited it and its neighbours in the scope:
+    the next newer and the next older image of the same view and filters (keyset, never OFFSET)."""
     rows = scope.images(request.user).order_by()
+    found = with_favorite(Image.objects.gallery(), request.user).annotate(
+        newer=Subquery(rows.filter(id__gt=OuterRef("pk")).order_by("id").values("pk")[:1]),
+        older=Subquery(rows.filter(id__lt=OuterRef("pk")).order_by("-id").values("pk")[:1]),
+    )
+    return get_object_or_404(found, pk=pk)
+
+
+def lightbox_context(request, image: Image, scope: Scope) -> dict:
     generation = image.generation
     taken = (
         (generation.finished_at - generation.created_at).total_seconds() if generation.finished_at else None
@@ -299,10 +340,10 @@ def lightbox_context(request, image: Image, scope: Scope) -> dict:
         "seed": archive.seed_of(image),
         "cost": archive.cost_of(image),
         "taken": taken,
-        "newer": rows.filter(id__gt=image.pk).order_by("id").values_list("pk", flat=True).first(),
-        "older": rows.filter(id__lt=image.pk).order_by("-id").values_list("pk", flat=True).first(),
-        "favorite": Favorite.objects.filter(user=request.user, image=image).exists(),
-        "collections": list(Collection.objects.all()[:200]),
+        "newer": image.newer,
+        "older": image.older,
+        "favorite": image.is_favorite,
+        "collections": [Option(pk, name) for pk, name in Collection.objects.values_list("pk", "name")[:500]],
         "own": image.user_id == request.user.pk,
         "idempotency_key": uuid.uuid4().hex,
         "max_variations": MAX_VARIATIONS,
@@ -314,7 +355,7 @@ def lightbox_context(request, image: Image, scope: Scope) -> dict:
 def lightbox(request, pk: int):
     """One image large, with its metadata and actions; prev/next are its neighbours in the scope."""
     scope = Scope.from_query(request.GET)
-    context = lightbox_context(request, visible_image(pk), scope)
+    context = lightbox_context(request, lightbox_image(request, pk, scope), scope)
     template = "generations/lightbox.html#body" if request.htmx else "generations/lightbox.html"
     return no_store(render(request, template, context))
 
@@ -741,10 +782,11 @@ def history(request):
     """Every prompt the team used, newest use first: uses, last use, who, its newest image, and Use."""
     q = clean_text(request.GET.get("q", ""))
     rows = Prompt.objects.search(q) if q else Prompt.objects.all()
-    newest = Generation.objects.filter(prompt=OuterRef("pk"), status=Generation.Status.SUCCEEDED).order_by(
-        "-id"
-    )
-    rows = rows.annotate(newest_generation=Subquery(newest.values("pk")[:1])).order_by("-last_used_at", "-id")
+    # The newest image: of the prompt's newest finished job, its first image still shown (indexed lookups).
+    newest = Generation.objects.filter(prompt=OuterRef(OuterRef("pk")), status=Generation.Status.SUCCEEDED)
+    image = Image.objects.visible().filter(generation_id=Subquery(newest.order_by("-id").values("pk")[:1]))
+    rows = rows.annotate(newest_image=Subquery(image.order_by("index").values("pk")[:1]))
+    rows = rows.order_by("-last_used_at", "-id")
     cursor = history_cursor(request.GET.get("before"))
     if cursor:
         moment, pk = cursor
@@ -760,16 +802,8 @@ def history(request):
         .order_by("prompt_id", "user__username")
     ):
         users.setdefault(prompt_id, []).append(name)
-    images = {}
-    for image in (
-        Image.objects.visible()
-        .filter(generation_id__in=[p.newest_generation for p in prompts if p.newest_generation])
-        .order_by("generation_id", "index")
-    ):
-        images.setdefault(image.generation_id, image)
     for prompt in prompts:
         prompt.users = users.get(prompt.pk, [])
-        prompt.image = images.get(prompt.newest_generation)
     last = prompts[-1] if more else None
     context = {
         "q": q,
