@@ -433,7 +433,10 @@ def job_updates(request):
     ended = [job for job in changed if job.is_terminal]
     context = {
         "cards": [render_card(request, job, oob=True, latencies=latencies) for job in changed],
-        "watching": any(not job.is_terminal for job in jobs),
+        # Still watching while a watched card runs, or while one of the user's jobs does that this poll did
+        # not know of (a Generate answered while the poll was on its way: its card is on the page now).
+        "watching": any(not job.is_terminal for job in jobs)
+        or Generation.objects.for_user(request.user).in_flight().exclude(pk__in=versions).exists(),
     }
     response = no_store(render(request, "generations/studio.html#job-updates", context))
     if ended:

@@ -384,6 +384,14 @@ def test_the_poll_warns_when_the_balance_runs_low(carol, accounts):
     assert 'class="badge low"' in logged_in(carol).get("/credits/badge", **HX).content.decode()
 
 
+def test_the_poll_keeps_going_for_a_job_it_did_not_know_of(bob, accounts):
+    """A Generate answered while a poll was on its way: that poll's answer must not stop the polling."""
+    done = make_job(bob, accounts["apiframe"], status="succeeded")
+    make_job(bob, accounts["apiframe"], "made meanwhile", status="queued")
+    response = logged_in(bob).get("/jobs/updates", {"watch": f"{done.pk}:running.0.0"}, **HX)
+    assert 'id="job-poller" hx-get="/jobs/updates"' in response.content.decode()
+
+
 def test_another_members_job_ending_makes_no_toast_for_you(bob, carol, accounts):
     job = make_job(bob, accounts["apiframe"], status="succeeded")
     response = logged_in(carol).get("/jobs/updates", {"watch": f"{job.pk}:running.0.0"}, **HX)
