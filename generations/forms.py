@@ -196,7 +196,7 @@ def reference_images(ids) -> list[Image]:
     if not ids:
         return []
     wanted = list(dict.fromkeys(parse_ids(ids, "reference_images", "image")))  # each image once
-    found = Image.objects.in_bulk(wanted)
+    found = Image.objects.visible().in_bulk(wanted)  # a deleted image is no one's to pick
     missing = [i for i in wanted if i not in found]
     if missing:
         raise Unsupported(f"No image with id {missing[0]}.", "reference_images")

@@ -100,7 +100,7 @@ def picked_references(values, user) -> tuple[list[Image], list[Reference]]:
     form refuses them on submit)."""
     image_ids = [i for i in dict.fromkeys(parse_id(v) for v in values.get("reference_images", [])) if i]
     upload_ids = [i for i in dict.fromkeys(parse_id(v) for v in values.get("reference_uploads", [])) if i]
-    images = Image.objects.select_related("generation__prompt").in_bulk(image_ids)
+    images = Image.objects.visible().select_related("generation__prompt").in_bulk(image_ids)
     uploads = Reference.objects.filter(user=user).in_bulk(upload_ids)
     return [images[i] for i in image_ids if i in images], [uploads[i] for i in upload_ids if i in uploads]
 
@@ -306,7 +306,7 @@ def estimate_form(request, data: QueryDict) -> tuple[GenerationForm, Estimate | 
 
 def quote_context(request, form: GenerationForm, price: Estimate | None) -> dict:
     account = credits.account_for(request.user)
-    context = {"account": account, "estimate": price, "problem": "", "field": ""}
+    context = {"account": account, "estimate": price, "problem": "", "field": "", "low_balance": LOW_BALANCE}
     if price is None:
         context["field"], context["problem"] = first_error(form)
     else:

@@ -260,6 +260,13 @@ def test_it_remixes_with_the_references_and_every_setting(bob, accounts, picture
     assert '<option value="sb-pixeldojo" selected>' in page
 
 
+def test_it_remixes_a_custom_size(bob, accounts):
+    source = make_job(bob, accounts["vtrix"], status="succeeded", params={"width": 1536, "height": 1024})
+    page = logged_in(bob).get(f"/?remix={source.pk}").content.decode()
+    assert 'name="width" min="16" max="8192" value="1536"' in page
+    assert 'name="height" min="16" max="8192" value="1024"' in page
+
+
 def test_a_remix_of_another_members_job_leaves_their_upload_out(bob, carol, accounts, picture):
     upload = Reference.objects.create(
         user=bob, file="references/x.png", width=64, height=64, format="png", bytes=1
