@@ -476,13 +476,34 @@ def test_a_refused_retry_says_why_on_its_card(carol, accounts):
 
 
 # -- bug 12: credits -----------------------------------------------------------------------------------------------
-def test_a_user_made_in_the_admin_has_a_credit_account_at_once(alice):
-    user = get_user_model().objects.create_user("dave", password="pw-dave-123")
-    assert CreditAccount.objects.filter(user=user, balance=0).exists()
-    client = Client()
-    client.force_login(alice)
-    account = CreditAccount.objects.get(user=user)
-    assert client.get(f"/admin/generations/creditaccount/{account.pk}/change/").status_code in (200, 302)
+def test_a_user_made_in_the_admin_can_be_granted_credits_before_first_login(alice):
+    admin = Client()
+    admin.force_login(alice)
+    made = admin.post(
+        "/admin/auth/user/add/",
+        {
+            "username": "dave",
+            "usable_password": "true",
+            "password1": "pw-Dave-9871!",
+            "password2": "pw-Dave-9871!",
+        },
+    )
+    assert made.status_code == 302, made.content.decode()[:2000]
+    dave = get_user_model().objects.get(username="dave")
+    account = CreditAccount.objects.get(user=dave)  # there before dave ever logs in
+    granted = admin.post(
+        "/admin/generations/creditaccount/",
+        {
+            "action": "grant_credits",
+            "_selected_action": [account.pk],
+            "apply": "1",
+            "amount": "50",
+            "note": "welcome",
+        },
+    )
+    assert granted.status_code == 302
+    assert credits.account_for(dave).available == 50
+    assert LedgerEntry.objects.get(user=dave).note == "welcome"
 
 
 def test_the_ledger_shows_signs_and_the_balance_after_each_movement(bob, accounts):
