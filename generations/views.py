@@ -8,6 +8,7 @@ import uuid
 from django.contrib import messages
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
+from django.template.loader import render_to_string
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
@@ -211,7 +212,8 @@ def eta(job: Generation, latencies: dict) -> tuple[float, float] | None:
     return latencies[job.account_id]
 
 
-def card_context(request, job: Generation, latencies: dict | None = None) -> dict:
+def card_context(job: Generation, latencies: dict | None = None) -> dict:
+    """What the job-card partial shows: the job, its reason in words, its ETA and version, a Retry key."""
     latencies = {} if latencies is None else latencies
     return {
         "job": job,
@@ -223,9 +225,7 @@ def card_context(request, job: Generation, latencies: dict | None = None) -> dic
 
 
 def render_card(request, job: Generation, oob: bool = False, latencies: dict | None = None) -> str:
-    from django.template.loader import render_to_string
-
-    context = card_context(request, job, latencies) | {"oob": oob}
+    context = card_context(job, latencies) | {"oob": oob}
     return render_to_string("generations/studio.html#job-card", context, request)
 
 
@@ -264,7 +264,7 @@ def studio_context(request) -> dict:
     latencies: dict = {}
     account = credits.account_for(request.user)
     return {
-        "jobs": [card_context(request, job, latencies) for job in jobs],
+        "jobs": [card_context(job, latencies) for job in jobs],
         "more": more,
         "watching": any(not job.is_terminal for job in jobs),
         "account": account,
@@ -390,7 +390,7 @@ def generate(request):
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
     job = visible_generations().get(pk=generation.pk)
-    context = card_context(request, job) | {"idempotency_key": uuid.uuid4().hex, "watching": True}
+    context = card_context(job) | {"idempotency_key": uuid.uuid4().hex, "watching": True}
     response = render(request, "generations/studio.html#created", context)
     if not created:  # a double click: the first click's card is already on the page
         response["HX-Reswap"] = "none"
@@ -402,7 +402,7 @@ def generate(request):
 def job_card(request, pk: int):
     """One card, current (a link target and a fallback; the studio keeps cards current with `job_updates`)."""
     job = get_object_or_404(visible_generations(), pk=pk)
-    response = no_store(render(request, "generations/studio.html#job-card", card_context(request, job)))
+    response = no_store(render(request, "generations/studio.html#job-card", card_context(job)))
     if job.is_terminal and request.GET.get("was") != "terminal":
         # The job just finished: the gallery and the balance change with it.
         trigger_client_event(response, "gallery-changed")
@@ -465,7 +465,7 @@ def older_jobs(request):
         raise Http404
     jobs, more = jobs_page(request.user, before)
     latencies: dict = {}
-    context = {"jobs": [card_context(request, job, latencies) for job in jobs], "more": more}
+    context = {"jobs": [card_context(job, latencies) for job in jobs], "more": more}
     return no_store(render(request, "generations/studio.html#older-jobs", context))
 
 
@@ -478,7 +478,7 @@ def cancel(request, pk: int):
     if not request.htmx:
         return HttpResponseRedirect(reverse("studio"))
     return trigger_client_event(
-        no_store(render(request, "generations/studio.html#job-card", card_context(request, job))),
+        no_store(render(request, "generations/studio.html#job-card", card_context(job))),
         "credits-changed",
     )
 
@@ -521,9 +521,7 @@ def retry(request, pk: int):
         response["HX-Reswap"] = "outerHTML"
         return no_store(response)
     new = visible_generations().get(pk=generation.pk)
-    response = render(
-        request, "generations/studio.html#retried", card_context(request, new) | {"watching": True}
-    )
+    response = render(request, "generations/studio.html#retried", card_context(new) | {"watching": True})
     if not created:
         response["HX-Reswap"] = "none"
     return trigger_client_event(no_store(response), "credits-changed")
@@ -616,7 +614,7 @@ def generation_page(request, pk: int):
     account = credits.account_for(request.user)
     from .admin import COST_UNITS
 
-    context = card_context(request, job) | {
+    context = card_context(job) | {
         "account": account,
         # The provider's own figure, in its own unit: for admins, who know what the account is billed in.
         "cost_shown": bool(job.provider_cost) and request.user.is_staff,
