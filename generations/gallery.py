@@ -21,9 +21,10 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.contrib.auth.decorators import login_required
+from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import CharField, Count, Exists, OuterRef, Q, Subquery, Value
+from django.db.models import Aggregate, CharField, Count, Exists, OuterRef, Q, Subquery, Value
+from django.db.models.signals import post_delete, post_save
 from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -36,6 +37,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 from . import archive, engine
 from .catalog import NAMES, model_ids
 from .forms import clean_idempotency_key, is_text, parse_id
+from .login import login_required
 from .models import (
     Collection,
     CollectionItem,
@@ -171,7 +173,7 @@ class Scope:
         if self.end:
             rows = rows.filter(created_at__lt=start_of(self.end + timedelta(days=1)))
         if self.status:
-            rows = rows.filter(generation__status=self.status)
+            rows = rows.of_status(self.status)
         if self.format:
             rows = rows.filter(format=self.format)
         if self.q:
@@ -190,8 +192,35 @@ class Option:
     name: str
 
 
+OPTIONS_KEY = "fluxweb:gallery:options"
+OPTIONS_SECONDS = 60
+
+
 def filter_options() -> dict[str, list[Option]]:
-    """The members, provider accounts and collections the filters offer, in one query (a UNION)."""
+    """The members, provider accounts and collections the filters, the view tabs and the lightbox offer.
+    Cached, so that a gallery page is its cards' one query (issue 8: <= 3 with the session and the user);
+    any save or delete of those rows forgets the cache (`forget_options`), and another process's copy
+    lives at most OPTIONS_SECONDS."""
+    found = cache.get(OPTIONS_KEY)
+    if found is None:
+        found = load_options()
+        cache.set(OPTIONS_KEY, found, OPTIONS_SECONDS)
+    return found
+
+
+def forget_options(**kwargs) -> None:
+    cache.delete(OPTIONS_KEY)
+
+
+for sender in (Collection, ProviderAccount, get_user_model()):
+    post_save.connect(forget_options, sender=sender, dispatch_uid=f"gallery-options-save-{sender.__name__}")
+    post_delete.connect(
+        forget_options, sender=sender, dispatch_uid=f"gallery-options-delete-{sender.__name__}"
+    )
+
+
+def load_options() -> dict[str, list[Option]]:
+    """The options, in one query (a UNION)."""
     label = lambda kind: Value(kind, output_field=CharField())  # noqa: E731
     members = (
         get_user_model()
@@ -343,7 +372,7 @@ def lightbox_context(request, image: Image, scope: Scope) -> dict:
         "newer": image.newer,
         "older": image.older,
         "favorite": image.is_favorite,
-        "collections": [Option(pk, name) for pk, name in Collection.objects.values_list("pk", "name")[:500]],
+        "collections": filter_options()["collection"],
         "own": image.user_id == request.user.pk,
         "idempotency_key": uuid.uuid4().hex,
         "max_variations": MAX_VARIATIONS,
@@ -478,6 +507,7 @@ def rename_collection(request, pk: int):
         try:
             with transaction.atomic():
                 Collection.objects.filter(pk=pk).update(name=name, updated_at=timezone.now())
+            forget_options()
         except IntegrityError:
             problem = f"There is already a collection named “{name}”."
     collection.refresh_from_db()
@@ -762,6 +792,25 @@ def compare(request, token: str):
 
 
 # -- the prompt history ---------------------------------------------------------------------------------------
+class Names(Aggregate):
+    """Distinct values joined by commas (usernames hold none): GROUP_CONCAT on SQLite, STRING_AGG on
+    PostgreSQL; Django 5.2 has no aggregate for both."""
+
+    function = "GROUP_CONCAT"
+    template = "%(function)s(%(distinct)s%(expressions)s)"
+    allow_distinct = True
+    output_field = CharField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(
+            compiler,
+            connection,
+            function="STRING_AGG",
+            template="%(function)s(%(distinct)s%(expressions)s::text, ',')",
+            **extra_context,
+        )
+
+
 def history_cursor(value) -> tuple[datetime, int] | None:
     if not isinstance(value, str) or "_" not in value:
         return None
@@ -786,6 +835,14 @@ def history(request):
     newest = Generation.objects.filter(prompt=OuterRef(OuterRef("pk")), status=Generation.Status.SUCCEEDED)
     image = Image.objects.visible().filter(generation_id=Subquery(newest.order_by("-id").values("pk")[:1]))
     rows = rows.annotate(newest_image=Subquery(image.order_by("index").values("pk")[:1]))
+    who = (
+        Generation.objects.filter(prompt=OuterRef("pk"))
+        .order_by()
+        .values("prompt")
+        .annotate(names=Names("user__username", distinct=True))
+        .values("names")
+    )
+    rows = rows.annotate(user_names=Subquery(who[:1]))
     rows = rows.order_by("-last_used_at", "-id")
     cursor = history_cursor(request.GET.get("before"))
     if cursor:
@@ -794,16 +851,8 @@ def history(request):
     prompts = list(rows[: HISTORY_PAGE + 1])
     more = len(prompts) > HISTORY_PAGE
     prompts = prompts[:HISTORY_PAGE]
-    users: dict[int, list[str]] = {}
-    for prompt_id, name in (
-        Generation.objects.filter(prompt_id__in=[p.pk for p in prompts])
-        .values_list("prompt_id", "user__username")
-        .distinct()
-        .order_by("prompt_id", "user__username")
-    ):
-        users.setdefault(prompt_id, []).append(name)
     for prompt in prompts:
-        prompt.users = users.get(prompt.pk, [])
+        prompt.users = sorted(set((prompt.user_names or "").split(",")) - {""}, key=str.lower)
     last = prompts[-1] if more else None
     context = {
         "q": q,

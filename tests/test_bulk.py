@@ -15,7 +15,7 @@ from django.core.files.base import ContentFile
 from generations import archive
 from generations.models import Collection, Favorite, Image
 
-from .test_gallery import HX, logged_in, make_image, make_many, tiles
+from .test_gallery import HX, fresh_cache, logged_in, make_image, make_many, tiles  # noqa: F401 (fresh_cache: autouse)
 
 
 @pytest.fixture

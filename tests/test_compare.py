@@ -11,7 +11,7 @@ import pytest
 from generations import credits
 from generations.models import Generation
 
-from .test_gallery import HX, logged_in, make_image
+from .test_gallery import HX, fresh_cache, logged_in, make_image  # noqa: F401 (fresh_cache: autouse)
 
 
 @pytest.fixture

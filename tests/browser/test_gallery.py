@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from generations import media, views
 from generations.models import Collection, Favorite, Generation, Image, Prompt
 
-from ..test_gallery import make_many
+from ..test_gallery import fresh_cache, make_many  # noqa: F401 (fresh_cache: autouse)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
