@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import gallery, views, webhooks
+from . import gallery, history, remakes, views, webhooks
 
 urlpatterns = [
     path("", views.studio, name="studio"),
@@ -19,15 +19,15 @@ urlpatterns = [
     path("images/<int:pk>/download", gallery.download, name="image-download"),
     path("images/<int:pk>/favorite", gallery.favorite, name="favorite"),
     path("images/<int:pk>/delete", gallery.delete, name="image-delete"),
-    path("images/<int:pk>/rerun", gallery.rerun, name="rerun"),
-    path("images/<int:pk>/variations", gallery.variations, name="variations"),
-    path("images/<int:pk>/compare", gallery.compare_providers, name="compare-providers"),
-    path("compare/<str:token>", gallery.compare, name="compare"),
+    path("images/<int:pk>/rerun", remakes.rerun, name="rerun"),
+    path("images/<int:pk>/variations", remakes.variations, name="variations"),
+    path("images/<int:pk>/compare", remakes.compare_providers, name="compare-providers"),
+    path("compare/<str:token>", remakes.compare, name="compare"),
     path("collections/", gallery.collections, name="collections"),
     path("collections/<int:pk>/rename", gallery.rename_collection, name="collection-rename"),
     path("collections/<int:pk>/add", gallery.collection_items, {"op": "add"}, name="collection-add"),
     path("collections/<int:pk>/remove", gallery.collection_items, {"op": "remove"}, name="collection-remove"),
-    path("history/", gallery.history, name="history"),
+    path("history/", history.history, name="history"),
     path("credits/", views.credits_page, name="credits"),
     path("credits/badge", views.credit_badge, name="credit-badge"),
     path("images/<int:pk>/file", views.image, {"variant": "file"}, name="image-file"),

@@ -1,0 +1,92 @@
+"""The prompt history page (issue 8, item 6): every prompt the team used, newest use first, searchable over all
+of history, with its use count, last use, who used it and its newest image, in one query per page (a keyset on
+`last_used_at, id`); Use puts a prompt in the studio's field (`/?use_prompt=<id>`, gallery.prefill)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django.db.models import Aggregate, CharField, OuterRef, Q, Subquery
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from .forms import parse_id
+from .gallery import clean_text, no_store
+from .login import login_required
+from .models import Generation, Image, Prompt
+
+PAGE = 40
+
+
+class Names(Aggregate):
+    """Distinct values joined by commas (usernames hold none): GROUP_CONCAT on SQLite, STRING_AGG on
+    PostgreSQL; Django 5.2 has no aggregate for both."""
+
+    function = "GROUP_CONCAT"
+    template = "%(function)s(%(distinct)s%(expressions)s)"
+    allow_distinct = True
+    output_field = CharField()
+
+    def as_postgresql(self, compiler, connection, **extra_context):
+        return self.as_sql(
+            compiler,
+            connection,
+            function="STRING_AGG",
+            template="%(function)s(%(distinct)s%(expressions)s::text, ',')",
+            **extra_context,
+        )
+
+
+def history_cursor(value) -> tuple[datetime, int] | None:
+    if not isinstance(value, str) or "_" not in value:
+        return None
+    stamp, _, pk = value.rpartition("_")
+    pk = parse_id(pk)
+    try:
+        moment = datetime.fromisoformat(stamp)
+    except ValueError:
+        return None
+    if pk is None or moment.tzinfo is None:
+        return None
+    return moment, pk
+
+
+@require_GET
+@login_required
+def history(request):
+    """Every prompt the team used, newest use first: uses, last use, who, its newest image, and Use."""
+    q = clean_text(request.GET.get("q", ""))
+    rows = Prompt.objects.search(q) if q else Prompt.objects.all()
+    # The newest image: of the prompt's newest finished job, its first image still shown (indexed lookups).
+    newest = Generation.objects.filter(prompt=OuterRef(OuterRef("pk")), status=Generation.Status.SUCCEEDED)
+    image = Image.objects.visible().filter(generation_id=Subquery(newest.order_by("-id").values("pk")[:1]))
+    rows = rows.annotate(newest_image=Subquery(image.order_by("index").values("pk")[:1]))
+    who = (
+        Generation.objects.filter(prompt=OuterRef("pk"))
+        .order_by()
+        .values("prompt")
+        .annotate(names=Names("user__username", distinct=True))
+        .values("names")
+    )
+    rows = rows.annotate(user_names=Subquery(who[:1]))
+    rows = rows.order_by("-last_used_at", "-id")
+    cursor = history_cursor(request.GET.get("before"))
+    if cursor:
+        moment, pk = cursor
+        rows = rows.filter(Q(last_used_at__lt=moment) | Q(last_used_at=moment, id__lt=pk))
+    prompts = list(rows[: PAGE + 1])
+    more = len(prompts) > PAGE
+    prompts = prompts[:PAGE]
+    for prompt in prompts:
+        prompt.users = sorted(set((prompt.user_names or "").split(",")) - {""}, key=str.lower)
+    last = prompts[-1] if more else None
+    context = {
+        "q": q,
+        "prompts": prompts,
+        "next_before": f"{last.last_used_at.isoformat()}_{last.pk}" if last else "",
+    }
+    if request.htmx and request.GET.get("before"):
+        return no_store(render(request, "generations/history.html#rows", context))
+    if request.htmx and request.htmx.target == "history-results":
+        return no_store(render(request, "generations/history.html#results", context))
+    return no_store(render(request, "generations/history.html", context))
