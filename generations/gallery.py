@@ -1,6 +1,6 @@
 """The team gallery (its page, and the same section on the studio), the lightbox, favorites, collections,
-bulk actions and the zip, the prompt history, and the actions on an image: rerun, variations and compare
-providers (issue 8, items 3-7).
+bulk actions and the zip (issue 8, items 3-5 and 7). The actions that make new jobs from an image are in
+remakes.py, the prompt history in history.py.
 
 Every list is a keyset over `Image.id` (or `Prompt.last_used_at, id`), never an OFFSET, so the thousandth
 page costs what the first does; a page of cards is one query (the viewer's favorites and the lightbox's
@@ -10,9 +10,7 @@ back into every link, so the lightbox's arrows, the new-image poll and the next 
 
 from __future__ import annotations
 
-import random
 import re
-import secrets
 import uuid
 from dataclasses import dataclass, fields, replace
 from datetime import date, datetime, time, timedelta
@@ -23,7 +21,7 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db import IntegrityError, transaction
-from django.db.models import Aggregate, CharField, Count, Exists, OuterRef, Q, Subquery, Value
+from django.db.models import CharField, Count, Exists, OuterRef, Q, Subquery, Value
 from django.db.models.signals import post_delete, post_save
 from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -32,11 +30,11 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
+from django_htmx.http import trigger_client_event
 
-from . import archive, engine
+from . import archive
 from .catalog import NAMES, model_ids
-from .forms import clean_idempotency_key, is_text, parse_id
+from .forms import is_text, parse_id
 from .login import login_required
 from .models import (
     Collection,
@@ -46,18 +44,13 @@ from .models import (
     Image,
     Prompt,
     ProviderAccount,
-    Reference,
 )
-from .providers import Unsupported
 
 PAGE = 40
-HISTORY_PAGE = 40
 MAX_SELECTED = 1000  # ids one bulk action reads; a zip holds at most FLUXWEB_ZIP_MAX_IMAGES of them
-MAX_VARIATIONS = 4
 MAX_TEXT = 200
 FORMATS = ("jpeg", "png", "webp")
 SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
-COMPARISON = re.compile(r"[0-9a-f]{32}")
 
 
 def zip_cap() -> int:
@@ -375,7 +368,6 @@ def lightbox_context(request, image: Image, scope: Scope) -> dict:
         "collections": filter_options()["collection"],
         "own": image.user_id == request.user.pk,
         "idempotency_key": uuid.uuid4().hex,
-        "max_variations": MAX_VARIATIONS,
     }
 
 
@@ -626,244 +618,6 @@ def zip_download(request, ids: list[int]) -> HttpResponse:
     response["Content-Disposition"] = f'attachment; filename="fluxweb-{stamp}-{len(images)}-images.zip"'
     response["Cache-Control"] = "private, no-store"
     return response
-
-
-# -- rerun, variations, compare ---------------------------------------------------------------------------------
-def reference_megapixels(keys) -> tuple[float, ...]:
-    """The priced size of each reference key ("image:12", "upload:3") of a job being made again."""
-    wanted = {"image": [], "upload": []}
-    for key in keys:
-        kind, _, pk = str(key).partition(":")
-        if kind in wanted and parse_id(pk):
-            wanted[kind].append(int(pk))
-        else:
-            raise Unsupported("A reference image of this job can no longer be read.", "reference_images")
-    sizes = {f"image:{i.pk}": i for i in Image.objects.filter(pk__in=wanted["image"])}
-    sizes |= {f"upload:{r.pk}": r for r in Reference.objects.filter(pk__in=wanted["upload"])}
-    if len(sizes) < len(set(keys)):
-        raise Unsupported("A reference image of this job no longer exists.", "reference_images")
-    return tuple(sizes[k].width * sizes[k].height / (1024 * 1024) for k in keys)
-
-
-def again(image: Image, *, seed: int | None, n: int = 1):
-    """The request that made `image`, to be made again with `seed` and `n` images."""
-    request = engine.request_of(image.generation)
-    return replace(request, seed=seed, n=n, reference_megapixels=reference_megapixels(request.reference_urls))
-
-
-def make(request, generation_request, provider: str | None, key: str):
-    try:
-        return engine.create(request.user, generation_request, provider=provider, idempotency_key=key)
-    except engine.CreateError as exc:
-        raise Unsupported(exc.refusal.message) from None
-
-
-def action_done(request, jobs: list, text: str) -> HttpResponse:
-    if not request.htmx:
-        messages.success(request, text)
-        return HttpResponseRedirect(reverse("studio"))
-    scope = Scope.from_query(request.POST)
-    response = render(
-        request,
-        "generations/lightbox.html#made",
-        {"jobs": jobs, "text": text, "on_studio": scope.embed},
-    )
-    trigger_client_event(response, "jobs-created", {"jobs": [job.pk for job in jobs]})
-    return trigger_client_event(no_store(response), "credits-changed")
-
-
-def action_refused(request, text: str) -> HttpResponse:
-    if not request.htmx:
-        messages.error(request, text)
-        return HttpResponseRedirect(reverse("lightbox", args=[request.resolver_match.kwargs["pk"]]))
-    return no_store(
-        render(
-            request,
-            "generations/gallery.html#status",
-            {"text": text, "problem": True, "status_id": "lightbox-status"},
-        )
-    )
-
-
-def same_provider(image: Image) -> str | None:
-    account = image.generation.account
-    return account.slug if account.enabled and account.has_key else None
-
-
-@require_POST
-@login_required
-def rerun(request, pk: int):
-    """The same request with the same seed on the same provider account (when it still serves)."""
-    image = visible_image(pk)
-    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
-    try:
-        seed = archive.seed_of(image)
-        job, _ = make(request, again(image, seed=seed), same_provider(image), key)
-    except Unsupported as exc:
-        return action_refused(request, exc.message)
-    return action_done(request, [job], f"Rerun queued with seed {seed if seed is not None else 'random'}.")
-
-
-@require_POST
-@login_required
-def variations(request, pk: int):
-    """N images of the same request with new seeds: one job per seed, so each can be rerun exactly."""
-    image = visible_image(pk)
-    n = parse_id(request.POST.get("n", "")) or 1
-    n = min(n, MAX_VARIATIONS)
-    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
-    provider = same_provider(image)
-    jobs = []
-    try:
-        for i in range(n):
-            seed = random.randrange(2**31)
-            job, _ = make(request, again(image, seed=seed), provider, f"{key}-v{i}" if key else "")
-            jobs.append(job)
-    except Unsupported as exc:
-        if not jobs:
-            return action_refused(request, exc.message)
-        return action_done(request, jobs, f"{len(jobs)} of {n} variations queued; {exc.message}")
-    return action_done(request, jobs, f"{n} variations queued, each with a new seed.")
-
-
-@require_POST
-@login_required
-def compare_providers(request, pk: int):
-    """The same prompt and seed sent to every enabled account serving the model, one job each, grouped by
-    a shared `comparison` key; the compare page shows them side by side."""
-    image = visible_image(pk)
-    generation = image.generation
-    key = clean_idempotency_key(request.POST.get("idempotency_key", "")) or ""
-    seed = archive.seed_of(image)
-    if seed is None:
-        seed = random.randrange(2**31)
-    try:
-        base = again(image, seed=seed)
-    except Unsupported as exc:
-        return action_refused(request, exc.message)
-    jobs, problems = [], []
-    for account in engine.accounts_serving(generation.model):
-        spec = account.adapter_class.models[generation.model]
-        wanted = base if spec.seed else replace(base, seed=None)
-        try:
-            job, _ = make(request, wanted, account.slug, f"{key}-{account.slug}"[:255] if key else "")
-        except Unsupported as exc:
-            problems.append(f"{account.slug}: {exc.message}")
-        else:
-            jobs.append(job)
-    if not jobs:
-        return action_refused(request, " ".join(problems) or "No enabled provider account serves this model.")
-    token = next((job.comparison for job in jobs if job.comparison), "") or secrets.token_hex(16)
-    Generation.objects.filter(pk__in=[job.pk for job in jobs], user=request.user, comparison="").update(
-        comparison=token
-    )
-    for problem in problems:
-        messages.warning(request, f"Not sent to {problem}")
-    url = reverse("compare", args=[token])
-    response = HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)
-    return trigger_client_event(response, "credits-changed") if request.htmx else response
-
-
-@require_GET
-@login_required
-def compare(request, token: str):
-    """The jobs of one comparison side by side; the grid re-requests itself until every job has ended."""
-    if not COMPARISON.fullmatch(token):
-        raise Http404
-    jobs = list(
-        Generation.objects.filter(comparison=token)
-        .select_related("prompt", "account", "user")
-        .prefetch_related("images")
-        .order_by("account__priority", "id")
-    )
-    if not jobs:
-        raise Http404
-    for job in jobs:
-        job.visible_images = [i for i in job.images.all() if i.deleted_at is None]
-        job.taken = (job.finished_at - job.created_at).total_seconds() if job.finished_at else None
-    context = {
-        "token": token,
-        "jobs": jobs,
-        "first": jobs[0],
-        "running": any(not job.is_terminal for job in jobs),
-    }
-    template = "generations/compare.html#grid" if request.htmx else "generations/compare.html"
-    return no_store(render(request, template, context))
-
-
-# -- the prompt history ---------------------------------------------------------------------------------------
-class Names(Aggregate):
-    """Distinct values joined by commas (usernames hold none): GROUP_CONCAT on SQLite, STRING_AGG on
-    PostgreSQL; Django 5.2 has no aggregate for both."""
-
-    function = "GROUP_CONCAT"
-    template = "%(function)s(%(distinct)s%(expressions)s)"
-    allow_distinct = True
-    output_field = CharField()
-
-    def as_postgresql(self, compiler, connection, **extra_context):
-        return self.as_sql(
-            compiler,
-            connection,
-            function="STRING_AGG",
-            template="%(function)s(%(distinct)s%(expressions)s::text, ',')",
-            **extra_context,
-        )
-
-
-def history_cursor(value) -> tuple[datetime, int] | None:
-    if not isinstance(value, str) or "_" not in value:
-        return None
-    stamp, _, pk = value.rpartition("_")
-    pk = parse_id(pk)
-    try:
-        moment = datetime.fromisoformat(stamp)
-    except ValueError:
-        return None
-    if pk is None or moment.tzinfo is None:
-        return None
-    return moment, pk
-
-
-@require_GET
-@login_required
-def history(request):
-    """Every prompt the team used, newest use first: uses, last use, who, its newest image, and Use."""
-    q = clean_text(request.GET.get("q", ""))
-    rows = Prompt.objects.search(q) if q else Prompt.objects.all()
-    # The newest image: of the prompt's newest finished job, its first image still shown (indexed lookups).
-    newest = Generation.objects.filter(prompt=OuterRef(OuterRef("pk")), status=Generation.Status.SUCCEEDED)
-    image = Image.objects.visible().filter(generation_id=Subquery(newest.order_by("-id").values("pk")[:1]))
-    rows = rows.annotate(newest_image=Subquery(image.order_by("index").values("pk")[:1]))
-    who = (
-        Generation.objects.filter(prompt=OuterRef("pk"))
-        .order_by()
-        .values("prompt")
-        .annotate(names=Names("user__username", distinct=True))
-        .values("names")
-    )
-    rows = rows.annotate(user_names=Subquery(who[:1]))
-    rows = rows.order_by("-last_used_at", "-id")
-    cursor = history_cursor(request.GET.get("before"))
-    if cursor:
-        moment, pk = cursor
-        rows = rows.filter(Q(last_used_at__lt=moment) | Q(last_used_at=moment, id__lt=pk))
-    prompts = list(rows[: HISTORY_PAGE + 1])
-    more = len(prompts) > HISTORY_PAGE
-    prompts = prompts[:HISTORY_PAGE]
-    for prompt in prompts:
-        prompt.users = sorted(set((prompt.user_names or "").split(",")) - {""}, key=str.lower)
-    last = prompts[-1] if more else None
-    context = {
-        "q": q,
-        "prompts": prompts,
-        "next_before": f"{last.last_used_at.isoformat()}_{last.pk}" if last else "",
-    }
-    if request.htmx and request.GET.get("before"):
-        return no_store(render(request, "generations/history.html#rows", context))
-    if request.htmx and request.htmx.target == "history-results":
-        return no_store(render(request, "generations/history.html#results", context))
-    return no_store(render(request, "generations/history.html", context))
 
 
 def prefill(request) -> dict:

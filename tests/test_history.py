@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from generations import gallery
+from generations import history
 from generations.models import Generation, Image, Prompt
 
 from .test_gallery import HX, fresh_cache, logged_in, make_image  # noqa: F401 (fresh_cache: autouse)
@@ -69,14 +69,14 @@ def test_the_newest_image_skips_deleted_ones(bob, used):
 def test_it_pages_by_keyset_on_last_use(bob, accounts):
     now = timezone.now()
     made = []
-    for i in range(gallery.HISTORY_PAGE + 3):
+    for i in range(history.PAGE + 3):
         prompt = Prompt.remember(f"prompt number {i}", bob)
         Prompt.objects.filter(pk=prompt.pk).update(last_used_at=now - timedelta(minutes=i // 2))  # ties too
         made.append(prompt.pk)
     client = logged_in(bob)
     page = client.get("/history/")
     shown = rows(page)
-    assert len(shown) == gallery.HISTORY_PAGE and 'hx-trigger="revealed"' in page.content.decode()
+    assert len(shown) == history.PAGE and 'hx-trigger="revealed"' in page.content.decode()
     cursor = re.search(r"before=([^\"&]+)", page.content.decode()).group(1)
     more = client.get(f"/history/?before={cursor}".replace("&amp;", "&"), **HX)
     assert "<html" not in more.content.decode()
