@@ -261,6 +261,23 @@ def test_copy_prompt_and_download_from_the_lightbox(page, bob, studio_images):
     assert data.startswith(b"\x89PNG") and image.generation.prompt.text.encode() not in data
 
 
+def test_use_as_reference_puts_the_image_in_the_studio_form(page, bob, studio_images):
+    image = studio_images[2]
+    log_in(page, "bob", "pw-bob-123", then="/")
+    page.locator(f"#gallery-section #image-{image.pk} a.open").click()
+    page.get_by_role("dialog").get_by_role("button", name="Use as reference").click()
+    chip = f"#references input[name=reference_images][value='{image.pk}']"
+    page.wait_for_selector(chip, state="attached")
+    page.wait_for_function("!document.getElementById('lightbox').open")
+    assert page.locator(chip).is_checked()
+
+    page.goto("/gallery")  # the gallery page has no form: its link opens the studio with the image picked
+    page.locator(f"#image-{image.pk} a.open").click()
+    page.get_by_role("dialog").get_by_role("link", name="Use as reference").click()
+    page.wait_for_url(f"**/?reference={image.pk}")
+    page.wait_for_selector(chip, state="attached")
+
+
 # -- favorites and collections ------------------------------------------------------------------------------
 def test_favorite_toggles_per_person_and_has_its_own_view(page, bob, carol, studio_images):
     log_in(page, "bob", "pw-bob-123")
