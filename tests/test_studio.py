@@ -96,6 +96,12 @@ def test_it_pages_through_older_jobs_by_keyset(bob, accounts):
     assert client.get("/jobs/older?before=x", **HX).status_code == 404
 
 
+def test_older_jobs_are_only_ones_own(bob, carol, accounts):
+    make_job(bob, accounts["apiframe"], "bob's job", status="succeeded")
+    older = logged_in(carol).get("/jobs/older?before=999999", **HX).content.decode()
+    assert "<article" not in older and "bob&#x27;s job" not in older
+
+
 # -- bug 4: an ended session is one clear "log in again" --------------------------------------------------------
 @pytest.mark.parametrize(
     "path", ["/studio/quote?model=flux-2-max", "/jobs/updates?watch=1:x", "/credits/badge", "/studio/options"]
