@@ -77,14 +77,40 @@ def test_it_refunds_a_job_the_provider_fails(bob, accounts, drain, fresh_sandbox
     assert credits.reconcile() == []
 
 
-def test_it_refunds_when_the_result_link_has_expired(bob, accounts, drain, fresh_sandbox):
-    fresh_sandbox.queue_fault("expired", "apiframe")
-    generation, _ = engine.create(bob, request(), provider="sb-apiframe")
+@pytest.mark.parametrize(
+    "provider, model, held, message",
+    [
+        # Apiframe's poll says the images are purged: the job fails there, nothing is downloaded.
+        ("apiframe", "flux-2-max", 70, "Apiframe has already purged this job's images (24 h retention)."),
+        # MaxAPI answers with the link at once; the file server then refuses it: the download fails.
+        (
+            "maxapi",
+            "flux-plus",
+            3,
+            "The provider's image link has expired or vanished. Your credits are back.",
+        ),
+    ],
+)
+def test_it_refunds_when_the_result_link_has_expired(
+    bob, accounts, drain, fresh_sandbox, provider, model, held, message
+):
+    fresh_sandbox.queue_fault("expired", provider)
+    generation, _ = engine.create(bob, request(model=model), provider=f"sb-{provider}")
+    assert generation.credits_reserved == held
     drain()
     generation.refresh_from_db()
-    assert generation.status == "failed"
-    assert "expired" in generation.error_message.lower() or generation.error_code == "expired_result"
-    assert credits.account_for(bob).balance == 1000
+    assert (generation.status, generation.error_code, generation.error_message) == (
+        "failed",
+        "expired_result",
+        message,
+    )
+    assert not generation.images.exists()
+    downloads = [r for r in fresh_sandbox.requests if "/_files/" in r.path]
+    assert len(downloads) == (provider == "maxapi")
+    assert (generation.credits_charged, generation.credits_refunded) == (0, held)
+    account = credits.account_for(bob)
+    assert (account.balance, account.reserved) == (1000, 0)
+    assert credits.reconcile() == []
 
 
 def test_it_refuses_a_file_that_is_not_an_image(bob, accounts, drain, fresh_sandbox):
