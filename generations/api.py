@@ -205,8 +205,6 @@ def listing(request):
         rows = rows.filter(user=request.user)
     if status := request.GET.get("status"):
         rows = rows.filter(status=status)
-    if q := request.GET.get("q"):
-        rows = rows.search(q)
     if username := request.GET.get("user"):
         rows = rows.filter(user=Subquery(User.objects.filter(username=username).values("pk")[:1]))
     if model := request.GET.get("model"):
@@ -222,6 +220,8 @@ def listing(request):
             return error(400, "invalid", "collection must be a collection id.", "collection")
         kept = Image.objects.visible().filter(collection_items__collection=collection)
         rows = rows.filter(pk__in=kept.values("generation_id"))
+    if q := request.GET.get("q"):
+        rows = rows.search(q)  # last: newest() pages a search best when nothing is filtered after it
     before = None
     if cursor := request.GET.get("cursor"):
         try:

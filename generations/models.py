@@ -11,7 +11,7 @@ import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import models
+from django.db import connections, models
 from django.db.models import F, Q
 from django.db.models.functions import Lower
 from django.utils import timezone
@@ -25,6 +25,18 @@ def digest(text: str) -> str:
 
 
 class KeysetQuerySet(models.QuerySet):
+    _prompt_search = None  # set by search.by_prompt; any filter after it clears it
+
+    def _clone(self):
+        clone = super()._clone()
+        clone._prompt_search = self._prompt_search
+        return clone
+
+    def _filter_or_exclude(self, negate, args, kwargs):
+        clone = super()._filter_or_exclude(negate, args, kwargs)
+        clone._prompt_search = None
+        return clone
+
     def newest(self, size: int, before: int | None = None):
         """The `size` newest rows (ids below `before`) as one query: their ids are picked from the filtered
         table alone, then those rows are loaded with this QuerySet's joins. When a filter matches much of the
@@ -33,6 +45,8 @@ class KeysetQuerySet(models.QuerySet):
         page only where the filter is an index's prefix; call this anywhere."""
         rows = self if before is None else self.filter(pk__lt=before)
         ids = rows.order_by("-pk").values("pk")[:size]
+        if self._prompt_search is not None and connections[self.db].vendor == "sqlite":
+            ids = search.recent_first(self, size, before)
         page = self.model._default_manager.filter(pk__in=ids).order_by("-pk")
         page.query.select_related = self.query.select_related
         page.query.deferred_loading = self.query.deferred_loading

@@ -54,9 +54,7 @@ def prompts(rows: QuerySet, text: str) -> QuerySet:
         return rows.none()
     vendor = connections[rows.db].vendor
     if vendor == "sqlite":
-        return rows.filter(
-            pk__in=RawSQL(f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s", [fts5_query(found)])
-        )
+        return rows.filter(pk__in=fts5_rowids(found))
     if vendor == "postgresql":
         from django.contrib.postgres.search import SearchQuery, SearchVector
 
@@ -69,11 +67,59 @@ def prompts(rows: QuerySet, text: str) -> QuerySet:
     return rows
 
 
+def fts5_rowids(found: list[str]) -> RawSQL:
+    """The ids of the prompts matching `found`: the FTS table's rowids are the prompts' ids."""
+    return RawSQL(f"SELECT rowid FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH %s", [fts5_query(found)])
+
+
 def by_prompt(rows: QuerySet, text: str, path: str) -> QuerySet:
     """Filter any QuerySet whose `path` leads to a Prompt by that prompt matching `text`."""
     from .models import Prompt
 
-    matching = prompts(Prompt.objects.using(rows.db).order_by(), text)
-    if not words(text):
+    found = words(text)
+    if not found:
         return rows.none()
-    return rows.filter(**{f"{path}__in": matching.values("pk")})
+    if connections[rows.db].vendor == "sqlite":
+        matching = fts5_rowids(found)  # straight from the index, no read of the prompt rows
+    else:
+        matching = prompts(Prompt.objects.using(rows.db).order_by(), text).values("pk")
+    result = rows.filter(**{f"{path}__in": matching})
+    # For KeysetQuerySet.newest(): what the rows were before the search, and how to test the prompt.
+    result._prompt_search = (rows, path, matching)
+    return result
+
+
+# How many of the newest ids a page of search results first looks through in order (see recent_first).
+WINDOW = 2000
+
+
+def recent_first(rows: QuerySet, size: int, before: int | None) -> RawSQL | None:
+    """The ids of a page of `rows` (a search made by `by_prompt`, and nothing filtered after it), newest
+    first, on SQLite, in two steps of one query: the newest WINDOW ids in order, each row's prompt tested
+    against the matches, and only when that finds fewer than `size`, the older rows through the prompt
+    index. SQLite always takes the index, and for a common word ("in" matches ~45 % of the prompts) it
+    then sorts every matching id: the window finds a page in ~100 rows instead. UNION ALL runs its second
+    SELECT only when the first left the LIMIT unfilled."""
+    from django.db.models import BigIntegerField, ExpressionWrapper, F, Subquery, Value
+
+    base, path, matching = rows._prompt_search
+    model = rows.model
+    if before is None:
+        newest = Subquery(model._default_manager.using(rows.db).order_by("-pk").values("pk")[:1])
+        floor = ExpressionWrapper(newest - Value(WINDOW), output_field=BigIntegerField())
+    else:
+        base = base.filter(pk__lt=before)
+        rows = rows.filter(pk__lt=before)
+        floor = before - WINDOW
+    # `prompt_id + 0` can use no index, so SQLite walks the window by id, newest first.
+    tested = ExpressionWrapper(F(f"{path}_id") + 0, output_field=BigIntegerField())
+    window = (
+        base.alias(_prompt=tested).filter(_prompt__in=matching, pk__gte=floor).order_by("-pk").values("pk")
+    )
+    older = rows.filter(pk__lt=floor).order_by("-pk").values("pk")
+    window_sql, window_params = window[:size].query.sql_with_params()
+    older_sql, older_params = older[:size].query.sql_with_params()
+    return RawSQL(
+        f"SELECT * FROM ({window_sql}) UNION ALL SELECT * FROM ({older_sql}) LIMIT {int(size)}",
+        (*window_params, *older_params),
+    )

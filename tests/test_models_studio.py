@@ -405,3 +405,32 @@ def test_of_status_needs_no_join_because_only_succeeded_jobs_keep_images(
     with django_assert_num_queries(0):
         assert list(Image.objects.gallery().of_status("failed")) == []
     assert "generations_generation" not in str(Image.objects.visible().of_status("succeeded").query)
+
+
+# -- newest() of a search: the newest ids in order first, the prompt index only for what is older ----------------
+@pytest.mark.parametrize("window", [1, 3, 7, 100])
+def test_a_search_page_is_the_same_whichever_way_it_is_found(bob, carol, account, monkeypatch, window):
+    from generations import search
+
+    monkeypatch.setattr(search, "WINDOW", window)
+    texts = ["red fox", "blue whale", "red kite", "green fox", "red fox"]
+    jobs = [make_job(bob if i % 2 else carol, account, texts[i % 5]) for i in range(23)]
+    images = [bare_image(job) for job in jobs]
+    for model, rows in ((Generation, jobs), (Image, images)):
+        matching = [r.pk for r in reversed(rows) if "red" in (r.prompt.text)]
+        for before in (None, matching[2], matching[-1], rows[0].pk):
+            expected = [pk for pk in matching if before is None or pk < before][:4]
+            assert [r.pk for r in model.objects.search("red").newest(4, before)] == expected
+        assert [r.pk for r in model.objects.search("zebra").newest(4)] == []
+        # A filter after the search is kept (and the page found the plain way).
+        bobs = [r.pk for r in reversed(rows) if "red" in r.prompt.text and r.user_id == bob.pk][:4]
+        assert [r.pk for r in model.objects.search("red").filter(user=bob).newest(4)] == bobs
+
+
+def test_on_sqlite_a_search_page_walks_the_newest_ids_before_the_prompt_index(bob, account):
+    if connection.vendor != "sqlite":
+        pytest.skip("PostgreSQL plans a search page from its statistics")
+    bare_image(make_job(bob, account, "red fox"))
+    sql = str(Image.objects.gallery().search("red").newest(40).query)
+    assert "UNION ALL" in sql and '"prompt_id" + ' in sql
+    assert "UNION ALL" not in str(Image.objects.gallery().search("red").filter(user=bob).newest(40).query)
