@@ -161,6 +161,7 @@ def test_a_390_px_phone_scrolls_only_down(browser, live_server, bob, accounts, s
         assert width <= 390, (path, scheme, width)
         assert page.locator("h1").count() == 1, path
     page.goto("/")
+    page.wait_for_selector("#quote [data-testid=price]")
     assert page.get_by_role("button", name="Log out").is_visible()
     background = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert background == ("rgb(18, 19, 23)" if scheme == "dark" else "rgb(248, 248, 251)")
