@@ -174,6 +174,15 @@ class Scope:
         return rows
 
 
+def cards(rows, user, limit: int) -> list[Image]:
+    """The first `limit` of `rows` (newest first) with what a card shows, in one query: the page's ids are
+    chosen first from the indexes alone, then only those rows are joined to their prompt, author and
+    account. SQLite joins before it sorts, so joining every match of a common word first took 390 ms at
+    100,000 images; this takes the sort of bare ids."""
+    page = rows.order_by("-id").values("pk")[:limit]
+    return priced(list(with_favorite(Image.objects.gallery().filter(pk__in=Subquery(page)), user)))
+
+
 def with_favorite(rows, user):
     """Each row says whether `user` favorited it, in the same query."""
     return rows.annotate(is_favorite=Exists(Favorite.objects.filter(user=user, image=OuterRef("pk"))))
@@ -247,12 +256,12 @@ def priced(images: list) -> list:
 
 
 def page_context(request, scope: Scope, before: int | None = None) -> dict:
-    rows = with_favorite(scope.images(request.user), request.user)
+    rows = scope.images(request.user)
     if before:
         rows = rows.filter(id__lt=before)
-    images = list(rows[: PAGE + 1])
+    images = cards(rows, request.user, PAGE + 1)
     more = len(images) > PAGE
-    images = priced(images[:PAGE])
+    images = images[:PAGE]
     return {
         "scope": scope,
         "images": images,
@@ -305,7 +314,7 @@ def gallery(request):
     user = request.user
     if "after" in request.GET:
         after = parse_id(request.GET.get("after", ""), minimum=0) or 0
-        new = priced(list(with_favorite(scope.images(user), user).filter(id__gt=after)[:PAGE]))
+        new = cards(scope.images(user).filter(id__gt=after), user, PAGE)
         if not new:
             return no_store(HttpResponse(status=204))
         context = {
