@@ -52,6 +52,10 @@ def log_in(page, username: str, password: str) -> None:
     page.wait_for_url("**/")
 
 
+def card_status(page) -> str:
+    return page.locator("#jobs article.job").first.get_attribute("data-status")
+
+
 def test_it_logs_in_generates_and_shows_the_image_without_a_reload(page, bob, accounts, worker):
     log_in(page, "bob", "pw-bob-123")
     assert page.get_by_test_id("balance").inner_text() == "1,000"
@@ -67,9 +71,16 @@ def test_it_logs_in_generates_and_shows_the_image_without_a_reload(page, bob, ac
     card.locator(".images img").wait_for(timeout=30000)
     assert card.get_attribute("data-status") == "succeeded"
     page.locator("#gallery figure.tile img").first.wait_for()
-    page.wait_for_function("document.querySelector('[data-testid=balance]').innerText === '930'")
+    # The badge shows what bob can spend, so it says 930 as soon as the 70 are held: wait for the settled
+    # balance, with nothing reserved any more.
+    page.wait_for_function(
+        "document.querySelector('[data-testid=balance]').innerText === '930'"
+        " && !document.querySelector('#credit-badge .reserved')"
+    )
+    assert page.locator("#credit-badge").inner_text().strip() == "930 credits"
     assert page.evaluate("window.__not_reloaded") is True  # the page updated itself
-    assert credits.account_for(bob).balance == 930
+    account = credits.account_for(bob)
+    assert (account.balance, account.reserved) == (930, 0)
     image_status = page.evaluate("fetch(document.querySelector('#gallery img').src).then(r => r.status)")
     assert image_status == 200
 
@@ -122,4 +133,13 @@ def test_it_sends_an_uploaded_reference_image_to_the_provider(
     # The link serves the uploaded picture to anyone holding it, with no login.
     path = links[0].removeprefix("http://127.0.0.1:8000")
     assert page.evaluate(f"fetch('{path}', {{credentials: 'omit'}}).then(r => r.status)") == 200
-    assert credits.account_for(bob).balance == 1000 - 100  # 70 for the image + 30 for a 0.3 MP reference
+    assert card_status(page) == "succeeded"
+    page.wait_for_function(
+        "document.querySelector('[data-testid=balance]').innerText === '900'"
+        " && !document.querySelector('#credit-badge .reserved')"
+    )
+    account = credits.account_for(bob)
+    assert (account.balance, account.reserved) == (
+        1000 - 100,
+        0,
+    )  # 70 for the image + 30 for a 0.3 MP reference
