@@ -414,7 +414,8 @@ def test_it_reports_a_tampered_generation(bob, accounts):
     engine.finish(running(generation), saved_files(1), None)
     Generation.objects.filter(pk=generation.pk).update(credits_charged=0, credits_refunded=0)
     assert credits.reconcile() == [
-        f"generation {generation.pk}: charged 0 and refunded 0 but the ledger says 70 and 0"
+        f"generation {generation.pk}: charged 0 and refunded 0 but the ledger says 70 and 0",
+        f"generation {generation.pk}: keeps 1 image(s) but charged nothing",
     ]
 
 
