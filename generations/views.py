@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import messages
+from django.core.cache import cache
 from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -27,7 +28,7 @@ from .forms import (
     parse_id,
 )
 from .login import login_required
-from .models import Generation, Image, LedgerEntry, Reference
+from .models import Generation, Image, LedgerEntry, ProviderAccount, Reference
 from .providers import ProviderError, Unsupported
 
 JOBS_SHOWN = 12
@@ -36,6 +37,27 @@ LOW_BALANCE = 150  # credits: about two FLUX.2 [max] images; below it the badge 
 # The form fields whose errors are shown beside them (the rest go to the line under the button).
 SHOWN_FIELDS = ("prompt", "model", "provider", "n", "seed", "aspect_ratio", "megapixels", "output_format")
 SHOWN_FIELDS += ("safety_tolerance", "references")
+
+
+ACCOUNTS_KEY = "fluxweb:studio:accounts"
+ACCOUNTS_SECONDS = 60
+
+
+def enabled_accounts() -> list:
+    """The enabled provider accounts with a key, cached: the studio page renders its options without a
+    query (issue 8 asks <= 3 with the session and the user). Any save or delete of an account forgets the
+    cache (signals.forget_accounts); another process's copy lives at most ACCOUNTS_SECONDS. The create
+    reads the database, so a stale copy can show an option, never use an account."""
+    accounts = cache.get(ACCOUNTS_KEY)
+    if accounts is None:
+        accounts = list(ProviderAccount.objects.filter(enabled=True).exclude(api_key_encrypted=""))
+        cache.set(ACCOUNTS_KEY, accounts, ACCOUNTS_SECONDS)
+    return accounts
+
+
+def accounts_serving(model: str) -> list:
+    """engine.accounts_serving, from the cached accounts."""
+    return [account for account in enabled_accounts() if model in account.adapter_class.models]
 
 
 def visible_generations():
@@ -109,7 +131,7 @@ def picked_references(values, user) -> tuple[list[Image], list[Reference]]:
 def options_context(model: str, provider: str = "", initial: dict | None = None, user=None) -> dict:
     """What the form offers for one model: the accounts that serve it and the union of their options (or one
     account's, when the user picked it). `initial` keeps the user's values where the new options allow them."""
-    accounts = engine.accounts_serving(model)
+    accounts = accounts_serving(model)
     chosen = [a for a in accounts if a.slug == provider] or accounts
     specs = [a.adapter_class.models[model] for a in chosen]
     union = lambda attr: sorted({v for s in specs for v in getattr(s, attr)}, key=str)  # noqa: E731
@@ -257,18 +279,15 @@ def jobs_page(user, before: int | None = None) -> tuple[list[Generation], int | 
 
 
 def studio_context(request) -> dict:
-    initial = remix_of(request) or gallery.prefill(request)
+    """The page itself takes no query of its own (the session, the user and the gallery's cards are the
+    three): the options come from cached accounts, and the jobs column and the balance load right after
+    (`jobs`, `credit_badge`), as they refresh anyway."""
+    initial = remix_of(request)
+    if not initial and ("use_prompt" in request.GET or "reference" in request.GET):
+        initial = gallery.prefill(request)
     initial["reference_images"] = [getattr(i, "pk", i) for i in initial.get("reference_images", [])]
     model = initial.get("model") or (model_ids()[-1] if model_ids() else "")
-    jobs, more = jobs_page(request.user)
-    latencies: dict = {}
-    account = credits.account_for(request.user)
     return {
-        "jobs": [card_context(job, latencies) for job in jobs],
-        "more": more,
-        "watching": any(not job.is_terminal for job in jobs),
-        "account": account,
-        "low": account.available < LOW_BALANCE,
         "idempotency_key": uuid.uuid4().hex,
         "remixed": bool(initial),
         **options_context(model, initial.get("provider", ""), initial, request.user),
@@ -458,15 +477,21 @@ def low_balance_text(user) -> str:
 
 @require_GET
 @login_required
-def older_jobs(request):
-    """`?before=<id>`: the next page of "Your jobs", with its own "Older jobs" button (keyset, never OFFSET)."""
-    before = parse_id(request.GET.get("before", ""))
-    if before is None:
+def jobs(request):
+    """ "Your jobs": the newest page (loaded by the studio, with the poller when one runs), or with
+    `?before=<id>` the next older page; each ends with its own "Older jobs" button (keyset, never OFFSET)."""
+    before = None
+    if "before" in request.GET and (before := parse_id(request.GET["before"])) is None:
         raise Http404
-    jobs, more = jobs_page(request.user, before)
+    page, more = jobs_page(request.user, before)
     latencies: dict = {}
-    context = {"jobs": [card_context(job, latencies) for job in jobs], "more": more}
-    return no_store(render(request, "generations/studio.html#older-jobs", context))
+    context = {
+        "jobs": [card_context(job, latencies) for job in page],
+        "more": more,
+        "first": before is None,
+        "watching": any(not job.is_terminal for job in page),
+    }
+    return no_store(render(request, "generations/studio.html#jobs-page", context))
 
 
 @require_POST

@@ -82,23 +82,26 @@ def test_it_adds_no_second_chip_for_an_image_already_picked(bob, accounts, pictu
 def test_it_pages_through_older_jobs_by_keyset(bob, accounts):
     jobs = [make_job(bob, accounts["apiframe"], f"job {i}", status="succeeded") for i in range(15)]
     client = logged_in(bob)
-    page = client.get("/").content.decode()
+    assert (
+        'id="jobs" aria-live="polite" hx-get="/jobs/" hx-trigger="load"' in client.get("/").content.decode()
+    )
+    page = client.get("/jobs/", **HX).content.decode()
     assert page.count('class="job job-') == 12 and f'id="job-{jobs[0].pk}"' not in page
-    more = re.search(r'hx-get="/jobs/older\?before=(\d+)"', page)
+    more = re.search(r'hx-get="/jobs/\?before=(\d+)"', page)
     assert more and int(more.group(1)) == jobs[3].pk
-    older = client.get(f"/jobs/older?before={more.group(1)}", **HX).content.decode()
+    older = client.get(f"/jobs/?before={more.group(1)}", **HX).content.decode()
     assert [int(i) for i in re.findall(r'<article class="job [^"]*" id="job-(\d+)"', older)] == [
         jobs[2].pk,
         jobs[1].pk,
         jobs[0].pk,
     ]
-    assert "/jobs/older" not in older  # the end: no further button
-    assert client.get("/jobs/older?before=x", **HX).status_code == 404
+    assert "?before=" not in older  # the end: no further button
+    assert client.get("/jobs/?before=x", **HX).status_code == 404
 
 
 def test_older_jobs_are_only_ones_own(bob, carol, accounts):
     make_job(bob, accounts["apiframe"], "bob's job", status="succeeded")
-    older = logged_in(carol).get("/jobs/older?before=999999", **HX).content.decode()
+    older = logged_in(carol).get("/jobs/?before=999999", **HX).content.decode()
     assert "<article" not in older and "bob&#x27;s job" not in older
 
 
@@ -131,10 +134,10 @@ def test_it_answers_401_to_an_htmx_post_after_logout(bob, accounts):
 # -- bug 5: the empty state goes with the first job -------------------------------------------------------------
 def test_it_removes_the_empty_state_with_the_first_job(bob, accounts):
     client = logged_in(bob)
-    assert 'id="jobs-empty"' in client.get("/").content.decode()
+    assert 'id="jobs-empty"' in client.get("/jobs/", **HX).content.decode()
     created = post_generate(client, FORM).content.decode()
     assert '<p id="jobs-empty" hx-swap-oob="delete"></p>' in created
-    assert "Nothing yet" not in client.get("/").content.decode()
+    assert "Nothing yet" not in client.get("/jobs/", **HX).content.decode()
 
 
 # -- bug 6: a provider's HTML page is never the message ---------------------------------------------------------
@@ -323,7 +326,7 @@ def test_the_running_card_announces_itself(bob, accounts):
     assert '<div class="spinner" role="status"><span class="visually-hidden">Running</span>' in card
     page = logged_in(bob).get("/").content.decode()
     assert (
-        '<div id="jobs" aria-live="polite">' in page
+        '<div id="jobs" aria-live="polite"' in page
         and 'id="quote" class="quote" role="status" aria-live="polite"' in page
     )
     assert 'id="toasts" class="toasts" role="status" aria-live="polite"' in page
@@ -351,7 +354,7 @@ def test_the_poll_returns_only_the_cards_that_changed(bob, accounts):
     running = make_job(bob, accounts["apiframe"], "running one", status="running", progress=0.5)
     queued = make_job(bob, accounts["apiframe"], "queued one", status="queued")
     client = logged_in(bob)
-    page = client.get("/").content.decode()
+    page = client.get("/jobs/", **HX).content.decode()
     watch = re.findall(r'name="watch" value="([^"]+)"', page)
     assert sorted(watch) == sorted([f"{running.pk}:running.50.0", f"{queued.pk}:queued.0.0"])
     assert 'hx-get="/jobs/updates"' in page and 'hx-get="/jobs/{running.pk}/card"' not in page
@@ -533,3 +536,23 @@ def test_members_do_not_see_the_providers_cost_and_admins_see_its_unit(bob, alic
 def test_the_ledger_fits_a_phone(bob):
     html = logged_in(bob).get("/credits/").content.decode()
     assert '<div class="table-wrap">' in html and 'data-label="When"' in html
+
+
+# -- the page's cost ---------------------------------------------------------------------------------------------
+def test_the_studio_page_takes_three_queries_and_its_jobs_a_fixed_number(bob, accounts, picture):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    client = logged_in(bob)
+    client.get("/")
+    with CaptureQueriesContext(connection) as page:
+        assert client.get("/").status_code == 200
+    assert len(page) <= 3  # the session, the user and the gallery's cards: options from cached accounts
+    client.get("/jobs/", **HX)
+    with CaptureQueriesContext(connection) as few:
+        client.get("/jobs/", **HX)
+    for i in range(10):
+        make_image(make_job(bob, accounts["apiframe"], f"more {i}", status="succeeded"))
+    with CaptureQueriesContext(connection) as many:
+        assert client.get("/jobs/", **HX).content.decode().count('class="job job-') == 11
+    assert len(many) == len(few)
