@@ -2,6 +2,7 @@
 """FluxWeb benchmark: the real engine, a real `qcluster`, the provider sandbox, all on loopback.
 
     .venv/bin/python bench/run.py [--jobs N] [--quick] [--redis] [--keep] [--json PATH]
+                                  [--only engine|gallery] [--sizes 1000,10000,100000] [--reps N]
 
 From nothing: a temp data dir and SQLite DB (migrated), the provider sandbox in this process (Apiframe,
 latency uniform 4..6 s), a user with credits and an Apiframe account pointed at the sandbox, and a
@@ -19,8 +20,13 @@ under a unique FLUXWEB_Q_NAME). Then, with the real engine:
 5. `generations.media` thumbnail() and embed_metadata() on 2048x2048 JPEG, WebP and PNG made with Pillow,
    and the peak RSS one thumbnail adds.
 
-Prints one table, figure | measured | target | ok?, against performance.md's targets; exits 1 when a target
-is missed. Connects only to 127.0.0.1. Removes the subprocess, the temp dir and (with --redis) its Redis keys
+6. the gallery and lists (bench/gallery.py, issue 8): `seed_images` grows the database to each of --sizes
+   images, a copy kept at each; every gallery page and fragment, the prompt history and each variant of
+   `GET /api/v1/generations` is timed in-process on every copy, in rounds alternating between the sizes:
+   queries, p50 and p95 side by side.
+
+Prints one table, figure | measured | target | ok?, against performance.md's targets, and the gallery's table;
+exits 1 when a target is missed. `--only` runs one section. Connects only to 127.0.0.1. Removes the subprocess, the temp dir and (with --redis) its Redis keys
 on exit, also on Ctrl-C or SIGTERM.
 """
 
@@ -48,6 +54,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import gallery  # noqa: E402  (bench/gallery.py, beside this file)
 
 PROVIDER = "apiframe"
 ACCOUNT = "bench-apiframe"
@@ -717,7 +725,46 @@ class Bench:
         t_all = time.monotonic()
         self.load.append(os.getloadavg())
         self.configure()
-        broker = "Redis" if self.redis else "ORM"
+        gallery_ok = True
+        if self.args.only != "gallery":
+            self.run_engine()
+        if self.args.only != "engine":
+            gallery_ok = self.run_gallery()
+        took = time.monotonic() - t_all
+        self.load.append(os.getloadavg())
+        if self.args.only != "gallery":
+            broker = "Redis" if self.redis else "ORM"
+            header = (
+                f"FluxWeb bench: {self.args.jobs} jobs per phase {SPACING:g} s apart, sandbox latency uniform "
+                f"{LATENCY[0]:g}..{LATENCY[1]:g} s, {broker} broker, SQLite WAL, {os.cpu_count()} CPUs, "
+                f"{took:.0f} s; 1-min load average {self.load[0][0]:.2f} before, {self.load[1][0]:.2f} after"
+            )
+            print_table(self.rows, header)
+        if self.args.only != "engine":
+            columns, rows, _ = self.gallery.table()
+            header = (
+                f"FluxWeb bench, gallery and lists: server time in-process (Django test client), "
+                f"{self.args.reps} requests per endpoint and size, SQLite WAL, {os.cpu_count()} CPUs, "
+                f"{took:.0f} s ({self.gallery.seconds_seeding:.0f} s of seed_images); 1-min load average "
+                f"{self.load[0][0]:.2f} before, {self.load[1][0]:.2f} after; targets: <= 3 queries, "
+                f"p95 <= 50 ms at {self.args.sizes[-1]:,}, p50 there <= 2x p50 at {self.args.sizes[0]:,}"
+            )
+            gallery.print_table(columns, rows, header)
+        if self.args.json:
+            raw = {
+                "rows": [r.__dict__ | {"ok": r.verdict} for r in self.rows],
+                "load": self.load,
+                "jobs": [j.__dict__ for j in self.jobs],
+            }
+            if self.args.only != "engine":
+                raw["gallery"] = {
+                    name: {size: self.gallery.result(name, size).__dict__ for size in self.args.sizes}
+                    for name in self.gallery.order
+                }
+            Path(self.args.json).write_text(json.dumps(raw, indent=1))
+        return 0 if gallery_ok and all(r.ok is not False for r in self.rows) else 1
+
+    def run_engine(self) -> None:
         web = self.start_web()
         self.start_qcluster(self.env["FLUXWEB_SITE_URL"])  # webhooks fail: a closed port
         cold = self.phase_polling("polling cold")
@@ -732,22 +779,12 @@ class Bench:
         self.submit_rows(hooked, "API POST sent", from_return=False)
         self.jobs = cold + warm + hooked
         self.media_rows()
-        took = time.monotonic() - t_all
-        self.load.append(os.getloadavg())
-        header = (
-            f"FluxWeb bench: {self.args.jobs} jobs per phase {SPACING:g} s apart, sandbox latency uniform "
-            f"{LATENCY[0]:g}..{LATENCY[1]:g} s, {broker} broker, SQLite WAL, {os.cpu_count()} CPUs, {took:.0f} s; "
-            f"1-min load average {self.load[0][0]:.2f} before, {self.load[1][0]:.2f} after"
-        )
-        print_table(self.rows, header)
-        if self.args.json:
-            raw = {
-                "rows": [r.__dict__ | {"ok": r.verdict} for r in self.rows],
-                "load": self.load,
-                "jobs": [j.__dict__ for j in self.jobs],
-            }
-            Path(self.args.json).write_text(json.dumps(raw, indent=1))
-        return 0 if all(r.ok is not False for r in self.rows) else 1
+
+    def run_gallery(self) -> bool:
+        """Issue 8: the gallery, the history and the API list at each of --sizes images (bench/gallery.py)."""
+        self.gallery = gallery.GalleryBench(self.args.sizes, self.args.reps, self.tmp, log)
+        self.gallery.run(self.user)
+        return self.gallery.table()[2]
 
 
 def main() -> int:
@@ -763,6 +800,16 @@ def main() -> int:
         "--keep", action="store_true", help="keep the temp dir (DB, qcluster.log) for a post-mortem"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the table as JSON")
+    parser.add_argument(
+        "--only", choices=["engine", "gallery"], help="run one section: the engine, or the gallery and lists"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: sorted(int(n) for n in text.split(",")),
+        default=[1_000, 10_000, 100_000],
+        help="image counts the gallery section measures at (default 1000,10000,100000)",
+    )
+    parser.add_argument("--reps", type=int, default=40, help="timed requests per gallery endpoint and size")
     args = parser.parse_args()
     if args.jobs is None:
         args.jobs = 5 if args.quick else 20
