@@ -317,30 +317,22 @@ def gallery(request):
         new = cards(scope.images(user).filter(id__gt=after), user, PAGE)
         if not new:
             return no_store(HttpResponse(status=204))
-        context = {
-            "scope": scope,
-            "images": new,
-            "newest": new[0].pk,
-        }
+        context = {"scope": scope, "images": new, "newest": new[0].pk}
         return no_store(render(request, "generations/gallery.html#new", context))
     before = parse_id(request.GET.get("before", ""))
     if request.htmx and before:
-        return no_store(
-            render(request, "generations/gallery.html#cards", page_context(request, scope, before))
-        )
-    if request.htmx and request.htmx.target == "gallery-results":
+        context = page_context(request, scope, before)
+        return no_store(render(request, "generations/gallery.html#cards", context))
+    if request.htmx and request.htmx.target == "gallery-section":
+        return no_store(render(request, "generations/gallery.html#section", section_context(request, scope)))
+    if request.htmx:  # the filters' results (or any other fragment asked for: never the whole page)
         context = page_context(request, scope)
         context["newest"] = context["images"][0].pk if context["images"] else 0
         response = render(request, "generations/gallery.html#results", context)
-        if (
-            not scope.embed
-        ):  # the address keeps the filters (only those set), so a reload or a link shows them
+        if not scope.embed:  # the address holds the filters set, so a reload or a shared link shows them
             response["HX-Push-Url"] = reverse("gallery") + (f"?{scope.query}" if scope.query else "")
         return no_store(response)
-    context = section_context(request, scope, None if request.htmx else before)
-    if request.htmx and request.htmx.target == "gallery-section":
-        return no_store(render(request, "generations/gallery.html#section", context))
-    return no_store(render(request, "generations/gallery.html", context))
+    return no_store(render(request, "generations/gallery.html", section_context(request, scope, before)))
 
 
 # -- the lightbox ---------------------------------------------------------------------------------------------

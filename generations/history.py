@@ -87,6 +87,6 @@ def history(request):
     }
     if request.htmx and request.GET.get("before"):
         return no_store(render(request, "generations/history.html#rows", context))
-    if request.htmx and request.htmx.target == "history-results":
+    if request.htmx:
         return no_store(render(request, "generations/history.html#results", context))
     return no_store(render(request, "generations/history.html", context))

@@ -136,6 +136,10 @@ def test_it_answers_htmx_with_fragments_not_pages(bob, team):
     )
     assert tiles(section) == [b.pk, a.pk]
 
+    bare = client.get("/gallery", **HX)  # an htmx ask with no known target still gets a fragment
+    assert "<html" not in bare.content.decode() and tiles(bare) == [c.pk, b.pk, a.pk]
+    assert "<html" not in client.get("/history/", **HX).content.decode()
+
     older = client.get(f"/gallery?before={b.pk}", **HX)
     assert "<html" not in older.content.decode() and tiles(older) == [a.pk]
 
