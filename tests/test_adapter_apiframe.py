@@ -483,3 +483,12 @@ def test_a_custom_size_is_priced_at_the_tier_it_is_sent_as(db, size, price):
 
     # 1456x1456 is 2.02 MP of area, but Apiframe makes and bills it as 1:1 at 2 MP.
     assert credits.quote("apiframe", req(width=size[0], height=size[1])).total == price
+
+
+def test_a_gateways_html_error_page_is_stored_as_words_not_markup():
+    adapter = Apiframe("https://api.apiframe.ai", "afk")
+    page = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body><h1>502</h1></body></html>"
+    error = adapter.error_for(reply(502, page))
+    assert "<" not in error.message and "502 Bad Gateway" in error.message
+    bare = adapter.error_for(reply(502, b"<html><body><p>oops</p></body></html>"))
+    assert "<" not in bare.message and "HTTP 502" in bare.message

@@ -23,6 +23,20 @@ MEGAPIXEL = 1024 * 1024
 log = logging.getLogger("generations")
 
 
+HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+
+
+def plain_text(body: bytes) -> str:
+    """Words from a non-JSON error body: a gateway's HTML page becomes its <title> (or nothing), never
+    markup shown to a person."""
+    head = body[:4096]
+    if b"<" in head and re.search(rb"<(!doctype|html|head|body|title|h1|p|div)\b", head, re.IGNORECASE):
+        found = HTML_TITLE.search(head)
+        title = found.group(1).decode("utf-8", "replace") if found else ""
+        return " ".join(re.sub(r"<[^>]+>", " ", title).split())[:200]
+    return body[:200].decode("utf-8", "replace").strip()
+
+
 class ProviderError(Exception):
     """Everything that can go wrong with a provider, in one taxonomy.
 
@@ -549,7 +563,7 @@ class Adapter:
         try:
             data = json.loads(reply.body)
         except ValueError:
-            return reply.body[:200].decode("utf-8", "replace").strip()
+            return plain_text(reply.body)
         return extract_message(data)
 
     def error_for(self, reply: Reply) -> ProviderError:
