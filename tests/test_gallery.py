@@ -231,6 +231,16 @@ def test_it_hides_deleted_images_from_every_view(bob, team):
     assert client.get(f"/images/{a.pk}/download").status_code == 404
 
 
+def test_an_ended_session_asks_htmx_to_log_in_again_not_to_paste_the_login_page(client, team):
+    for path in ("/gallery?after=0", f"/gallery/images/{team[0].pk}", "/history/?q=fox", "/gallery?q=fox"):
+        response = client.get(path, HTTP_HX_CURRENT_URL="http://testserver/gallery", **HX)
+        assert response.status_code == 401, path
+        assert response["HX-Redirect"].startswith("/login/?next=%2Fgallery"), path
+    response = client.post(f"/images/{team[0].pk}/favorite", **HX)
+    assert response.status_code == 401 and not Favorite.objects.exists()
+    assert client.get("/gallery")["Location"].startswith("/login/?next=")
+
+
 # -- views: mine, favorites, collections ----------------------------------------------------------------------
 def test_favorites_are_per_person_and_the_toggle_says_aria_pressed(bob, carol, team):
     a, b, c = team
