@@ -70,10 +70,12 @@ def clean_text(value) -> str:
 
 
 def clean_date(value) -> date | None:
+    """A YYYY-MM-DD within years 1900-9000 (so a day's end never overflows), or None."""
     try:
-        return date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
+        day = date.fromisoformat(value) if isinstance(value, str) and len(value) == 10 else None
     except ValueError:
         return None
+    return day if day and 1900 <= day.year <= 9000 else None
 
 
 def start_of(day: date) -> datetime:
@@ -97,7 +99,7 @@ class Scope:
     format: str = ""
     embed: bool = False
 
-    NAMES = {"start": "from", "end": "to"}
+    PARAMS = {"start": "from", "end": "to"}  # the query string's names where they differ
 
     @classmethod
     def from_query(cls, query) -> Scope:
@@ -125,18 +127,18 @@ class Scope:
             embed=query.get("embed") == "studio",
         )
 
-    def params(self, **changes) -> dict[str, str]:
-        scope = replace(self, **changes)
+    def params(self) -> dict[str, str]:
+        """The query string that shows this scope again: only what differs from the team's gallery."""
         out = {}
-        for field in fields(scope):
-            value = getattr(scope, field.name)
-            if field.name == "view" and (value == "team" or scope.collection):
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "view" and (value == "team" or self.collection):
                 continue
             if value in (None, "", False):
                 continue
             if field.name == "embed":
                 value = "studio"
-            out[self.NAMES.get(field.name, field.name)] = str(value)
+            out[self.PARAMS.get(field.name, field.name)] = str(value)
         return out
 
     @property
@@ -145,7 +147,9 @@ class Scope:
 
     @property
     def filtered(self) -> bool:
-        return bool(self.q or self.member or self.model or self.provider or self.start or self.end)
+        return any(
+            (self.q, self.member, self.model, self.provider, self.start, self.end, self.status, self.format)
+        )
 
     def images(self, user):
         rows = Image.objects.gallery()

@@ -215,6 +215,8 @@ def test_hostile_filters_are_ignored_not_errors(bob, team):
         "provider=../../x",
         "collection=-1",
         "q=%22OR%22*",
+        "to=9999-12-31",
+        "from=0001-01-01",
         "before=1e3",
         "after=-1",
     ):
