@@ -216,52 +216,67 @@ def until(moment: datetime, now: datetime) -> int:
     return max(1, int((moment - now).total_seconds()))
 
 
+def concurrent_refusal(running: int) -> Refusal:
+    return Refusal(
+        "quota_concurrent",
+        f"You already have {running} generations in flight, your limit; "
+        "a new one can start when one of them finishes.",
+        status=429,
+        retry_after=5,
+    )
+
+
+def daily_refusal(limit: int, used: int, now: datetime) -> Refusal:
+    resets = next_day(now)
+    return Refusal(
+        "quota_daily_images",
+        f"Your limit is {limit} images a day and {used} are used; it resets at {resets:%Y-%m-%d %H:%M} UTC.",
+        status=429,
+        retry_after=until(resets, now),
+    )
+
+
+def monthly_refusal(limit: int, spent: int, amount: int, now: datetime) -> Refusal:
+    resets = next_month(now)
+    return Refusal(
+        "quota_monthly_credits",
+        f"Your limit is {limit} credits a month and {spent} are spent or held; "
+        f"this needs {amount}. It resets on {resets:%Y-%m-%d} UTC.",
+        status=429,
+        retry_after=until(resets, now),
+    )
+
+
+def cap_refusal(account: ProviderAccount, now: datetime) -> Refusal:
+    resets = next_month(now)
+    return Refusal(
+        "quota_provider_cap",
+        f"The {account.slug} provider account has reached its monthly spend cap of "
+        f"{account.monthly_spend_cap} credits; it resets on {resets:%Y-%m-%d} UTC. Try another provider.",
+        status=429,
+        retry_after=until(resets, now),
+    )
+
+
 def hold_quotas(user, account: ProviderAccount, n: int, amount: int, now: datetime) -> None:
     """Check and count every quota for a new generation. Call inside the create transaction, after the
-    user's credit row is locked."""
+    user's credit row is locked. (`estimate.quota_refusal` asks the same questions without counting.)"""
     limits = limits_for(user)
     if limits["concurrent"] is not None:
         running = Generation.objects.filter(user=user, status__in=Generation.IN_FLIGHT).count()
         if running >= limits["concurrent"]:
-            raise Refusal(
-                "quota_concurrent",
-                f"You already have {running} generations in flight, your limit; "
-                "a new one can start when one of them finishes.",
-                status=429,
-                retry_after=5,
-            )
+            raise concurrent_refusal(running)
     day = usage_row(user=user, window=day_window(now))
     if not count_usage(day, images=n, image_limit=limits["daily_images"]):
-        resets = next_day(now)
-        raise Refusal(
-            "quota_daily_images",
-            f"Your limit is {limits['daily_images']} images a day and {day.images} are used; "
-            f"it resets at {resets:%Y-%m-%d %H:%M} UTC.",
-            status=429,
-            retry_after=until(resets, now),
-        )
+        raise daily_refusal(limits["daily_images"], day.images, now)
     month = usage_row(user=user, window=month_window(now))
     if not count_usage(month, credits=amount, credit_limit=limits["monthly_credits"]):
-        resets = next_month(now)
-        raise Refusal(
-            "quota_monthly_credits",
-            f"Your limit is {limits['monthly_credits']} credits a month and {month.credits} are spent or held; "
-            f"this needs {amount}. It resets on {resets:%Y-%m-%d} UTC.",
-            status=429,
-            retry_after=until(resets, now),
-        )
+        raise monthly_refusal(limits["monthly_credits"], month.credits, amount, now)
     # Counted with or without a cap: refunds give spend back to this row, so a cap set mid-month must
     # find every hold in it (otherwise an older job's refund takes a newer one's spend off, or below 0).
     spent = usage_row(account=account, window=month_window(now))
     if not count_usage(spent, credits=amount, credit_limit=account.monthly_spend_cap):
-        resets = next_month(now)
-        raise Refusal(
-            "quota_provider_cap",
-            f"The {account.slug} provider account has reached its monthly spend cap of "
-            f"{account.monthly_spend_cap} credits; it resets on {resets:%Y-%m-%d} UTC. Try another provider.",
-            status=429,
-            retry_after=until(resets, now),
-        )
+        raise cap_refusal(account, now)
 
 
 def release_usage(generation: Generation, *, images: int, credits: int) -> None:

@@ -57,12 +57,7 @@ def quota_refusal(
     if limits["concurrent"] is not None:
         running = Generation.objects.filter(user=user, status__in=Generation.IN_FLIGHT).count()
         if running >= limits["concurrent"]:
-            return credits.Refusal(
-                "quota_concurrent",
-                f"You already have {running} generations in flight, your limit; "
-                "a new one can start when one of them finishes.",
-                status=429,
-            )
+            return credits.concurrent_refusal(running)
     usage = {
         (row.account_id, row.window): row
         for row in Usage.objects.filter(
@@ -73,30 +68,20 @@ def quota_refusal(
     day = usage.get((None, credits.day_window(now)))
     used = day.images if day else 0
     if limits["daily_images"] is not None and used + n > limits["daily_images"]:
-        return credits.Refusal(
-            "quota_daily_images",
-            f"Your limit is {limits['daily_images']} images a day and {used} are used; "
-            f"it resets at {credits.next_day(now):%Y-%m-%d %H:%M} UTC.",
-            status=429,
-            field="n",
-        )
+        return with_field(credits.daily_refusal(limits["daily_images"], used, now), "n")
     month = usage.get((None, credits.month_window(now)))
     spent = month.credits if month else 0
     if limits["monthly_credits"] is not None and spent + amount > limits["monthly_credits"]:
-        return credits.Refusal(
-            "quota_monthly_credits",
-            f"Your limit is {limits['monthly_credits']} credits a month and {spent} are spent or held; "
-            f"this needs {amount}. It resets on {credits.next_month(now):%Y-%m-%d} UTC.",
-            status=429,
-        )
-    cap = account.monthly_spend_cap
+        return credits.monthly_refusal(limits["monthly_credits"], spent, amount, now)
     provider_month = usage.get((account.pk, credits.month_window(now)))
-    if cap is not None and (provider_month.credits if provider_month else 0) + amount > cap:
-        return credits.Refusal(
-            "quota_provider_cap",
-            f"The {account.slug} provider account has reached its monthly spend cap of "
-            f"{cap} credits; it resets on {credits.next_month(now):%Y-%m-%d} UTC. Try another provider.",
-            status=429,
-            field="provider",
-        )
+    if account.monthly_spend_cap is not None and (
+        (provider_month.credits if provider_month else 0) + amount > account.monthly_spend_cap
+    ):
+        return with_field(credits.cap_refusal(account, now), "provider")
     return None
+
+
+def with_field(refusal: credits.Refusal, field: str) -> credits.Refusal:
+    """The studio shows these beside the field the user can change to get past them."""
+    refusal.field = field
+    return refusal
