@@ -170,6 +170,8 @@ def test_it_pages_by_keyset_with_a_sentinel_that_loads_on_reveal(bob, accounts, 
     second = client.get(f"/gallery?before={shown[-1]}", **HX)
     assert tiles(second) == [r.pk for r in reversed(rows[:5])]
     assert 'hx-trigger="revealed"' not in second.content.decode()  # the end
+    without_js = client.get(f"/gallery?before={shown[-1]}")  # the sentinel's link, followed without htmx
+    assert "<html" in without_js.content.decode() and tiles(without_js) == tiles(second)
 
 
 def test_each_filter_narrows_the_view(bob, carol, accounts, team):
