@@ -55,6 +55,18 @@ class KeysetQuerySet(models.QuerySet):
 
 
 class PromptQuerySet(models.QuerySet):
+    def recent(self, size: int, before: tuple | None = None):
+        """The `size` most recently used prompts of this QuerySet, below the `(last_used_at, id)` cursor
+        `before`, newest use first, as a QuerySet over just their ids: what is annotated onto it (the
+        history's newest image and who used it) runs for the page only, not for every match of a search
+        (SQLite computes a row's subqueries before it sorts)."""
+        rows = self
+        if before is not None:
+            moment, pk = before
+            rows = rows.filter(Q(last_used_at__lt=moment) | Q(last_used_at=moment, pk__lt=pk))
+        ids = rows.order_by("-last_used_at", "-pk").values("pk")[:size]
+        return self.model._default_manager.filter(pk__in=ids).order_by("-last_used_at", "-pk")
+
     def search(self, text: str):
         """Prompts holding every word of `text` in any order, the last one as a prefix (full-text: FTS5 on
         SQLite, a GIN-indexed tsvector on PostgreSQL; see search.py)."""

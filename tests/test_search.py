@@ -170,3 +170,25 @@ def test_the_api_lists_by_q_with_full_text_search(bob, prompts):
     assert listed("lighth") == [jobs[PROMPTS[4]].pk, jobs[PROMPTS[2]].pk, jobs[PROMPTS[0]].pk]
     assert listed("house") == []  # words, not substrings (a LIKE '%house%' would find the lighthouses)
     assert listed('fox" OR "rain') == []
+
+
+def test_recent_pages_prompts_by_last_use_and_keeps_annotations_to_the_page(bob):
+    from datetime import timedelta
+
+    from django.db.models import Value
+    from django.utils import timezone
+
+    now = timezone.now()
+    made = []
+    for i in range(7):
+        prompt = Prompt.remember(f"red fox number {i}", bob)
+        Prompt.objects.filter(pk=prompt.pk).update(last_used_at=now - timedelta(minutes=i // 2))
+        made.append(Prompt.objects.get(pk=prompt.pk))
+    Prompt.remember("blue whale", bob)
+    expected = sorted(made, key=lambda p: (p.last_used_at, p.pk), reverse=True)
+    page = list(Prompt.objects.search("red fox").recent(3).annotate(tag=Value("x")))
+    assert page == expected[:3] and {p.tag for p in page} == {"x"}
+    cursor = (page[-1].last_used_at, page[-1].pk)
+    assert list(Prompt.objects.search("fox").recent(10, before=cursor)) == expected[3:]
+    sql = str(Prompt.objects.search("fox").recent(3).query)
+    assert "LIMIT 3" in sql[sql.index("IN (SELECT") :]
