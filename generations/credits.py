@@ -383,6 +383,8 @@ def reconcile() -> list[str]:
         ends = ledger.keys() & {"settle", "refund"}
         if status in Generation.IN_FLIGHT:
             open_holds[user_id] += ledger["reserve"]
+        if not reserved and not ledger:
+            continue  # made without money (`seed_images`): nothing held, nothing to settle
         if ledger["reserve"] != reserved:
             problems.append(f"generation {pk}: holds {reserved} but the ledger reserved {ledger['reserve']}")
         elif status in Generation.IN_FLIGHT:

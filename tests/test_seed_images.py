@@ -13,6 +13,7 @@ from django.db.models import Count, F
 from django.utils import timezone
 from PIL import Image as PILImage
 
+from generations import credits
 from generations.models import CreditAccount, Generation, Image, LedgerEntry, Prompt, ProviderAccount
 
 
@@ -83,6 +84,7 @@ def test_it_moves_no_credits(bob, team_accounts):
     assert LedgerEntry.objects.count() == entries
     assert not Generation.objects.exclude(credits_reserved=0, credits_charged=0, credits_refunded=0).exists()
     assert all(params["seeded"] for params in Generation.objects.values_list("params", flat=True))
+    assert credits.reconcile() == []  # nothing held, nothing owed: the books stay clean
 
 
 def test_the_prompts_are_a_searchable_history_with_their_use_counts(bob, carol, team_accounts):
