@@ -54,7 +54,7 @@ SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
 
 
 def zip_cap() -> int:
-    return int(getattr(settings, "FLUXWEB_ZIP_MAX_IMAGES", 500))
+    return settings.FLUXWEB_ZIP_MAX_IMAGES
 
 
 def no_store(response: HttpResponse) -> HttpResponse:
