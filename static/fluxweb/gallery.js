@@ -30,8 +30,13 @@
     var which = event.key === "ArrowLeft" ? "prev" : event.key === "ArrowRight" ? "next" : null;
     if (!which) return;
     var link = dialog.querySelector('[data-nav="' + which + '"]');
-    if (link) {
-      event.preventDefault();
+    if (!link) return;
+    event.preventDefault();
+    // Ask through htmx directly rather than clicking: a key pressed just after a swap could reach the link
+    // before htmx has bound it, and the browser would follow it as a page.
+    if (window.htmx) {
+      window.htmx.ajax("GET", link.getAttribute("hx-get"), { target: "#lightbox-body", swap: "innerHTML" });
+    } else {
       link.click();
     }
   });

@@ -127,6 +127,11 @@ def tile_ids(page) -> list[int]:
     ]
 
 
+def settled(page) -> None:
+    """htmx binds swapped content as it settles: wait for that before clicking what was swapped in."""
+    page.wait_for_function("!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')")
+
+
 def no_horizontal_scroll(page) -> bool:
     return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
 
@@ -292,6 +297,7 @@ def test_favorite_toggles_per_person_and_has_its_own_view(page, bob, carol, stud
     page.wait_for_function("document.querySelectorAll('#gallery figure.tile').length === 1")
     assert tile_ids(page) == [image.pk]
     assert page.get_by_role("link", name="Favorites").get_attribute("aria-current") == "page"
+    settled(page)
 
     # In the lightbox too, and the card follows.
     page.locator(f"#image-{image.pk} a.open").click()
@@ -324,6 +330,7 @@ def test_collections_are_made_added_to_renamed_and_emptied(page, bob, studio_ima
     page.get_by_text("Added 1 images to “Seaside”.").wait_for()
     page.get_by_role("link", name="Seaside").click()
     page.wait_for_function("document.querySelectorAll('#gallery figure.tile').length === 2")
+    settled(page)
 
     # Take one out from its lightbox: its card leaves the view.
     page.locator(f"#image-{first.pk} a.open").click()
