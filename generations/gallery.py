@@ -53,6 +53,10 @@ FORMATS = ("jpeg", "png", "webp")
 SLUG = re.compile(r"[-a-zA-Z0-9_]{1,50}")
 
 
+def count(n: int) -> str:
+    return f"{n} image" if n == 1 else f"{n} images"
+
+
 def zip_cap() -> int:
     return settings.FLUXWEB_ZIP_MAX_IMAGES
 
@@ -480,7 +484,7 @@ def collections(request):
                 ids = clean_ids(request.POST.getlist("image"))
                 add_to(made, ids, request.user)
                 if request.htmx and request.htmx.target != "collections-list":
-                    return no_store(bulk_done(request, f"Made “{made.name}” with {len(ids)} images.", {}))
+                    return no_store(bulk_done(request, f"Made “{made.name}” with {count(len(ids))}.", {}))
                 if not request.htmx:
                     return HttpResponseRedirect(f"{reverse('gallery')}?collection={made.pk}")
     rows = Collection.objects.select_related("created_by").order_by("name")
@@ -517,16 +521,14 @@ def rename_collection(request, pk: int):
 
 
 def add_to(collection: Collection, image_ids: list[int], user) -> int:
+    """Add the visible ones of `image_ids`; returns how many were not in the collection yet."""
     present = set(Image.objects.visible().filter(pk__in=image_ids).values_list("pk", flat=True))
-    made = CollectionItem.objects.bulk_create(
-        [
-            CollectionItem(collection=collection, image_id=pk, added_by=user)
-            for pk in image_ids
-            if pk in present
-        ],
-        ignore_conflicts=True,
-    )
-    return len(made)
+    present -= set(collection.items.filter(image_id__in=present).values_list("image_id", flat=True))
+    new = [
+        CollectionItem(collection=collection, image_id=pk, added_by=user) for pk in image_ids if pk in present
+    ]
+    CollectionItem.objects.bulk_create(new, ignore_conflicts=True)  # ignore: a concurrent add of the same
+    return len(new)
 
 
 def clean_ids(values) -> list[int]:
@@ -579,19 +581,19 @@ def bulk(request):
         present = list(Image.objects.visible().filter(pk__in=ids).values_list("pk", flat=True))
         set_favorite(request.user, present, action == "favorite")
         verb = "Added to" if action == "favorite" else "Removed from"
-        text, context = f"{verb} your favorites: {len(present)} images.", {}
-        context["toggled"] = present
+        text, context = f"{verb} your favorites: {count(len(present))}.", {}
+        context["toggled"] = [Option(pk, "") for pk in present]  # each card's toggle follows, out of band
         context["pressed"] = action == "favorite"
     elif action == "collect":
         collection = Collection.objects.filter(pk=parse_id(request.POST.get("collection", ""))).first()
         if collection is None:
             return refuse(request, "Choose a collection to add the images to.")
         added = add_to(collection, ids, request.user)
-        text, context = f"Added {added} images to “{collection.name}”.", {}
+        text, context = f"Added {count(added)} to “{collection.name}”.", {}
     elif action == "delete":
         deleted = soft_delete(request.user, ids)
         kept = len(ids) - len(deleted)
-        text = f"Deleted {len(deleted)} images."
+        text = f"Deleted {count(len(deleted))}."
         if kept:
             text += f" {kept} made by other members were left alone: only their authors can delete them."
         context = {"deleted": deleted}

@@ -317,7 +317,7 @@ def test_collections_are_made_added_to_renamed_and_emptied(page, bob, studio_ima
     dialog = page.get_by_role("dialog")
     dialog.get_by_label("New collection").fill("Seaside")
     dialog.get_by_role("button", name="Create and add").click()
-    dialog.get_by_text("Made “Seaside” with 1 images.").wait_for()
+    dialog.get_by_text("Made “Seaside” with 1 image.").wait_for()
     page.keyboard.press("Escape")
     made = Collection.objects.get(name="Seaside")
 
@@ -327,7 +327,7 @@ def test_collections_are_made_added_to_renamed_and_emptied(page, bob, studio_ima
     page.get_by_label("With the selected").select_option("collect")
     page.get_by_label("Collection", exact=True).select_option(label="Seaside")
     page.get_by_role("button", name="Go").click()
-    page.get_by_text("Added 1 images to “Seaside”.").wait_for()
+    page.get_by_text("Added 1 image to “Seaside”.").wait_for()
     page.get_by_role("link", name="Seaside").click()
     page.wait_for_function("document.querySelectorAll('#gallery figure.tile').length === 2")
     settled(page)
