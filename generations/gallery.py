@@ -33,6 +33,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from . import archive
+from .api import serve_image
 from .catalog import NAMES, model_ids
 from .forms import is_text, parse_id
 from .login import login_required
@@ -393,15 +394,18 @@ def lightbox(request, pk: int):
 @require_GET
 @login_required
 def download(request, pk: int):
-    """The original as stored (metadata embedded), or `?metadata=0` without our metadata."""
+    """The original as stored, our metadata embedded (sent like any image, by the web server when
+    FLUXWEB_SENDFILE_HEADER is set), or with `?metadata=0` the same bytes without our metadata."""
     image = visible_image(pk)
+    attachment = f'attachment; filename="{archive.file_name(image)}"'
+    if request.GET.get("metadata") != "0":
+        response = serve_image(image, "file")
+        response["Content-Disposition"] = attachment
+        return response
     with image.file.open("rb") as source:
-        data = source.read()
-    if request.GET.get("metadata") == "0":
-        data = archive.strip_metadata(data, image.format)
+        data = archive.strip_metadata(source.read(), image.format)
     response = HttpResponse(data, content_type=image.content_type)
-    name = archive.file_name(image)
-    response["Content-Disposition"] = f'attachment; filename="{name}"'
+    response["Content-Disposition"] = attachment
     response["Cache-Control"] = "private, no-store"
     return response
 
