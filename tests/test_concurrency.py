@@ -139,15 +139,17 @@ def test_it_keeps_the_books_while_jobs_are_created_and_canceled_at_once(live_ser
 
 
 def test_it_limits_the_first_requests_of_a_brand_new_user_exactly(live_server, django_user_model, accounts):
-    """No credit row, no usage rows, no quota row of their own: concurrent first requests still meet
-    the team's limit of three jobs in flight (litellm#40095 is the bug this guards against)."""
+    """No usage rows and no quota row of their own (only the credit row every user gets): concurrent
+    first requests still meet the team's limit of three jobs in flight (litellm#40095 is the bug this
+    guards against)."""
     Quota.objects.create(user=None, concurrent=3)
     Price.objects.create(
         kind="apiframe", model="flux-2-max", tier="1MP", credits=0
     )  # free: only the quota limits
     dave = django_user_model.objects.create_user("dave", "dave@example.com", "pw-dave-123")
     _, token = ApiToken.issue(dave)
-    assert not CreditAccount.objects.filter(user=dave).exists()
+    assert CreditAccount.objects.filter(user=dave).count() == 1
+    assert not Usage.objects.filter(user=dave).exists() and not Quota.objects.filter(user=dave).exists()
 
     results = post_together(live_server.url, token, 15)
 
