@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.db.models import Aggregate, CharField, OuterRef, Q, Subquery
+from django.db.models import Aggregate, CharField, OuterRef, Subquery
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
@@ -56,11 +56,13 @@ def history_cursor(value) -> tuple[datetime, int] | None:
 def history(request):
     """Every prompt the team used, newest use first: uses, last use, who, its newest image, and Use."""
     q = clean_text(request.GET.get("q", ""))
-    rows = Prompt.objects.search(q) if q else Prompt.objects.all()
+    matching = Prompt.objects.search(q) if q else Prompt.objects.all()
+    # The page's prompts are picked by id first (Prompt.objects.recent), so the subqueries below run for the
+    # page only, not for every match of a search.
+    rows = matching.recent(PAGE + 1, history_cursor(request.GET.get("before")))
     # The newest image: of the prompt's newest finished job, its first image still shown (indexed lookups).
     newest = Generation.objects.filter(prompt=OuterRef(OuterRef("pk")), status=Generation.Status.SUCCEEDED)
     image = Image.objects.visible().filter(generation_id=Subquery(newest.order_by("-id").values("pk")[:1]))
-    rows = rows.annotate(newest_image=Subquery(image.order_by("index").values("pk")[:1]))
     who = (
         Generation.objects.filter(prompt=OuterRef("pk"))
         .order_by()
@@ -68,12 +70,9 @@ def history(request):
         .annotate(names=Names("user__username", distinct=True))
         .values("names")
     )
-    rows = rows.annotate(user_names=Subquery(who[:1]))
-    rows = rows.order_by("-last_used_at", "-id")
-    cursor = history_cursor(request.GET.get("before"))
-    if cursor:
-        moment, pk = cursor
-        rows = rows.filter(Q(last_used_at__lt=moment) | Q(last_used_at=moment, id__lt=pk))
+    rows = rows.annotate(
+        newest_image=Subquery(image.order_by("index").values("pk")[:1]), user_names=Subquery(who[:1])
+    )
     prompts = list(rows[: PAGE + 1])
     more = len(prompts) > PAGE
     prompts = prompts[:PAGE]
