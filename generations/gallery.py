@@ -183,13 +183,12 @@ class Scope:
         return rows
 
 
-def cards(rows, user, limit: int) -> list[Image]:
-    """The first `limit` of `rows` (newest first) with what a card shows, in one query: the page's ids are
-    chosen first from the indexes alone, then only those rows are joined to their prompt, author and
-    account. SQLite joins before it sorts, so joining every match of a common word first took 390 ms at
-    100,000 images; this takes the sort of bare ids."""
-    page = rows.order_by("-id").values("pk")[:limit]
-    return priced(list(with_favorite(Image.objects.gallery().filter(pk__in=Subquery(page)), user)))
+def cards(rows, user, limit: int, before: int | None = None) -> list[Image]:
+    """The `limit` newest of `rows` below the id `before`, with what a card shows, in one query:
+    ImageQuerySet.newest picks the page's ids from the filtered table alone and joins only those rows to
+    their prompt, author and account (SQLite joins every match before it sorts: a common search word took
+    390 ms at 100,000 images that way)."""
+    return priced(list(with_favorite(rows.newest(limit, before), user)))
 
 
 def with_favorite(rows, user):
@@ -265,10 +264,7 @@ def priced(images: list) -> list:
 
 
 def page_context(request, scope: Scope, before: int | None = None) -> dict:
-    rows = scope.images(request.user)
-    if before:
-        rows = rows.filter(id__lt=before)
-    images = cards(rows, request.user, PAGE + 1)
+    images = cards(scope.images(request.user), request.user, PAGE + 1, before)
     more = len(images) > PAGE
     images = images[:PAGE]
     return {
