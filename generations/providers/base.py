@@ -8,6 +8,7 @@ one place that sends what an adapter builds.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import logging
 import math
@@ -23,18 +24,20 @@ MEGAPIXEL = 1024 * 1024
 log = logging.getLogger("generations")
 
 
-HTML_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
 def plain_text(body: bytes) -> str:
     """Words from a non-JSON error body: a gateway's HTML page becomes its <title> (or nothing), never
     markup shown to a person."""
-    head = body[:4096]
-    if b"<" in head and re.search(rb"<(!doctype|html|head|body|title|h1|p|div)\b", head, re.IGNORECASE):
+    head = body[:4096].decode("utf-8", "replace")
+    if "<" in head and re.search(r"<(!doctype|html|head|body|title|h1|p|div)\b", head, re.IGNORECASE):
         found = HTML_TITLE.search(head)
-        title = found.group(1).decode("utf-8", "replace") if found else ""
-        return " ".join(re.sub(r"<[^>]+>", " ", title).split())[:200]
-    return body[:200].decode("utf-8", "replace").strip()
+        if not found:  # no title: the page's visible text
+            head = re.sub(r"(?is)<(script|style)\b.*?</\1>", " ", head)
+        text = found.group(1) if found else head
+        return " ".join(html.unescape(re.sub(r"<[^>]*>?", " ", text)).split())[:200]
+    return head[:200].strip()
 
 
 class ProviderError(Exception):
