@@ -4,11 +4,9 @@ finds any job no task will move. Each test names the defect it guards; each fail
 from __future__ import annotations
 
 from datetime import timedelta
-from pathlib import Path
 
 import httpx
 import pytest
-from django.conf import settings
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
@@ -33,16 +31,16 @@ def submits(sandbox, kind: str) -> list:
     return [r for r in sandbox.requests if r.method == "POST" and r.provider == kind]
 
 
-def all_files() -> set[Path]:
-    root = Path(settings.MEDIA_ROOT) / "images"
-    return {p for p in root.rglob("*") if p.is_file()} if root.exists() else set()
-
-
 @pytest.fixture
-def files_on_disk():
-    """The image files written since the test began (the media folder is shared by the session)."""
-    before = all_files()
-    return lambda: sorted(all_files() - before)
+def files_on_disk(tmp_path, settings):
+    """The image files this test wrote: it gets a media folder of its own (the session's is shared with
+    other tests and other xdist workers)."""
+    root = tmp_path / "media"
+    settings.MEDIA_ROOT = root
+    settings.STORAGES = settings.STORAGES | {
+        "default": settings.STORAGES["default"] | {"OPTIONS": {"location": root}}
+    }
+    return lambda: sorted(p for p in root.rglob("*") if p.is_file())
 
 
 def provider_done(bob, drain, slug: str = "sb-vtrix", **overrides) -> Generation:
@@ -366,7 +364,7 @@ def test_a_create_whose_enqueue_fails_leaves_no_job_and_no_hold(bob, accounts, m
 
 
 @pytest.mark.django_db(transaction=True)
-def test_on_the_orm_broker_the_submit_task_commits_or_rolls_back_with_the_job(bob, accounts):
+def test_on_the_orm_broker_the_submit_task_commits_or_rolls_back_with_the_job(bob, accounts, settings):
     from django_q.models import OrmQ
 
     assert "orm" in settings.Q_CLUSTER or pytest.skip("the Redis broker cannot share a transaction")
