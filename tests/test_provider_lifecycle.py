@@ -70,10 +70,11 @@ def sent_size(ratio: str, megapixels: float) -> tuple[int, int]:
 
 
 def maxapi(model: str, name: str, options: dict, size: tuple[int, int], n: int = 1) -> Case:
-    """MaxAPI bills what it renders: the price doubles "for resolutions above 1024*1024" [S000]."""
+    """MaxAPI bills what it renders: the price doubles "for resolutions above 1024*1024" [S000], which its
+    newest material reads per side: any side past 1024 px is billed double (providers.md, first section)."""
     w, h = size
     sent = {"model": model, "prompt": PROMPT, "n": n, "size": f"{w}x{h}"}
-    price = MAXAPI_PRICE[model] * (1 if w * h <= MP else 2)
+    price = MAXAPI_PRICE[model] * (1 if max(w, h) <= 1024 else 2)
     return Case(name, "maxapi", model, options, sent, size, "jpeg", price, n, 0)
 
 
@@ -152,7 +153,7 @@ GROUPS: dict[str, list[Case]] = {
                 maxapi(model, "800x600", {"width": 800, "height": 600}, (800, 600)),
                 maxapi(model, "256x256", {"width": 256, "height": 256}, (256, 256)),
             ],
-            # 4:5 at 1 MP stays within 1024*1024 pixels, so it is not the doubled price.
+            # 4:5 at 1 MP stays within 1024*1024 pixels, but its long side (1136) passes 1024: doubled.
             "4:5-within-1024x1024": [maxapi(model, "4:5", {"aspect_ratio": "4:5"}, sent_size("4:5", 1))],
         }.items()
     },
@@ -180,7 +181,9 @@ GROUPS: dict[str, list[Case]] = {
         vtrix("8 references", {}, (1024, 1024), refs=8),
     ],
     "apiframe-ratios": [apiframe("defaults", {})]
-    + [apiframe(ratio, {"aspect_ratio": ratio}) for ratio in ("3:4", "4:3", "9:16", "16:9")],
+    + [apiframe(ratio, {"aspect_ratio": ratio}) for ratio in ("3:4", "4:3", "9:16", "16:9")]
+    # Pixels become the reduced ratio at its tier (fluxParams has no width/height): 1024x1024 is 1:1 at 1 MP.
+    + [apiframe("1024x1024", {"width": 1024, "height": 1024})],
     "apiframe-tiers": [apiframe(f"{mp:g} MP", {"megapixels": mp}) for mp in (0.5, 2, 4)]
     + [apiframe("4 MP 16:9", {"megapixels": 4, "aspect_ratio": "16:9"})],
     "apiframe-options": [
@@ -200,9 +203,9 @@ GROUPS: dict[str, list[Case]] = {
     "pixeldojo-tiers": [pixeldojo(f"{mp:g} MP", {"megapixels": mp}) for mp in (0.5, 2, 4)],
     "pixeldojo-options": [
         pixeldojo(
-            "png safety 0 upsampling seed",
-            {"output_format": "png", "safety_tolerance": 0, "prompt_upsampling": True, "seed": 123},
-            safety_tolerance=0,
+            "png safety 1 upsampling seed",
+            {"output_format": "png", "safety_tolerance": 1, "prompt_upsampling": True, "seed": 123},
+            safety_tolerance=1,
         ),
         pixeldojo("webp safety 5", {"output_format": "webp", "safety_tolerance": 5}, safety_tolerance=5),
     ],
@@ -475,7 +478,7 @@ def test_the_projects_sandbox_and_the_emulator_agree(kind, api, emulators, accou
 # -- requests a provider cannot serve -----------------------------------------------------------------------------
 REFUSALS = [
     # kind, model, options, references, field, words the message must contain
-    ("maxapi", "flux-plus", {"n": 5}, 0, "n", "1 to 4 images"),
+    ("maxapi", "flux-plus", {"n": 5}, 0, "n", "at most 4 images"),
     ("maxapi", "flux-pro-2", {"prompt": "x" * 1001}, 0, "prompt", "at most 1000 characters"),
     ("maxapi", "flux-plus", {"output_format": "png"}, 0, "output_format", "jpeg"),
     ("maxapi", "flux-plus", {"seed": 1}, 0, "seed", "does not take a seed"),
@@ -483,7 +486,7 @@ REFUSALS = [
     ("maxapi", "flux-plus", {"width": 4096, "height": 1024}, 0, "width", "between 256 and 2048"),
     ("maxapi", "flux-plus", {"aspect_ratio": "4:1", "megapixels": 2}, 0, None, "2048"),
     ("maxapi", "flux-plus", {}, 1, "reference_images", "no reference images"),
-    ("vtrix", "flux-2-max", {"n": 2}, 0, "n", "1 to 1 images"),
+    ("vtrix", "flux-2-max", {"n": 2}, 0, "n", "at most 1 image"),
     ("vtrix", "flux-2-max", {"width": 1000, "height": 1000}, 0, "width", "multiples of 16; try 1008x1008"),
     ("vtrix", "flux-2-max", {"width": 2048, "height": 2064}, 0, "width", "between 64 and 2048"),
     ("vtrix", "flux-2-max", {"aspect_ratio": "16:9", "megapixels": 4}, 0, "megapixels", "smaller resolution"),
@@ -492,16 +495,15 @@ REFUSALS = [
     ("vtrix", "flux-2-max", {"output_format": "webp"}, 0, "output_format", "jpeg, png"),
     ("vtrix", "flux-2-max", {}, 9, "reference_images", "at most 8 reference images"),
     ("apiframe", "flux-2-max", {"aspect_ratio": "2:3"}, 0, "aspect_ratio", "1:1, 3:4, 4:3, 9:16, 16:9"),
-    ("apiframe", "flux-2-max", {"width": 1024, "height": 1024}, 0, "width", "pick an aspect ratio"),
     ("apiframe", "flux-2-max", {"safety_tolerance": 2}, 0, "safety_tolerance", "no safety tolerance"),
-    ("apiframe", "flux-2-max", {"n": 2}, 0, "n", "1 to 1 images"),
+    ("apiframe", "flux-2-max", {"n": 2}, 0, "n", "at most 1 image"),
     ("apiframe", "flux-2-max", {"prompt": "x" * 2001}, 0, "prompt", "at most 2000 characters"),
     ("apiframe", "flux-2-max", {"megapixels": 3}, 0, "megapixels", "0.5 MP, 1 MP, 2 MP, 4 MP"),
     ("apiframe", "flux-2-max", {}, 9, "reference_images", "at most 8 reference images"),
     ("pixeldojo", "flux-2-max", {"aspect_ratio": "21:9"}, 0, "aspect_ratio", "1:1, 16:9, 9:16"),
-    ("pixeldojo", "flux-2-max", {"n": 5}, 0, "n", "1 to 4 images"),
+    ("pixeldojo", "flux-2-max", {"n": 5}, 0, "n", "at most 4 images"),
     ("pixeldojo", "flux-2-max", {"width": 1024, "height": 768}, 0, "width", "pick an aspect ratio"),
-    ("pixeldojo", "flux-2-max", {"safety_tolerance": 6}, 0, "safety_tolerance", "between 0 and 5"),
+    ("pixeldojo", "flux-2-max", {"safety_tolerance": 0}, 0, "safety_tolerance", "between 1 and 5"),
     ("pixeldojo", "flux-2-max", {"prompt": "x" * 5001}, 0, "prompt", "at most 5000 characters"),
     ("pixeldojo", "flux-2-max", {}, 1, "reference_images", "no reference images"),
 ]
@@ -514,7 +516,8 @@ REFUSALS = [
 def test_a_request_the_provider_cannot_serve_is_refused_before_money_or_network(
     kind, model, options, references, field_name, words, api, emulators, drain
 ):
-    image_ids = make_images(api, drain, 1) * references if references else []
+    # Distinct images: the same one picked twice counts once.
+    image_ids = make_images(api, drain, references) if references else []
     for emulator in emulators.values():
         emulator.reset()
     generations, entries = Generation.objects.count(), LedgerEntry.objects.count()
