@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -327,7 +326,6 @@ def test_no_hostile_input_reaches_a_500_on_any_url(bob, alice, accounts, image):
     for client in clients.values():
         client.raise_request_exception = False
     failures = []
-    started = time.monotonic()
 
     def check(client_name, method, path, response, what=""):
         where = f"{client_name} {method} {path[:100]} {what[:100]}"
@@ -390,7 +388,6 @@ def test_no_hostile_input_reaches_a_500_on_any_url(bob, alice, accounts, image):
             get("admin", admin, path + value + "/change/", {})
 
     assert not failures, "\n".join(failures[:40]) + f"\n({len(failures)} in all)"
-    assert time.monotonic() - started < 60
 
 
 # -- malformed requests, and failures, in the right shape ---------------------------------------------------------
