@@ -3,7 +3,7 @@
 - A body over the limit is refused by its Content-Length before anything reads it: 413, in the contract's JSON
   shape on /api/ and as a short HTML page elsewhere (Django would answer its HTML 400 page once a view read
   `request.body`). Multipart bodies may carry reference images, so theirs is larger.
-- A Content-Length that is not a number, or a query string holding a NUL character (PostgreSQL refuses it in
+- A Content-Length that is not a number, or a path or query string holding a NUL character (PostgreSQL refuses it in
   text, as a 500) is a 400.
 - No error leaves /api/ without the JSON shape: a 400 from a suspicious request, a 500, whatever answered it.
 """
@@ -97,6 +97,8 @@ class RequestLimitsMiddleware:
             return too_large(request)
         if any("\x00" in key or any("\x00" in v for v in values) for key, values in request.GET.lists()):
             return bad_request(request, "The query string holds a NUL character.")
+        if "\x00" in request.path:  # /hooks/%00: a path segment reaches a text column as it is
+            return bad_request(request, "The address holds a NUL character.")
         return None
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:

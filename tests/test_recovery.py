@@ -340,8 +340,11 @@ def test_a_readable_reply_resets_the_count_of_unreadable_ones(bob, accounts, dra
 
 
 # -- 5. a committed create always runs ------------------------------------------------------------------------
-def test_a_create_whose_enqueue_fails_leaves_no_job_and_no_hold(bob, accounts, monkeypatch, client):
-    """Defect 5: the hold committed, the client got a 500, and the job waited with no task to run it."""
+def test_a_create_whose_enqueue_fails_leaves_no_job_and_no_hold(bob, accounts, monkeypatch, client, settings):
+    """Defect 5: the hold committed, the client got a 500, and the job waited with no task to run it. On
+    the ORM broker the task row is written in the create's transaction (the enqueue itself is faked here,
+    so this runs whatever broker the suite uses)."""
+    settings.Q_CLUSTER = {k: v for k, v in settings.Q_CLUSTER.items() if k != "redis"} | {"orm": "default"}
 
     def locked(*args):
         raise OperationalError("database is locked")

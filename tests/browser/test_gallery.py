@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import inspect
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -17,21 +16,10 @@ from generations import media, views
 from generations.models import Collection, Favorite, Generation, Image, Prompt
 
 from ..test_gallery import fresh_cache, make_many  # noqa: F401 (fresh_cache: autouse)
+from .conftest import DOCS, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 COLOURS = ["#3b82f6", "#f59e0b", "#10b981", "#ef4444", "#8b5cf6", "#14b8a6", "#f97316", "#6366f1", "#84cc16"]
 PROMPTS = [
     "a lighthouse on a cliff at dusk, volumetric fog",
@@ -46,33 +34,8 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (bin/setup --browser installs it)")
-    from playwright.sync_api import sync_playwright
-
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop shares the test thread
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield browser
-        browser.close()
-
-
 def new_page(browser, live_server, width: int = 1280, height: int = 900):
-    context = browser.new_context(
-        base_url=live_server.url, viewport={"width": width, "height": height}, accept_downloads=True
-    )
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    return context, page
-
-
-@pytest.fixture
-def page(browser, live_server):
-    context, page = new_page(browser, live_server)
-    yield page
-    context.close()
+    return open_page(browser, live_server, viewport={"width": width, "height": height})
 
 
 def log_in(page, username: str, password: str, then: str = "/gallery") -> None:

@@ -3,58 +3,14 @@ the card finish (one poll for the page, a toast, the settled balance), Ctrl+Ente
 phone in light and dark, and a session that ends in another tab. Writes docs/studio.png and
 docs/studio-phone.png."""
 
-import os
-from pathlib import Path
-
 import pytest
 
 from generations import credits
 from generations.models import Generation
 
+from .conftest import DOCS, open_page
+
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
-
-CHROMIUM = "/usr/bin/chromium"
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-# Chromium's own background traffic is refused on these machines; keep it from trying (loopback only).
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        pytest.skip("Debian's chromium is not installed (bin/setup --browser installs it)")
-    from playwright.sync_api import sync_playwright
-
-    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop shares the test thread
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield browser
-        browser.close()
-
-
-def open_page(browser, live_server, **options):
-    context = browser.new_context(
-        base_url=live_server.url, **({"viewport": {"width": 1280, "height": 900}} | options)
-    )
-    page = context.new_page()
-    page.set_default_timeout(15000)
-    return context, page
-
-
-@pytest.fixture
-def page(browser, live_server):
-    context, page = open_page(browser, live_server)
-    yield page
-    context.close()
 
 
 def log_in(page, username: str, password: str) -> None:
