@@ -160,7 +160,10 @@ def compare_providers(request, pk: int):
         messages.warning(request, f"Not sent to {problem}")
     url = reverse("compare", args=[token])
     response = HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)
-    return trigger_client_event(response, "credits-changed") if request.htmx else response
+    if not request.htmx:
+        return response
+    trigger_client_event(response, "jobs-created", {"jobs": [job.pk for job in jobs]})
+    return trigger_client_event(response, "credits-changed")
 
 
 @require_GET

@@ -79,6 +79,19 @@
     if (match && document.getElementById(match[1])) event.detail.shouldSwap = false;
   });
 
+  // Jobs made from the lightbox (Rerun, Variations, Compare) come with a `jobs-created` event naming them:
+  // their cards go to the top of "Your jobs", where the page's one poll watches them like any other.
+  document.body.addEventListener("jobs-created", function (event) {
+    var list = document.getElementById("jobs");
+    if (!list || !window.htmx) return;
+    var ids = ((event.detail && event.detail.jobs) || []).filter(function (id) {
+      return !document.getElementById("job-" + id);
+    });
+    if (!ids.length) return;
+    var query = ids.map(function (id) { return "ids=" + encodeURIComponent(id); }).join("&");
+    window.htmx.ajax("GET", list.getAttribute("data-added-url") + "?" + query, { target: "#jobs", swap: "afterbegin" });
+  });
+
   // After a Generate, bring the new card into view on a narrow screen (the form fills the phone).
   document.body.addEventListener("htmx:afterSwap", function (event) {
     if (event.detail.target && event.detail.target.id === "jobs" && window.innerWidth < 760) {
