@@ -369,17 +369,22 @@ def references(request):
     return JsonResponse(reference_payload(reference), status=201)
 
 
+def upload_in_use(upload: Reference) -> int | None:
+    """The id of a job of the upload's owner in flight that uses it (its file must stay until the job
+    ends), or None. The API's DELETE and the studio's Delete upload both ask this."""
+    key = f"upload:{upload.pk}"
+    for generation in Generation.objects.for_user(upload.user_id).in_flight().only("params"):
+        if key in (generation.params.get("reference_urls") or []):
+            return generation.pk
+    return None
+
+
 @api_view("DELETE")
 def reference(request, pk: int):
     """DELETE /api/v1/references/{id}: free the storage of one's own upload, unless a job in flight uses it."""
     upload = get_object_or_404(Reference, pk=pk, user=request.user)
-    key = f"upload:{upload.pk}"
-    in_use = [
-        g.pk
-        for g in Generation.objects.for_user(request.user).in_flight().only("params")
-        if key in (g.params.get("reference_urls") or [])
-    ]
+    in_use = upload_in_use(upload)
     if in_use:
-        return error(409, "conflict", f"Generation {in_use[0]} in flight uses this upload; try once it ends.")
+        return error(409, "conflict", f"Generation {in_use} in flight uses this upload; try once it ends.")
     discard_uploads([upload])
     return HttpResponse(status=204)

@@ -36,5 +36,7 @@ urlpatterns = [
     path("r/u/<str:token>", views.reference_upload, name="reference-upload"),
     path("studio/reference/<int:pk>", views.reference_chip, name="reference-chip"),
     path("studio/references", views.upload_references, name="studio-upload"),
+    path("studio/uploads", views.uploads, name="studio-uploads"),
+    path("studio/uploads/<int:pk>/delete", views.delete_upload, name="studio-upload-delete"),
     path("hooks/<str:token>", webhooks.receive, name="webhook"),
 ]

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
 from . import credits, engine, gallery, media
-from .api import serve_image
+from .api import serve_image, upload_in_use
 from .catalog import NAMES, model_ids
 from .estimate import Estimate, estimate
 from .forms import (
@@ -29,7 +29,7 @@ from .forms import (
 )
 from .login import login_required
 from .models import Generation, Image, LedgerEntry, ProviderAccount, Reference
-from .providers import ProviderError, Unsupported
+from .providers import GenerationRequest, ProviderError, Unsupported
 
 JOBS_SHOWN = 12
 WATCHED_MOST = 50  # the cards one poll looks at; a page shows 12 at a time
@@ -128,23 +128,64 @@ def picked_references(values, user) -> tuple[list[Image], list[Reference]]:
     return [images[i] for i in image_ids if i in images], [uploads[i] for i in upload_ids if i in uploads]
 
 
-def options_context(model: str, provider: str = "", initial: dict | None = None, user=None) -> dict:
-    """What the form offers for one model: the accounts that serve it and the union of their options (or one
-    account's, when the user picked it). `initial` keeps the user's values where the new options allow them."""
+def best_for(model: str, accounts: list, values: dict):
+    """The account "Best available" would name for these values: engine.choose_account's first pick (by
+    priority) among the accounts that take the request, from the cached accounts and without a query. It
+    is a first guess (references are not counted here): the quote names the account for certain, and sends
+    that account's options when it is another (`quote`)."""
+    n = parse_id(str(values.get("n") or 1)) or 1
+    try:
+        megapixels = float(values.get("megapixels") or 1.0)
+    except (TypeError, ValueError):
+        megapixels = 1.0
+    request = GenerationRequest(
+        prompt="price check",
+        model=model,
+        n=n,
+        aspect_ratio=values.get("aspect_ratio") or "1:1",
+        megapixels=megapixels,
+        output_format=values.get("output_format") or "jpeg",
+    )
+    takers = []
+    for account in accounts:
+        try:
+            account.adapter_class("", "").validate(request)
+        except Unsupported:
+            continue
+        takers.append(account)
+    # By priority alone (prices are a query away; between equal priorities the quote settles it).
+    return min(takers or accounts, key=lambda a: (a.priority, a.slug)) if accounts else None
+
+
+def options_context(
+    model: str, provider: str = "", initial: dict | None = None, user=None, best: str = ""
+) -> dict:
+    """What the form offers for one model: the options of one account: the one the user picked, or with
+    "Best available" the one the price names (`best`, from the quote, else `best_for`'s guess), never a
+    union of accounts whose limits differ. Only the image count reaches to the largest any serving account
+    makes, as n is what sends Best available to an account that makes several images a request.
+    `initial` keeps the user's values where the new options allow them."""
     accounts = accounts_serving(model)
-    chosen = [a for a in accounts if a.slug == provider] or accounts
+    values = {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg", "n": 1} | (initial or {})
+    picked = [a for a in accounts if a.slug == provider]
+    if picked:
+        chosen = picked
+    else:
+        named = [a for a in accounts if a.slug == best] or [
+            a for a in [best_for(model, accounts, values)] if a
+        ]
+        chosen = named
     specs = [a.adapter_class.models[model] for a in chosen]
-    union = lambda attr: sorted({v for s in specs for v in getattr(s, attr)}, key=str)  # noqa: E731
+    spec = specs[0] if specs else None
     ratios = (
-        union("aspect_ratios")
-        if specs and all(s.aspect_ratios for s in specs)
+        sorted(spec.aspect_ratios, key=str)
+        if spec and spec.aspect_ratios
         else ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "4:5", "5:4"]
     )
-    safety = [s.safety_tolerance for s in specs if s.safety_tolerance]
-    megapixels = sorted({mp for s in specs for mp in s.megapixels})
-    formats = union("output_formats")
-    max_n = max((s.max_n for s in specs), default=1)
-    values = {"aspect_ratio": "1:1", "megapixels": 1.0, "output_format": "jpeg", "n": 1} | (initial or {})
+    megapixels = sorted(spec.megapixels) if spec else []
+    formats = sorted(spec.output_formats, key=str) if spec else []
+    serving = specs if picked else [a.adapter_class.models[model] for a in accounts]
+    max_n = max((s.max_n for s in serving), default=1)
     # A value the new model or provider does not offer falls back to its default; one it does is kept.
     if values.get("aspect_ratio") not in ratios:
         values["aspect_ratio"] = "1:1" if "1:1" in ratios else ratios[0]
@@ -164,15 +205,16 @@ def options_context(model: str, provider: str = "", initial: dict | None = None,
         "model": model,
         "model_names": [(m, NAMES.get(m, m)) for m in model_ids()],
         "accounts": accounts,
-        "provider": provider if provider in {a.slug for a in accounts} else "",
+        "provider": provider if picked else "",
+        "options_for": chosen[0].slug if chosen and not picked else "",
         "ratios": ratios,
         "megapixels": megapixels,
         "formats": formats,
         "max_n": max_n,
-        "max_refs": max((s.max_reference_images for s in specs), default=0),
-        "safety": (min(lo for lo, _ in safety), max(hi for _, hi in safety)) if safety else None,
-        "upsampling": any(s.prompt_upsampling for s in specs),
-        "seeded": any(s.seed for s in specs),
+        "max_refs": spec.max_reference_images if spec else 0,
+        "safety": spec.safety_tolerance if spec and spec.safety_tolerance else None,
+        "upsampling": bool(spec and spec.prompt_upsampling),
+        "seeded": bool(spec and spec.seed),
         "picked_images": images,
         "picked_uploads": uploads,
         "dropped": (initial or {}).get("dropped", 0),
@@ -342,7 +384,18 @@ def quote(request):
     data["prompt"] = data.get("prompt") or "price check"  # the price does not depend on the words
     form, price = estimate_form(request, data)
     context = quote_context(request, form, price)
-    return no_store(render(request, "generations/studio.html#quote-response", context))
+    named = price.account.slug if price is not None and price.account is not None else ""
+    best_available = not data.get("provider") and data.get("model") in model_ids()
+    if best_available and named and named != data.get("options_for", ""):
+        # Best available now means another account (n, references, a format): its options, not the last one's.
+        options = options_context(data["model"], "", form_values(data), request.user, best=named)
+        context["options"] = render_to_string(
+            "generations/studio.html#model-options", options | {"options_oob": True}, request
+        )
+    response = no_store(render(request, "generations/studio.html#quote-response", context))
+    if context.get("options"):
+        response["HX-Trigger-After-Settle"] = "form-changed"
+    return response
 
 
 def refused(request, problem: str, form: GenerationForm | None = None) -> HttpResponse:
@@ -480,6 +533,8 @@ def low_balance_text(user) -> str:
 def jobs(request):
     """ "Your jobs": the newest page (loaded by the studio, with the poller when one runs), or with
     `?before=<id>` the next older page; each ends with its own "Older jobs" button (keyset, never OFFSET)."""
+    if "ids" in request.GET:
+        return added_jobs(request)
     before = None
     if "before" in request.GET and (before := parse_id(request.GET["before"])) is None:
         raise Http404
@@ -492,6 +547,17 @@ def jobs(request):
         "watching": any(not job.is_terminal for job in page),
     }
     return no_store(render(request, "generations/studio.html#jobs-page", context))
+
+
+def added_jobs(request):
+    """`?ids=<id>&ids=<id>`: the cards of jobs made elsewhere on the page (Rerun, Variations or Compare in the
+    lightbox answer with a `jobs-created` event naming them; studio.js asks for them here), the user's own
+    only, newest first, put at the top of "Your jobs" and watched by the one poll."""
+    ids = [pk for pk in (parse_id(v) for v in request.GET.getlist("ids")[:WATCHED_MOST]) if pk]
+    rows = visible_generations().filter(user=request.user, pk__in=ids).order_by("-id") if ids else []
+    latencies: dict = {}
+    context = {"jobs": [card_context(job, latencies) for job in rows], "more": None, "watching": True}
+    return no_store(render(request, "generations/studio.html#jobs-added", context))
 
 
 @require_POST
@@ -570,6 +636,43 @@ def upload_references(request):
         stored, problem = [], exc.message
     context = {"picked_uploads": stored, "upload_problem": problem}
     response = no_store(render(request, "generations/studio.html#uploaded", context))
+    if stored:
+        trigger_client_event(response, "uploads-changed", after="settle")
+    return trigger_client_event(response, "form-changed", after="settle")
+
+
+UPLOADS_SHOWN = 20
+
+
+@require_GET
+@login_required
+def uploads(request):
+    """ "Your uploads" on the reference fieldset: the newest of one's uploaded reference files, each with
+    Delete (loaded after the options, so the page itself takes no query for it)."""
+    rows = list(Reference.objects.filter(user=request.user).order_by("-id")[: UPLOADS_SHOWN + 1])
+    context = {"uploads": rows[:UPLOADS_SHOWN], "more_uploads": len(rows) > UPLOADS_SHOWN}
+    return no_store(render(request, "generations/studio.html#uploads", context))
+
+
+@require_POST
+@login_required
+def delete_upload(request, pk: int):
+    """Delete one's own upload and its file, refused while a job in flight uses it (the API's check); its
+    chip leaves the form, and the price is asked again."""
+    upload = get_object_or_404(Reference, pk=pk, user=request.user)
+    in_use = upload_in_use(upload)
+    if in_use:
+        problem = f"Job #{in_use} is still running with this upload; delete it once that job ends."
+        if not request.htmx:
+            messages.error(request, problem)
+            return HttpResponseRedirect(reverse("studio"))
+        context = {"upload": upload, "problem": problem}
+        return no_store(render(request, "generations/studio.html#upload-row", context))
+    discard_uploads([upload])
+    if not request.htmx:
+        messages.success(request, "Upload deleted.")
+        return HttpResponseRedirect(reverse("studio"))
+    response = no_store(render(request, "generations/studio.html#upload-deleted", {"pk": pk}))
     return trigger_client_event(response, "form-changed", after="settle")
 
 

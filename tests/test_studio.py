@@ -556,3 +556,106 @@ def test_the_studio_page_takes_three_queries_and_its_jobs_a_fixed_number(bob, ac
     with CaptureQueriesContext(connection) as many:
         assert client.get("/jobs/", **HX).content.decode().count('class="job job-') == 11
     assert len(many) == len(few)
+
+
+# -- issue 8, the gaps: jobs made in the lightbox, one's uploads, the badge on every page, Best available -------
+def test_the_job_column_takes_the_cards_of_jobs_made_in_the_lightbox(bob, carol, accounts, picture):
+    client = logged_in(bob)
+    studio = client.get("/").content.decode()
+    assert (
+        'id="jobs"' in studio and 'data-added-url="/jobs/"' in studio
+    )  # studio.js asks there on jobs-created
+    rerun = client.post(f"/images/{picture.pk}/rerun", {"idempotency_key": "r1", "embed": "studio"}, **HX)
+    new = json.loads(rerun["HX-Trigger"])["jobs-created"]["jobs"]
+    theirs = make_job(carol, accounts["apiframe"], status="queued")
+    added = client.get("/jobs/", {"ids": [*new, theirs.pk, "x"]}, **HX).content.decode()
+    assert f'id="job-{new[0]}"' in added and f'name="watch" value="{new[0]}:' in added
+    assert f'id="job-{theirs.pk}"' not in added  # the user's own jobs only
+    assert 'id="jobs-empty" hx-swap-oob="delete"' in added
+    assert 'id="job-poller" hx-get="/jobs/updates"' in added and "Older jobs" not in added
+
+
+def test_compare_from_the_lightbox_names_its_new_jobs(bob, accounts, picture):
+    response = logged_in(bob).post(f"/images/{picture.pk}/compare", {"idempotency_key": "c1"}, **HX)
+    made = json.loads(response["HX-Trigger"])["jobs-created"]["jobs"]
+    assert sorted(made) == sorted(Generation.objects.filter(comparison__gt="").values_list("pk", flat=True))
+
+
+def uploaded(client) -> Reference:
+    client.post("/studio/references", {"reference_files": attached(png())}, **HX)
+    return Reference.objects.latest("id")
+
+
+def test_the_reference_fieldset_lists_ones_uploads_each_with_delete(bob, carol, accounts):
+    client = logged_in(bob)
+    upload = uploaded(client)
+    logged_in(carol).post("/studio/references", {"reference_files": attached(png())}, **HX)
+    options = client.get("/studio/options", {"model": "flux-2-max", "provider": "sb-apiframe"}, **HX)
+    assert 'hx-get="/studio/uploads"' in options.content.decode()
+    listed = client.get("/studio/uploads", **HX).content.decode()
+    assert "Your uploads" in listed and listed.count('aria-label="Delete upload"') == 1
+    assert f'hx-post="/studio/uploads/{upload.pk}/delete"' in listed
+    path = upload.file.path
+    deleted = client.post(f"/studio/uploads/{upload.pk}/delete", **HX)
+    html = deleted.content.decode()
+    assert deleted.status_code == 200 and "Upload deleted" in html
+    assert f'id="ref-upload-{upload.pk}" hx-swap-oob="delete"' in html  # its chip leaves the form
+    assert not Reference.objects.filter(pk=upload.pk).exists()
+    import os
+
+    assert not os.path.exists(path)
+
+
+def test_an_upload_a_running_job_uses_is_not_deleted(bob, carol, accounts):
+    client = logged_in(bob)
+    upload = uploaded(client)
+    job = make_job(
+        bob, accounts["apiframe"], status="running", params={"reference_urls": [f"upload:{upload.pk}"]}
+    )
+    refused = client.post(f"/studio/uploads/{upload.pk}/delete", **HX).content.decode()
+    assert f"Job #{job.pk} is still running with this upload" in refused and 'role="alert"' in refused
+    assert Reference.objects.filter(pk=upload.pk).exists()
+    assert logged_in(carol).post(f"/studio/uploads/{upload.pk}/delete", **HX).status_code == 404
+    Generation.objects.filter(pk=job.pk).update(status="succeeded")
+    client.post(f"/studio/uploads/{upload.pk}/delete", **HX)
+    assert not Reference.objects.filter(pk=upload.pk).exists()
+
+
+def test_every_page_has_the_credit_badge_in_its_header(bob, accounts, picture):
+    make_job(bob, accounts["apiframe"], status="succeeded", comparison="a" * 32)
+    client = logged_in(bob)
+    for path in [
+        "/",
+        "/gallery",
+        "/history/",
+        f"/compare/{'a' * 32}",
+        "/collections/",
+        f"/gallery/images/{picture.pk}",
+    ]:
+        html = client.get(path).content.decode()
+        header = html[html.index('<header class="bar">') : html.index("</header>")]
+        assert 'id="credit-badge"' in header and 'hx-get="/credits/badge"' in header, path
+
+
+def test_best_available_offers_the_options_of_the_account_the_price_names(bob, accounts):
+    client = logged_in(bob)
+    # One image of FLUX.2 [max]: Best available is sb-apiframe, which takes no safety tolerance (vtrix's is
+    # 0-5, pixeldojo's 1-5: never their union).
+    one = client.get("/studio/options", {"model": "flux-2-max", "provider": ""}, **HX).content.decode()
+    assert 'name="options_for" value="sb-apiframe"' in one and "Safety tolerance" not in one
+    assert (
+        "via sb-apiframe"
+        in client.get("/studio/quote", {"model": "flux-2-max", "provider": ""}, **HX).content.decode()
+    )
+    page = client.get("/").content.decode()
+    assert "Safety tolerance" not in page and "0–5" not in page
+    # Two images: the price names sb-pixeldojo, and the quote brings its options (1-5, no references).
+    two = {"model": "flux-2-max", "provider": "", "n": "2", "options_for": "sb-apiframe"}
+    quote = client.get("/studio/quote", two, **HX)
+    html = quote.content.decode()
+    assert "via sb-pixeldojo" in html
+    assert '<div id="model-options" class="options" hx-swap-oob="true">' in html
+    assert 'name="options_for" value="sb-pixeldojo"' in html and 'placeholder="1–5"' in html
+    assert quote["HX-Trigger-After-Settle"] == "form-changed"
+    settled = client.get("/studio/quote", two | {"options_for": "sb-pixeldojo"}, **HX).content.decode()
+    assert "model-options" not in settled  # the options already are that account's: nothing swapped

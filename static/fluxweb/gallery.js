@@ -14,7 +14,9 @@
     var target = event.detail.target;
     if (!target || target.id !== "lightbox-body") return;
     var dialog = lightbox();
+    var wasOpen = !!(dialog && dialog.open);
     if (dialog && !dialog.open) dialog.showModal();
+    address(wasOpen);
     var heading = target.querySelector("h2");
     if (heading) {
       heading.setAttribute("tabindex", "-1");
@@ -59,6 +61,96 @@
     if (elt && elt.hasAttribute && elt.hasAttribute("data-close-dialog") && event.detail.successful) {
       closeLightbox();
     }
+  });
+
+  // -- the lightbox's address: ?image=<id> while it is open ------------------------------------------------
+  // Opening pushes the address (so Back closes it), Newer/Older replace it, closing goes back to the
+  // address before; a page loaded with ?image=<id> opens it, and closing that one takes the parameter away.
+  var STATE = "fluxwebLightbox";
+  var arriving = ""; // "landed" (the page's own address) or "forward": replace the entry, do not push one
+  var closingByBack = false; // the dialog closes because of Back: its close must not go back again
+  var ignoreNextPop = false; // the Back our own close asked for
+
+  function shownImage() {
+    var article = document.querySelector("#lightbox-body .lb[data-image]");
+    return article ? article.getAttribute("data-image") : null;
+  }
+
+  function addressWith(id) {
+    var url = new URL(window.location.href);
+    if (id) url.searchParams.set("image", id);
+    else url.searchParams.delete("image");
+    return url.pathname + url.search + url.hash;
+  }
+
+  function address(wasOpen) {
+    var id = shownImage();
+    if (!id || !window.history.pushState) return;
+    var current = window.history.state || {};
+    if (wasOpen || arriving) {
+      var landed = arriving === "landed" || (wasOpen && !!current.landed);
+      var state = { landed: landed };
+      state[STATE] = id;
+      window.history.replaceState(state, "", addressWith(id));
+    } else {
+      var pushed = {};
+      pushed[STATE] = id;
+      window.history.pushState(pushed, "", addressWith(id));
+    }
+    arriving = "";
+  }
+
+  function openImage(id, how) {
+    var dialog = lightbox();
+    if (!dialog || !window.htmx || !/^\d+$/.test(id || "")) return;
+    var base = dialog.getAttribute("data-url") || "";
+    var scope = dialog.getAttribute("data-scope") || "";
+    arriving = how;
+    window.htmx.ajax("GET", base.replace(/0$/, id) + (scope ? "?" + scope : ""), {
+      target: "#lightbox-body",
+      swap: "innerHTML",
+    });
+  }
+
+  // `close` does not bubble: caught on the way down, for whichever #lightbox the page has now.
+  document.addEventListener("close", function (event) {
+    if (!event.target || event.target.id !== "lightbox") return;
+    if (closingByBack) {
+      closingByBack = false;
+      return;
+    }
+    var state = window.history.state;
+    if (!state || !state[STATE]) return;
+    if (state.landed) {
+      window.history.replaceState(null, "", addressWith(null));
+    } else {
+      ignoreNextPop = true;
+      window.history.back();
+    }
+  }, true);
+
+  // Added before htmx sets window.onpopstate, so these entries never reach htmx's history restore.
+  window.addEventListener("popstate", function (event) {
+    var dialog = lightbox();
+    var state = event.state;
+    if (ignoreNextPop) {
+      ignoreNextPop = false;
+      event.stopImmediatePropagation();
+      return;
+    }
+    if (dialog && dialog.open && !(state && state[STATE])) {
+      closingByBack = true;
+      dialog.close();
+      event.stopImmediatePropagation();
+    } else if (state && state[STATE] && dialog && !dialog.open) {
+      openImage(state[STATE], "forward");
+      event.stopImmediatePropagation();
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var id = new URL(window.location.href).searchParams.get("image");
+    if (id) window.setTimeout(function () { openImage(id, "landed"); }, 0);
   });
 
   // -- Copy prompt --------------------------------------------------------------------------------------------

@@ -416,3 +416,37 @@ def test_a_390_px_phone_scrolls_no_page_sideways(browser, live_server, bob, acco
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390
     finally:
         context.close()
+
+
+# -- the lightbox's address -------------------------------------------------------------------------------------
+def test_the_lightbox_has_an_address_that_back_closes_and_a_reload_opens(page, bob, studio_images):
+    log_in(page, "bob", "pw-bob-123")
+    ids = tile_ids(page)
+    page.locator(f"#image-{ids[1]} a.open").click()
+    page.get_by_role("dialog").wait_for()
+    page.wait_for_url(f"**/gallery?image={ids[1]}")
+    page.keyboard.press("ArrowRight")  # walking replaces the address: Back still closes
+    page.wait_for_selector(f'#lightbox article.lb[data-image="{ids[2]}"]')
+    page.wait_for_url(f"**/gallery?image={ids[2]}")
+    page.go_back()
+    page.wait_for_function("!document.getElementById('lightbox').open")
+    assert page.url.endswith("/gallery") and page.locator("#gallery figure.tile").count() == len(ids)
+
+    page.locator(f"#image-{ids[0]} a.open").click()
+    page.wait_for_url(f"**/gallery?image={ids[0]}")
+    page.keyboard.press("Escape")  # closing restores the address
+    page.wait_for_function("!document.getElementById('lightbox').open")
+    page.wait_for_url("**/gallery")
+
+    page.goto(f"/gallery?image={ids[3]}")  # a shared link, or a reload
+    page.wait_for_selector(f'#lightbox[open] article.lb[data-image="{ids[3]}"]')
+    page.keyboard.press("Escape")
+    page.wait_for_url("**/gallery")
+
+    page.goto(f"/?image={ids[4]}")  # the studio's gallery too, with the studio's lightbox
+    dialog = page.get_by_role("dialog")
+    page.wait_for_selector(f'#lightbox[open] article.lb[data-image="{ids[4]}"]')
+    assert dialog.get_by_role("button", name="Use as reference").is_visible()
+    dialog.get_by_role("button", name="Close").click()
+    page.wait_for_function("!document.getElementById('lightbox').open")
+    page.wait_for_function("location.pathname === '/' && !location.search")  # the studio's own address again

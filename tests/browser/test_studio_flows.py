@@ -181,3 +181,87 @@ def test_a_browser_notification_only_after_the_user_allows_it_and_only_when_hidd
     page.wait_for_function("window.__shown.length === 1", timeout=30000)
     assert page.evaluate("window.__shown")[0].startswith("Done: 1 image for “a hidden tab")
     context.close()
+
+
+# -- jobs made in the lightbox, one's uploads, Best available's options -------------------------------------------
+def test_jobs_made_in_the_lightbox_join_your_jobs_and_finish_there(page, bob, accounts, worker):
+    from tests.test_access import make_image, make_job
+
+    source = make_image(
+        make_job(bob, accounts["apiframe"], "a paper boat on a quiet lake", status="succeeded")
+    )
+    log_in(page, "bob", "pw-bob-123")
+    polls = requests_to(page, "/jobs/updates")
+    page.locator(f"#image-{source.pk} a.open").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="Rerun same seed").click()
+    dialog.locator("#lightbox-status").filter(has_text="Rerun queued").wait_for()
+    rerun = Generation.objects.exclude(pk=source.generation_id).latest("id")
+    page.locator(f"#jobs #job-{rerun.pk}").wait_for()
+    dialog.get_by_role("button", name="Variations").click()
+    dialog.locator("#lightbox-status").filter(has_text="variations queued").wait_for()
+    made = list(Generation.objects.filter(pk__gt=rerun.pk).values_list("pk", flat=True))
+    assert len(made) == 2
+    for pk in made:
+        page.locator(f"#jobs #job-{pk}").wait_for()
+    assert page.locator(f"#jobs #job-{rerun.pk}").count() == 1  # each card once
+    # The one poll watches them until they finish, without a reload.
+    for pk in [rerun.pk, *made]:
+        page.locator(f'#job-{pk}[data-status="succeeded"]').wait_for(timeout=30000)
+    assert polls
+
+
+def test_ones_uploads_are_listed_and_deleted_unless_a_running_job_uses_them(page, bob, accounts, tmp_path):
+    from PIL import Image as PILImage
+
+    from generations.models import Reference
+    from tests.test_access import make_job
+
+    picture = tmp_path / "ref.png"
+    PILImage.new("RGB", (96, 64), "#3b82f6").save(picture)
+    log_in(page, "bob", "pw-bob-123")
+    page.select_option("select[name=model]", "flux-2-max")
+    page.select_option("select[name=provider]", "sb-apiframe")
+    page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-apiframe')")
+    page.wait_for_function("!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')")
+    page.set_input_files("#reference-files", [str(picture)])
+    page.locator("#references .chip").wait_for()
+    delete = page.get_by_role("button", name="Delete upload")
+    delete.wait_for()
+    assert delete.count() == 1 and "Your uploads" in page.locator("#your-uploads").inner_text()
+    upload = Reference.objects.get(user=bob)
+    job = make_job(
+        bob, accounts["apiframe"], status="running", params={"reference_urls": [f"upload:{upload.pk}"]}
+    )
+
+    delete.click()
+    page.get_by_role("alert").filter(has_text=f"Job #{job.pk} is still running with this upload").wait_for()
+    assert Reference.objects.filter(pk=upload.pk).exists()
+
+    Generation.objects.filter(pk=job.pk).update(status="succeeded")
+    page.get_by_role("button", name="Delete upload").click()
+    page.locator("#your-uploads").filter(has_text="Upload deleted").wait_for()
+    assert not Reference.objects.filter(pk=upload.pk).exists()
+    assert page.locator(f"#ref-upload-{upload.pk}").count() == 0  # its chip left the form too
+    # Priced without it again (70 credits, not 100).
+    page.wait_for_function("document.querySelector('[data-testid=price]').innerText === '70'")
+
+
+def test_best_available_shows_the_options_of_the_account_the_price_names(page, bob, accounts):
+    log_in(page, "bob", "pw-bob-123")
+    page.select_option("select[name=model]", "flux-2-max")
+    page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-apiframe')")
+    assert page.locator("input[name=safety_tolerance]").count() == 0  # apiframe takes none; not 0-5
+    page.select_option("select[name=provider]", "sb-vtrix")
+    page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-vtrix')")
+    assert page.locator("input[name=safety_tolerance]").get_attribute("placeholder") == "0–5"
+    page.select_option("select[name=provider]", "")
+    page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-apiframe')")
+    page.get_by_label("Images (1–4)").fill("2")
+    page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-pixeldojo')")
+    page.wait_for_function(
+        "document.querySelector('input[name=safety_tolerance]')?.placeholder === '1–5'"
+        " && document.querySelector('input[name=options_for]').value === 'sb-pixeldojo'"
+    )
+    assert page.get_by_label("Images (1–4)").input_value() == "2"
+    assert "sb-pixeldojo" in page.locator("#best-available").inner_text()
