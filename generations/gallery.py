@@ -174,6 +174,8 @@ class Scope:
             rows = rows.filter(created_at__gte=start_of(self.start))
         if self.end:
             rows = rows.filter(created_at__lt=start_of(self.end + timedelta(days=1)))
+        if self.start or self.end:
+            rows = rows.by_time()  # a date range pages by (created_at, id), inside the range from the start
         if self.status:
             rows = rows.of_status(self.status)
         if self.format:
@@ -184,11 +186,22 @@ class Scope:
 
 
 def cards(rows, user, limit: int, before: int | None = None) -> list[Image]:
-    """The `limit` newest of `rows` below the id `before`, with what a card shows, in one query:
+    """The `limit` newest of `rows` after the image `before` (by id, or by time and id in a date range:
+    ImageQuerySet.by_time), with what a card shows, in one query:
     ImageQuerySet.newest picks the page's ids from the filtered table alone and joins only those rows to
     their prompt, author and account (SQLite joins every match before it sorts: a common search word took
     390 ms at 100,000 images that way)."""
-    return priced(list(with_favorite(rows.newest(limit, before), user)))
+    page = with_favorite(rows.newest(limit, before), user)
+    if rows._by_time:  # the poll's mark: any image newer than the page (ids need not follow created_at)
+        page = page.annotate(mark=Subquery(Image.objects.order_by("-pk").values("pk")[:1]))
+    return priced(list(page))
+
+
+def newest_mark(images: list[Image]) -> int:
+    """What the new-image poll asks to be after (`?after=`): the newest id on the page, or in a date range
+    (whose page order is by time) the newest id of all when the page was made, so that no image already
+    in the range comes back as new."""
+    return max((getattr(image, "mark", image.pk) for image in images), default=0)
 
 
 def with_favorite(rows, user):
@@ -271,13 +284,13 @@ def page_context(request, scope: Scope, before: int | None = None) -> dict:
         "scope": scope,
         "images": images,
         "next_before": images[-1].pk if more else None,
+        "newest": newest_mark(images),
     }
 
 
 def section_context(request, scope: Scope, before: int | None = None) -> dict:
     """The whole gallery section: views, filters, bulk bar, a page of images and the lightbox."""
     context = page_context(request, scope, before)
-    context["newest"] = context["images"][0].pk if context["images"] else 0
     options = filter_options()
     collections = options["collection"]
     context.update(
@@ -322,7 +335,7 @@ def gallery(request):
         new = cards(scope.images(user).filter(id__gt=after), user, PAGE)
         if not new:
             return no_store(HttpResponse(status=204))
-        context = {"scope": scope, "images": new, "newest": new[0].pk}
+        context = {"scope": scope, "images": new, "newest": newest_mark(new)}
         return no_store(render(request, "generations/gallery.html#new", context))
     before = parse_id(request.GET.get("before", ""))
     if request.htmx and before:
@@ -332,7 +345,6 @@ def gallery(request):
         return no_store(render(request, "generations/gallery.html#section", section_context(request, scope)))
     if request.htmx:  # the filters' results (or any other fragment asked for: never the whole page)
         context = page_context(request, scope)
-        context["newest"] = context["images"][0].pk if context["images"] else 0
         response = render(request, "generations/gallery.html#results", context)
         if not scope.embed:  # the address holds the filters set, so a reload or a shared link shows them
             response["HX-Push-Url"] = reverse("gallery") + (f"?{scope.query}" if scope.query else "")
@@ -349,9 +361,10 @@ def lightbox_image(request, pk: int, scope: Scope) -> Image:
     """The image with, in the same query, whether the viewer favorited it and its neighbours in the scope:
     the next newer and the next older image of the same view and filters (keyset, never OFFSET)."""
     rows = scope.images(request.user).order_by()
+    here = {"pk": OuterRef("pk"), "moment": OuterRef("created_at")}
     found = with_favorite(Image.objects.gallery(), request.user).annotate(
-        newer=Subquery(rows.filter(id__gt=OuterRef("pk")).order_by("id").values("pk")[:1]),
-        older=Subquery(rows.filter(id__lt=OuterRef("pk")).order_by("-id").values("pk")[:1]),
+        newer=Subquery(rows.newer_than(**here).order_by(*rows.oldest_first).values("pk")[:1]),
+        older=Subquery(rows.older_than(**here).order_by(*rows.keyset).values("pk")[:1]),
     )
     return get_object_or_404(found, pk=pk)
 
@@ -439,12 +452,8 @@ def favorite(request, pk: int):
 
 # -- delete own -----------------------------------------------------------------------------------------------
 def soft_delete(user, image_ids: list[int]) -> list[int]:
-    """Soft-delete those of `image_ids` that `user` made; returns the ids deleted. Nobody deletes another
-    member's images here (an admin restores or removes them in the admin)."""
-    rows = Image.objects.visible().filter(pk__in=image_ids, user=user)
-    ids = list(rows.values_list("pk", flat=True))
-    Image.objects.filter(pk__in=ids, deleted_at=None).update(deleted_at=timezone.now(), deleted_by=user)
-    return ids
+    """Soft-delete those of `image_ids` that `user` made (ImageQuerySet.soft_delete); returns their ids."""
+    return Image.objects.filter(pk__in=image_ids).soft_delete(user)
 
 
 @require_POST

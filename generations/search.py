@@ -54,7 +54,10 @@ def prompts(rows: QuerySet, text: str) -> QuerySet:
         return rows.none()
     vendor = connections[rows.db].vendor
     if vendor == "sqlite":
-        return rows.filter(pk__in=fts5_rowids(found))
+        matching = fts5_rowids(found)
+        result = rows.filter(pk__in=matching)
+        result._prompt_search = (rows, matching)  # for PromptQuerySet.recent (recent_prompts)
+        return result
     if vendor == "postgresql":
         from django.contrib.postgres.search import SearchQuery, SearchVector
 
@@ -119,6 +122,40 @@ def recent_first(rows: QuerySet, size: int, before: int | None) -> RawSQL | None
     older = rows.filter(pk__lt=floor).order_by("-pk").values("pk")
     window_sql, window_params = window[:size].query.sql_with_params()
     older_sql, older_params = older[:size].query.sql_with_params()
+    return RawSQL(
+        f"SELECT * FROM ({window_sql}) UNION ALL SELECT * FROM ({older_sql}) LIMIT {int(size)}",
+        (*window_params, *older_params),
+    )
+
+
+def recent_prompts(rows: QuerySet, size: int, before: tuple | None) -> RawSQL:
+    """The ids of a page of `rows` (a prompt search made by `prompts` on SQLite, nothing filtered after it)
+    in the history's order below the cursor `before`, in two steps of one query, as `recent_first` does for
+    images: the WINDOW most recently used prompts walked in order through the (last_used_at, id) index,
+    each tested against the matches, and only when that finds fewer than `size`, the older matches, sorted.
+    Sorting every match of a common word ("in": 11,000 of 25,000 prompts at 100,000 images) grew with the
+    history: 5.9 ms for a page's ids, 2.1 ms through the window (most of it reading the matches)."""
+    from datetime import UTC, datetime
+
+    from django.db.models import BigIntegerField, DateTimeField, ExpressionWrapper, F, Subquery, Value
+    from django.db.models.functions import Coalesce
+
+    from .models import RECENT
+
+    base, matching = rows._prompt_search
+    base = base.below(before)
+    # The last use of the WINDOW-th prompt below the cursor (all of them when there are fewer).
+    floor = Coalesce(
+        Subquery(base.order_by(*RECENT).values("last_used_at")[WINDOW - 1 : WINDOW]),
+        Value(datetime(1, 1, 1, tzinfo=UTC)),
+        output_field=DateTimeField(),
+    )
+    # `id + 0` can use no index, so SQLite walks the window by last use, newest first.
+    tested = ExpressionWrapper(F("pk") + 0, output_field=BigIntegerField())
+    window = base.alias(_id=tested).filter(_id__in=matching, last_used_at__gte=floor)
+    older = base.filter(pk__in=matching, last_used_at__lt=floor)
+    window_sql, window_params = window.order_by(*RECENT).values("pk")[:size].query.sql_with_params()
+    older_sql, older_params = older.order_by(*RECENT).values("pk")[:size].query.sql_with_params()
     return RawSQL(
         f"SELECT * FROM ({window_sql}) UNION ALL SELECT * FROM ({older_sql}) LIMIT {int(size)}",
         (*window_params, *older_params),

@@ -197,6 +197,75 @@ def test_each_filter_narrows_the_view(bob, carol, accounts, team):
     assert shown("view=mine") == [b.pk, a.pk]
 
 
+def scrambled_in_time(rows: list[Image], days_ago: int) -> list[Image]:
+    """Give `rows` created_at values that do not follow their ids (as `seed_images` run twice leaves them),
+    with ties, around `days_ago`; returns them in the gallery's date order: newest (created_at, id) first."""
+    moment = timezone.now() - timedelta(days=days_ago)
+    for i, row in enumerate(rows):
+        row.created_at = moment - timedelta(hours=(i * 7) % 13)  # 13 distinct moments, each shared
+        Image.objects.filter(pk=row.pk).update(created_at=row.created_at)
+    return sorted(rows, key=lambda row: (row.created_at, row.pk), reverse=True)
+
+
+def next_before(response) -> int | None:
+    found = re.search(r'hx-trigger="revealed"', response.content.decode()) and re.search(
+        r"before=(\d+)", response.content.decode()
+    )
+    return int(found.group(1)) if found else None
+
+
+def test_a_date_range_pages_newest_first_by_time_with_no_duplicate_or_gap(bob, accounts):
+    rows = make_many(bob, accounts["apiframe"], gallery.PAGE * 2 + 17)
+    inside = scrambled_in_time(rows[10:], days_ago=100)
+    outside = rows[:10]  # older and newer than the range
+    for i, row in enumerate(outside):
+        Image.objects.filter(pk=row.pk).update(
+            created_at=timezone.now() - timedelta(days=300 if i % 2 else 1)
+        )
+    day = (timezone.now() - timedelta(days=100)).date()
+    query = f"from={day - timedelta(days=1)}&to={day + timedelta(days=1)}"
+    client = logged_in(bob)
+
+    response = client.get(f"/gallery?{query}", HTTP_HX_TARGET="gallery-results", **HX)
+    shown, pages = tiles(response), 1
+    cursor = next_before(response)
+    while cursor:
+        assert cursor == shown[-1]
+        response = client.get(f"/gallery?{query}&before={cursor}", **HX)
+        shown += tiles(response)
+        cursor, pages = next_before(response), pages + 1
+    assert pages == 3
+    assert shown == [row.pk for row in inside]  # by time then id, each once, none missing, none outside
+
+    # Without htmx the sentinel's link gives the same second page.
+    second = client.get(f"/gallery?{query}&before={shown[gallery.PAGE - 1]}")
+    assert tiles(second) == shown[gallery.PAGE : gallery.PAGE * 2]
+
+
+def test_a_date_range_polls_only_images_made_after_the_page(bob, accounts):
+    rows = make_many(bob, accounts["apiframe"], 12)
+    inside = scrambled_in_time(rows, days_ago=0)
+    client = logged_in(bob)
+    query = f"from={timezone.localdate() - timedelta(days=1)}"
+    page = client.get(f"/gallery?{query}", HTTP_HX_TARGET="gallery-results", **HX)
+    assert tiles(page) == [row.pk for row in inside]
+    mark = int(re.search(r"after=(\d+)", page.content.decode()).group(1))
+    assert mark == max(row.pk for row in rows)  # not the first card's id: ids do not follow time here
+    assert client.get(f"/gallery?{query}&after={mark}", **HX).status_code == 204
+
+    new = make_image(bob, accounts["apiframe"], "a lighthouse in fog")
+    assert tiles(client.get(f"/gallery?{query}&after={mark}", **HX)) == [new.pk]
+
+
+def test_the_lightbox_neighbours_follow_the_date_order(bob, accounts):
+    rows = make_many(bob, accounts["apiframe"], 9)
+    inside = scrambled_in_time(rows, days_ago=3)
+    query = f"from={timezone.localdate() - timedelta(days=5)}"
+    html = logged_in(bob).get(f"/gallery/images/{inside[4].pk}?{query}", **HX).content.decode()
+    assert f'data-nav="prev" href="/gallery/images/{inside[3].pk}?' in html
+    assert f'data-nav="next" href="/gallery/images/{inside[5].pk}?' in html
+
+
 def test_search_reaches_the_whole_history_not_only_the_loaded_pages(bob, accounts):
     needle = make_image(bob, accounts["apiframe"], "a violet submarine under ice")
     make_many(bob, accounts["apiframe"], gallery.PAGE * 2)
@@ -392,6 +461,20 @@ def test_only_the_author_deletes_an_image_softly(bob, carol, alice, team):
     assert a.deleted_at is not None and a.deleted_by == bob
     assert Image.objects.filter(pk=a.pk).exists()  # soft: the row and file stay for an admin to restore
     assert tiles(logged_in(carol).get("/gallery")) == [c.pk, b.pk]
+
+
+def test_soft_delete_is_a_queryset_verb_that_skips_others_and_the_already_deleted(bob, carol, team):
+    a, b, c = team
+    Image.objects.filter(pk=b.pk).update(deleted_at=timezone.now() - timedelta(days=1), deleted_by=bob)
+    before = Image.objects.get(pk=b.pk).deleted_at
+
+    assert Image.objects.filter(pk__in=[a.pk, b.pk, c.pk]).soft_delete(bob) == [a.pk]
+    a.refresh_from_db(), b.refresh_from_db(), c.refresh_from_db()
+    assert a.deleted_at is not None and a.deleted_by == bob
+    assert b.deleted_at == before  # its first delete stands
+    assert c.deleted_at is None  # carol's
+    assert Image.objects.all().soft_delete(carol) == [c.pk]
+    assert gallery.soft_delete(bob, [a.pk, c.pk]) == []
 
 
 def test_collection_items_and_favorites_of_a_deleted_image_are_out_of_view(bob, team):

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from generations import history
+from generations import history, search
 from generations.models import Generation, Image, Prompt
 
 from .test_gallery import HX, fresh_cache, logged_in, make_image  # noqa: F401 (fresh_cache: autouse)
@@ -109,3 +109,30 @@ def test_history_queries_do_not_grow_with_the_rows(bob, carol, accounts, django_
         assert client.get("/history/").status_code == 200
     with django_assert_max_num_queries(len(few.captured_queries)):
         assert client.get("/history/?q=prompt", **HX).status_code == 200
+
+
+@pytest.mark.parametrize("window", [search.WINDOW, 3, 50])
+def test_a_search_pages_in_last_use_order_across_pages_with_no_duplicate_or_gap(
+    bob, accounts, monkeypatch, window
+):
+    """Three pages of a search over prompts whose last uses tie and do not follow their ids, whether the
+    page comes from the window of most recent uses, from the older matches, or from both (SQLite)."""
+    monkeypatch.setattr(search, "WINDOW", window)
+    now = timezone.now()
+    made = []
+    for i in range(history.PAGE * 2 + 5):
+        prompt = Prompt.remember(f"a lighthouse number {i}", bob)
+        moment = now - timedelta(minutes=(i * 7) % 31)
+        Prompt.objects.filter(pk=prompt.pk).update(last_used_at=moment)
+        made.append((moment, prompt.pk))
+    Prompt.remember("a fox in the snow", bob)  # not a match, and the newest
+    expected = [pk for _, pk in sorted(made, reverse=True)]
+    client = logged_in(bob)
+
+    response = client.get("/history/?q=lighth")
+    shown, pages = rows(response), 1
+    while 'hx-trigger="revealed"' in response.content.decode():
+        cursor = re.search(r"before=([^\"&]+)", response.content.decode()).group(1)
+        response = client.get(f"/history/?q=lighth&before={cursor}", **HX)
+        shown, pages = shown + rows(response), pages + 1
+    assert pages == 3 and shown == expected

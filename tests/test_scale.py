@@ -70,6 +70,8 @@ def seeded(django_db_setup, django_db_blocker):
             "member_id": other.pk,
             "history": f"{middle_prompt.last_used_at.isoformat()}_{middle_prompt.pk}",
             "month_ago": (timezone.now() - timedelta(days=30)).date().isoformat(),
+            "half_year": (timezone.now() - timedelta(days=190)).date().isoformat(),
+            "half_year_end": (timezone.now() - timedelta(days=180)).date().isoformat(),
         }
         yield {"viewer": viewer, "token": token, "values": values}
         for model in (
@@ -141,9 +143,15 @@ PAGES = [
     ("gallery", "/gallery?member={member_id}&model=flux-plus", RESULTS),
     ("gallery", "/gallery?provider=scale-vtrix&format=webp", RESULTS),
     ("gallery", "/gallery?status=succeeded&from={month_ago}", RESULTS),
+    ("gallery", "/gallery?from={half_year}&to={half_year_end}", RESULTS),
+    ("gallery", "/gallery?from={half_year}&to={half_year_end}&before={deep}", HX),
+    ("gallery", "/gallery?from={half_year}&after={newest}", HX),
     ("lightbox", "/gallery/images/{deep}", HX),
+    ("lightbox", "/gallery/images/{deep}?from={half_year}", HX),
     ("history", "/history/", {}),
     ("history", "/history/?q=lighthouse", {}),
+    ("history", "/history/?q=in", {}),
+    ("history", "/history/?q=in&before={history}", HX),
     ("history", "/history/?before={history}", HX),
 ]
 
@@ -167,3 +175,49 @@ def test_each_gallery_page_and_fragment_takes_at_most_3_queries_at_10000_images(
     status, count = queries(client, path.format(**seeded["values"]), **headers)
     assert status in (200, 204)
     assert count <= MAX_QUERIES
+
+
+def steps(rows) -> int:
+    """How much work SQLite does for a QuerySet: its virtual machine's instructions, in thousands."""
+    sql, params = rows.query.sql_with_params()
+    counted = [0]
+
+    def tick() -> int:
+        counted[0] += 1
+        return 0
+
+    connection.ensure_connection()
+    connection.connection.set_progress_handler(tick, 1000)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params).fetchall()
+    finally:
+        connection.connection.set_progress_handler(None, 0)
+    return counted[0]
+
+
+@pytest.mark.django_db
+def test_a_date_range_page_starts_inside_the_range_at_any_depth(seeded):
+    """On SQLite, a date range's page, first or deep (a cursor near the range's end), costs about what the
+    team's first page does: its ids come from the (created_at, id) index from the range's end, or from the
+    cursor. Paged by id, "half a year ago" walked every newer image; with the range's "to" as the index's
+    upper bound instead of the cursor, a deep page walked every image of the range above the cursor."""
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's virtual machine")
+    from generations.gallery import Scope
+
+    viewer, values = seeded["viewer"], seeded["values"]
+    team = steps(Scope().images(viewer).newest(41))
+    everything = {"from": "1901-01-01", "to": "2099-12-31"}
+    deep = Image.objects.order_by("-created_at", "-id").values_list("pk", flat=True)[ROWS * 9 // 10]
+    for query, before in (
+        ({"from": values["half_year"], "to": values["half_year_end"]}, None),
+        ({"from": values["half_year"]}, None),
+        (everything, None),
+        (everything, deep),
+        ({"to": "2099-12-31"}, deep),
+        ({"from": "1901-01-01"}, deep),
+    ):
+        page = Scope.from_query(query).images(viewer).newest(41, before)
+        assert len(page) == 41
+        assert steps(page) <= 2 * team + 2, (query, before)
