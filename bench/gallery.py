@@ -25,7 +25,7 @@ TARGET_RATIO = 2.0
 @dataclass
 class Endpoint:
     name: str
-    path: str  # may hold {deep}, {deep_cursor}, {image}, {collection}, {member}, {newest}, {history}
+    path: str  # may hold {deep}, {deep_cursor}, {image}, {collection}, {member}, {newest}, {history}, ...
     headers: dict = field(default_factory=dict)
     api: bool = False
 
@@ -72,6 +72,14 @@ def endpoints(have: Callable[[str], bool]) -> list[Endpoint]:
             Endpoint("gallery last month (htmx)", "/gallery?from={month_ago}", results),
             Endpoint(
                 "gallery half a year ago (htmx)", "/gallery?from={half_year}&to={half_year_end}", results
+            ),
+            Endpoint(
+                "gallery half a year ago, deeper (htmx)",
+                "/gallery?from={half_year}&to={half_year_end}&before={half_year_next}",
+                HX,
+            ),
+            Endpoint(
+                "gallery past year, deep page (htmx)", "/gallery?from={year_ago}&before={deep_by_time}", HX
             ),
         ]
     if have("lightbox"):
@@ -196,7 +204,8 @@ class GalleryBench:
         connection.ensure_connection()
 
     def point(self) -> dict:
-        from datetime import timedelta
+        from datetime import datetime, timedelta
+        from datetime import time as clock
 
         from django.utils import timezone
 
@@ -209,6 +218,14 @@ class GalleryBench:
         ]
         newest = Image.objects.order_by("-id").values_list("pk", flat=True).first()
         middle = Prompt.objects.order_by("-last_used_at", "-id")[Prompt.objects.count() // 2]
+        # Date ranges page by (created_at, id): a cursor a quarter of the way into "half a year ago", and one
+        # halfway down the whole year by time.
+        half_year = (now - timedelta(days=190)).date()
+        by_time = Image.objects.order_by("-created_at", "-id").values_list("pk", flat=True)
+        in_range = by_time.filter(
+            created_at__gte=timezone.make_aware(datetime.combine(half_year, clock.min)),
+            created_at__lt=timezone.make_aware(datetime.combine(half_year + timedelta(days=11), clock.min)),
+        )
         return {
             "deep": deep,
             "deep_cursor": base64.urlsafe_b64encode(str(deep_job).encode()).decode(),
@@ -219,8 +236,11 @@ class GalleryBench:
             "member_id": self.member.pk,
             "history": f"{middle.last_used_at.isoformat()}_{middle.pk}",
             "month_ago": (now - timedelta(days=30)).date().isoformat(),
-            "half_year": (now - timedelta(days=190)).date().isoformat(),
+            "half_year": half_year.isoformat(),
             "half_year_end": (now - timedelta(days=180)).date().isoformat(),
+            "half_year_next": in_range[in_range.count() // 4],
+            "year_ago": (now - timedelta(days=366)).date().isoformat(),
+            "deep_by_time": by_time[Image.objects.count() // 2],
         }
 
     def measure(self, endpoint: Endpoint, size: int, count: int) -> None:
