@@ -36,6 +36,12 @@ class KeysetQuerySet(models.QuerySet):
         clone._by_time = self._by_time
         return clone
 
+    def _filter_or_exclude(self, negate, args, kwargs):
+        # A filter after a search (a member, a model, a date) is not part of the search's fast page path.
+        clone = super()._filter_or_exclude(negate, args, kwargs)
+        clone._prompt_search = None
+        return clone
+
     def by_time(self):
         """Pages of this QuerySet newest first by (created_at, id), the cursor still an id: for a filter on
         `created_at` (a date range), whose rows an id walk reaches only after every newer row (half of the
