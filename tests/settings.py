@@ -9,6 +9,11 @@ os.environ.setdefault("FLUXWEB_FERNET_KEYS", "dGVzdC1mZXJuZXQta2V5LTMyLWJ5dGVzLW
 os.environ.setdefault("FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS", "1")
 if "FLUXWEB_DATA_DIR" not in os.environ:
     os.environ["FLUXWEB_DATA_DIR"] = tempfile.mkdtemp(prefix="fluxweb-test-")
+# Each xdist worker keeps its media in a folder of its own (tests count the files they write); a qcluster
+# subprocess inherits the worker's folder, already suffixed.
+worker = os.environ.get("PYTEST_XDIST_WORKER")
+if worker and os.path.basename(os.environ["FLUXWEB_DATA_DIR"]) != worker:
+    os.environ["FLUXWEB_DATA_DIR"] = os.path.join(os.environ["FLUXWEB_DATA_DIR"], worker)
 os.environ.setdefault("FLUXWEB_Q_NAME", f"fluxweb-test-{os.getpid()}")
 
 from fluxweb.settings import *  # noqa: E402, F403
