@@ -172,6 +172,23 @@ def saved_files(count: int) -> list:
     return [media.save_files(index, checked, {"prompt": "test"}) for index in range(count)]
 
 
+def row_image(generation, index: int = 0, **fields):
+    """An Image row for `generation` with no file behind it: for queries, lists and permissions."""
+    from generations.models import Image
+
+    return Image.objects.create(
+        generation=generation,
+        index=index,
+        file="images/x.png",
+        thumbnail="images/x_t.jpg",
+        width=8,
+        height=8,
+        format="png",
+        bytes=1,
+        **fields,
+    )
+
+
 def reply(status: int, body, headers=None) -> Reply:
     """A provider reply from a dict, a string or raw bytes."""
     raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()

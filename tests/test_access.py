@@ -20,6 +20,8 @@ from generations import credits, media
 from generations.models import Generation, Image, Prompt, Reference
 from generations.urls import urlpatterns
 
+from .conftest import row_image
+
 PUBLIC = {"reference", "reference-upload", "webhook"}  # the signature or the unguessable token is the key
 HOSTILE = '<script>alert(1)</script><i hx-get="/admin/" hx-trigger="load">x</i>'
 
@@ -502,16 +504,7 @@ def add_images(users, account, jobs: int, per_job: int = 3) -> None:
     for i in range(jobs):
         job = make_job(users[i % len(users)], account, f"prompt {i}", status="succeeded")
         for index in range(per_job):
-            Image.objects.create(
-                generation=job,
-                index=index,
-                file="images/x.png",
-                thumbnail="images/x_t.jpg",
-                width=8,
-                height=8,
-                format="png",
-                bytes=1,
-            )
+            row_image(job, index)
 
 
 @pytest.mark.parametrize("path", ["/", "/gallery", "/gallery?after=0", "/gallery?before=999999"])

@@ -14,6 +14,8 @@ from PIL import Image as PILImage
 from generations import credits, media
 from generations.models import ApiToken, Generation, Image, Prompt, Quota, Reference
 
+from .conftest import row_image
+
 CONTRACT_FIELDS = {
     "id",
     "status",
@@ -305,15 +307,7 @@ def test_it_lists_in_a_constant_number_of_queries(bob, carol, accounts, django_a
             generation = make_generation(
                 bob if i % 2 else carol, accounts["apiframe"], f"prompt {i}", status="succeeded"
             )
-            Image.objects.create(
-                generation=generation,
-                file="images/x.png",
-                thumbnail="images/x_t.jpg",
-                width=8,
-                height=8,
-                format="png",
-                bytes=1,
-            )
+            row_image(generation)
 
     add(2)
     client.get("/api/v1/generations")  # warm: the token's last_used_at update happens once

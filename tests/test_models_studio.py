@@ -24,6 +24,8 @@ from generations.models import (
     ProviderAccount,
 )
 
+from .conftest import row_image
+
 
 @pytest.fixture
 def account(db) -> ProviderAccount:
@@ -48,18 +50,7 @@ def stored(generation: Generation, index: int = 0) -> Image:
     return media.store_image(generation, index, media.check_image(png()), {"prompt": "x"})
 
 
-def bare_image(generation: Generation, index: int = 0, **fields) -> Image:
-    return Image.objects.create(
-        generation=generation,
-        index=index,
-        file="images/x.png",
-        thumbnail="images/x_t.jpg",
-        width=8,
-        height=8,
-        format="png",
-        bytes=1,
-        **fields,
-    )
+bare_image = row_image
 
 
 def test_it_records_the_owner_model_and_account_of_a_stored_image(bob, account):
