@@ -8,11 +8,13 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production")
 os.environ.setdefault("FLUXWEB_FERNET_KEYS", "dGVzdC1mZXJuZXQta2V5LTMyLWJ5dGVzLWxvbmctLS0=")
 os.environ.setdefault("FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS", "1")
 if "FLUXWEB_DATA_DIR" not in os.environ:
-    os.environ["FLUXWEB_DATA_DIR"] = tempfile.mkdtemp(prefix="fluxweb-test-")
-# Each xdist worker keeps its media in a folder of its own (tests count the files they write); a qcluster
-# subprocess inherits the worker's folder, already suffixed.
+    os.environ["FLUXWEB_DATA_DIR"] = os.environ["FLUXWEB_TEST_SHARED_DIR"] = tempfile.mkdtemp(
+        prefix="fluxweb-test-"
+    )
+# Each xdist worker keeps its media in a folder of its own under the session's (tests count the files they
+# write); a process given a folder of its own (a test's qcluster subprocess) keeps that one.
 worker = os.environ.get("PYTEST_XDIST_WORKER")
-if worker and os.path.basename(os.environ["FLUXWEB_DATA_DIR"]) != worker:
+if worker and os.environ["FLUXWEB_DATA_DIR"] == os.environ.get("FLUXWEB_TEST_SHARED_DIR"):
     os.environ["FLUXWEB_DATA_DIR"] = os.path.join(os.environ["FLUXWEB_DATA_DIR"], worker)
 os.environ.setdefault("FLUXWEB_Q_NAME", f"fluxweb-test-{os.getpid()}")
 
