@@ -70,6 +70,25 @@
     });
   }
 
+  // A refused Generate's reason stays under the button until the form is edited. A price asked for before
+  // the refusal (the prompt's blur as the button is pressed, or the typing pause that ends just after it)
+  // must not clear it when its answer lands afterwards: the refusal came with a fresh price of its own.
+  var edits = 0;
+  var editsAtRefusal = -1;
+  function edited(event) {
+    if (event.target.closest && event.target.closest("#generate-form")) edits += 1;
+  }
+  document.addEventListener("input", edited, true);
+  document.addEventListener("change", edited, true);
+  document.body.addEventListener("htmx:beforeSwap", function (event) {
+    var target = event.detail.target;
+    if (!target) return;
+    if (target.id === "form-error") editsAtRefusal = edits;
+    if (target.id !== "quote" || edits !== editsAtRefusal) return;
+    var shown = document.getElementById("form-error");
+    if (shown && shown.textContent.trim()) event.detail.shouldSwap = false;
+  });
+
   // A gallery image already among the references is not added twice (the form counts each once anyway;
   // this keeps the chips honest whichever gallery or lightbox button sent it).
   document.body.addEventListener("htmx:beforeSwap", function (event) {

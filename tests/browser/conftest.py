@@ -50,3 +50,20 @@ def page(browser, live_server):
     context, page = open_page(browser, live_server)
     yield page
     context.close()
+
+
+def choose_model(page, model: str) -> None:
+    """Pick a model and wait until its options have been swapped in and settled: a provider picked before
+    that lands on the old select, which the swap then replaces with "Best available"."""
+    page.evaluate(
+        """() => { window.__optionsSettled = new Promise(done => {
+             document.body.addEventListener("htmx:afterSettle", function seen(event) {
+               if (event.detail.target && event.detail.target.id === "model-options") {
+                 document.body.removeEventListener("htmx:afterSettle", seen);
+                 done(true);
+               }
+             });
+           }); }"""
+    )
+    page.select_option("select[name=model]", model)
+    page.evaluate("window.__optionsSettled")

@@ -8,7 +8,7 @@ import pytest
 from generations import credits
 from generations.models import Generation
 
-from .conftest import DOCS, open_page
+from .conftest import DOCS, choose_model, open_page
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -31,7 +31,7 @@ def test_it_generates_watches_the_card_finish_with_one_poll_and_a_toast(page, bo
     log_in(page, "bob", "pw-bob-123")
     polls = requests_to(page, "/jobs/")
     page.get_by_label("Prompt", exact=True).fill("a paper boat on a quiet lake")
-    page.select_option("select[name=model]", "flux-2-max")
+    choose_model(page, "flux-2-max")
     page.wait_for_selector("#quote [data-testid=price]")
     assert page.get_by_test_id("price").inner_text() == "70"
     page.wait_for_function("document.querySelector('#best-available').textContent.includes('sb-apiframe')")
@@ -220,7 +220,7 @@ def test_ones_uploads_are_listed_and_deleted_unless_a_running_job_uses_them(page
     picture = tmp_path / "ref.png"
     PILImage.new("RGB", (96, 64), "#3b82f6").save(picture)
     log_in(page, "bob", "pw-bob-123")
-    page.select_option("select[name=model]", "flux-2-max")
+    choose_model(page, "flux-2-max")
     page.select_option("select[name=provider]", "sb-apiframe")
     page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-apiframe')")
     page.wait_for_function("!document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')")
@@ -249,7 +249,7 @@ def test_ones_uploads_are_listed_and_deleted_unless_a_running_job_uses_them(page
 
 def test_best_available_shows_the_options_of_the_account_the_price_names(page, bob, accounts):
     log_in(page, "bob", "pw-bob-123")
-    page.select_option("select[name=model]", "flux-2-max")
+    choose_model(page, "flux-2-max")
     page.wait_for_function("document.querySelector('#quote').textContent.includes('via sb-apiframe')")
     assert page.locator("input[name=safety_tolerance]").count() == 0  # apiframe takes none; not 0-5
     page.select_option("select[name=provider]", "sb-vtrix")
