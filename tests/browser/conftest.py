@@ -55,15 +55,9 @@ def page(browser, live_server):
 def choose_model(page, model: str) -> None:
     """Pick a model and wait until its options have been swapped in and settled: a provider picked before
     that lands on the old select, which the swap then replaces with "Best available"."""
-    page.evaluate(
-        """() => { window.__optionsSettled = new Promise(done => {
-             document.body.addEventListener("htmx:afterSettle", function seen(event) {
-               if (event.detail.target && event.detail.target.id === "model-options") {
-                 document.body.removeEventListener("htmx:afterSettle", seen);
-                 done(true);
-               }
-             });
-           }); }"""
-    )
+    page.evaluate("document.getElementById('model-options').dataset.stale = 'yes'")
     page.select_option("select[name=model]", model)
-    page.evaluate("window.__optionsSettled")
+    page.wait_for_function(
+        "document.getElementById('model-options') && !document.querySelector('#model-options[data-stale]')"
+        " && !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')"
+    )
