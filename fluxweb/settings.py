@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_q",
     "generations",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -150,6 +151,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# ModelBackend, with each request's user loaded together with its role (accounts/backends.py). Sessions made
+# before this backend name the old one, so people log in once more after the upgrade.
+AUTHENTICATION_BACKENDS = ["accounts.backends.ProfileBackend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "studio"
 LOGOUT_REDIRECT_URL = "login"
@@ -228,3 +232,18 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# Team accounts (README "Team accounts"): invitations, new users' credits, and e-mail for invitations and
+# password resets (printed to the console unless an SMTP host is set).
+FLUXWEB_INVITE_DAYS = env_int("FLUXWEB_INVITE_DAYS", 7)  # how long an invitation link stays valid
+FLUXWEB_NEW_USER_CREDITS = env_int("FLUXWEB_NEW_USER_CREDITS", 0)  # granted when an invitation is accepted
+EMAIL_HOST = os.environ.get("FLUXWEB_SMTP_HOST", "")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("FLUXWEB_SMTP_PORT", 587)
+    EMAIL_HOST_USER = os.environ.get("FLUXWEB_SMTP_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("FLUXWEB_SMTP_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("FLUXWEB_SMTP_TLS", True)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = os.environ.get("FLUXWEB_FROM_EMAIL", "FluxWeb <fluxweb@localhost>")
