@@ -7,6 +7,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("generations.api_urls")),
+    path("account/", include("accounts.urls")),
     path("", include("generations.urls")),
 ]
 

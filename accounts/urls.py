@@ -1,0 +1,22 @@
+from django.contrib.auth import views as auth_views
+from django.urls import path
+
+from . import views
+
+urlpatterns = [
+    path("settings/", views.account_settings, name="account-settings"),
+    path("settings/tokens", views.create_token, name="token-create"),
+    path("settings/tokens/<int:pk>/revoke", views.revoke_token, name="token-revoke"),
+    path("settings/preferences", views.save_preferences, name="preferences"),
+    path("invite/<str:token>", views.accept_invitation, name="invitation"),
+    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("password-reset/sent", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
+    path(
+        "password-reset/<uidb64>/<token>",
+        auth_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path(
+        "password-reset/done", auth_views.PasswordResetCompleteView.as_view(), name="password_reset_complete"
+    ),
+]
