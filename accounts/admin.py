@@ -3,11 +3,14 @@ read-only audit log. Only admins (the role) enter the Django admin at all."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.urls import reverse
 from django.utils import timezone
+
+from generations import credits
 
 from . import audit
 from .access import role_of, set_role
@@ -58,10 +61,30 @@ class TeamUserAdmin(UserAdmin):
     list_select_related = ["profile"]
     readonly_fields = ["is_staff", "is_superuser", "last_login", "date_joined"]
     inlines = [ProfileInline]
-    actions = [role_action(role) for role in Role.values]
+    actions = [*(role_action(role) for role in Role.values), "approve"]
 
     def get_inlines(self, request, obj):
         return self.inlines if obj is not None else []  # a new user's profile comes from accounts.signals
+
+    @admin.action(description="Approve the selected pending users (let them sign in)")
+    def approve(self, request, queryset):
+        approved = []
+        for user in queryset.filter(is_active=False):
+            type(user).objects.filter(pk=user.pk).update(is_active=True)
+            audit.record(
+                request.user,
+                "user.approve",
+                user.get_username(),
+                before={"is_active": False},
+                after={"is_active": True},
+            )
+            if settings.FLUXWEB_NEW_USER_CREDITS > 0:
+                credits.grant(
+                    user, settings.FLUXWEB_NEW_USER_CREDITS, admin=request.user, note="Welcome credits"
+                )
+            approved.append(user.get_username())
+        text = f"Approved: {', '.join(approved)}." if approved else "No pending user was selected."
+        self.message_user(request, text, messages.SUCCESS)
 
     @admin.display(ordering="profile__role")
     def role(self, user) -> str:

@@ -30,10 +30,16 @@ class Profile(models.Model):
         default=True, help_text="Downloads keep the prompt and settings embedded in the file."
     )
     notifications = models.BooleanField(default=True, help_text="Say when one of your jobs ends.")
+    oidc_subject = models.CharField(
+        max_length=255, blank=True, default="", help_text="The identity provider's `sub` for this person."
+    )
 
     class Meta:
         constraints = [
             models.CheckConstraint(condition=Q(role__in=Role.values), name="profile_role_known"),
+            models.UniqueConstraint(
+                fields=["oidc_subject"], condition=~Q(oidc_subject=""), name="profile_one_user_per_subject"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,7 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import views
+from . import oidc, views
 
 urlpatterns = [
     path("settings/", views.account_settings, name="account-settings"),
@@ -9,11 +9,16 @@ urlpatterns = [
     path("settings/tokens/<int:pk>/revoke", views.revoke_token, name="token-revoke"),
     path("settings/preferences", views.save_preferences, name="preferences"),
     path("invite/<str:token>", views.accept_invitation, name="invitation"),
-    path("password-reset/", auth_views.PasswordResetView.as_view(), name="password_reset"),
+    path("oidc/authenticate/", oidc.SignIn.as_view(), name="oidc_authentication_init"),
+    path("oidc/callback/", oidc.Callback.as_view(), name="oidc_authentication_callback"),
+    path("sign-in-refused", oidc.sign_in_refused, name="sign-in-refused"),
+    path(
+        "password-reset/", views.passwords_on(auth_views.PasswordResetView.as_view()), name="password_reset"
+    ),
     path("password-reset/sent", auth_views.PasswordResetDoneView.as_view(), name="password_reset_done"),
     path(
         "password-reset/<uidb64>/<token>",
-        auth_views.PasswordResetConfirmView.as_view(),
+        views.passwords_on(auth_views.PasswordResetConfirmView.as_view()),
         name="password_reset_confirm",
     ),
     path(

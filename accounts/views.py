@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
+
 from django import forms
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
 from django.contrib.auth.forms import UserCreationForm
+from django.contrib.auth.views import LoginView
 from django.db import transaction
-from django.http import HttpResponseRedirect
+from django.http import Http404, HttpResponseForbidden, HttpResponseRedirect
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -23,6 +26,35 @@ from .access import profile_of
 from .models import Invitation, Profile
 
 TOKENS_SHOWN = 50
+
+
+def passwords_on(view):
+    """Password reset exists only while local passwords do (FLUXWEB_PASSWORD_LOGIN)."""
+
+    @functools.wraps(view)
+    def wrapper(request, *args, **kwargs):
+        if not settings.FLUXWEB_PASSWORD_LOGIN:
+            raise Http404
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
+class LogIn(LoginView):
+    """Django's log-in, offering "Sign in with ..." when an identity provider is set, and only that when
+    local passwords are off."""
+
+    def get_context_data(self, **kwargs):
+        return super().get_context_data(
+            oidc_name=settings.FLUXWEB_OIDC_NAME if settings.FLUXWEB_OIDC_ISSUER else "",
+            password_login=settings.FLUXWEB_PASSWORD_LOGIN,
+            **kwargs,
+        )
+
+    def post(self, request, *args, **kwargs):
+        if not settings.FLUXWEB_PASSWORD_LOGIN:
+            return HttpResponseForbidden("Local passwords are off: sign in through the identity provider.")
+        return super().post(request, *args, **kwargs)
 
 
 class TokenForm(forms.Form):
