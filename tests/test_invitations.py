@@ -134,3 +134,36 @@ def test_a_password_is_reset_by_an_emailed_link(bob):
 def test_a_reset_for_an_unknown_address_sends_nothing_and_says_the_same(db):
     response = Client().post("/account/password-reset/", {"email": "nobody@example.com"})
     assert response.status_code == 302 and not mail.outbox
+
+
+@pytest.mark.parametrize(
+    "env, backend",
+    [
+        ({}, "django.core.mail.backends.console.EmailBackend 25 None"),
+        (
+            {"FLUXWEB_SMTP_HOST": "smtp.example", "FLUXWEB_SMTP_PORT": "2525", "FLUXWEB_SMTP_USER": "fw"},
+            "django.core.mail.backends.smtp.EmailBackend 2525 fw",
+        ),
+    ],
+)
+def test_mail_goes_to_the_console_unless_an_smtp_host_is_set(tmp_path, env, backend):
+    import os
+    import subprocess
+    import sys
+
+    from .test_settings import ROOT
+
+    clean = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "FLUXWEB_DATA_DIR": str(tmp_path)}
+    code = (
+        "import fluxweb.settings as s; "
+        "print(s.EMAIL_BACKEND, getattr(s, 'EMAIL_PORT', 25), getattr(s, 'EMAIL_HOST_USER', None))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=clean | {"DJANGO_DEBUG": "1"} | env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == backend, result.stderr
