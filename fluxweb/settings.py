@@ -108,6 +108,7 @@ INSTALLED_APPS = [
     "template_partials",
     "django_q",
     "generations",
+    "accounts",
 ]
 
 MIDDLEWARE = [
@@ -150,6 +151,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
+# ModelBackend, with each request's user loaded together with its role (accounts/backends.py). Sessions made
+# before this backend name the old one, so people log in once more after the upgrade.
+AUTHENTICATION_BACKENDS = ["accounts.backends.ProfileBackend", "accounts.oidc.Backend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "studio"
 LOGOUT_REDIRECT_URL = "login"
@@ -228,3 +232,48 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
     },
 }
+
+# Team accounts (README "Team accounts"): invitations, new users' credits, and e-mail for invitations and
+# password resets (printed to the console unless an SMTP host is set).
+FLUXWEB_INVITE_DAYS = env_int("FLUXWEB_INVITE_DAYS", 7)  # how long an invitation link stays valid
+FLUXWEB_NEW_USER_CREDITS = env_int("FLUXWEB_NEW_USER_CREDITS", 0)  # granted when an invitation is accepted
+EMAIL_HOST = os.environ.get("FLUXWEB_SMTP_HOST", "")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("FLUXWEB_SMTP_PORT", 587)
+    EMAIL_HOST_USER = os.environ.get("FLUXWEB_SMTP_USER", "")
+    EMAIL_HOST_PASSWORD = os.environ.get("FLUXWEB_SMTP_PASSWORD", "")
+    EMAIL_USE_TLS = env_bool("FLUXWEB_SMTP_TLS", True)
+else:
+    EMAIL_BACKEND = "django.core.mail.backends.console.EmailBackend"
+DEFAULT_FROM_EMAIL = os.environ.get("FLUXWEB_FROM_EMAIL", "FluxWeb <fluxweb@localhost>")
+
+# Sign-in with OpenID Connect (accounts/oidc.py, mozilla-django-oidc): on when an issuer is set; its endpoints
+# come from the issuer's discovery document. Register {FLUXWEB_SITE_URL}/account/oidc/callback/ at the provider.
+FLUXWEB_OIDC_ISSUER = os.environ.get("FLUXWEB_OIDC_ISSUER", "").rstrip("/")
+FLUXWEB_OIDC_NAME = os.environ.get("FLUXWEB_OIDC_NAME", "your company account")  # "Sign in with ..."
+OIDC_RP_CLIENT_ID = os.environ.get("FLUXWEB_OIDC_CLIENT_ID", "")
+OIDC_RP_CLIENT_SECRET = os.environ.get("FLUXWEB_OIDC_CLIENT_SECRET", "")
+OIDC_RP_SIGN_ALGO = os.environ.get("FLUXWEB_OIDC_SIGN_ALGO", "RS256")
+OIDC_RP_SCOPES = os.environ.get("FLUXWEB_OIDC_SCOPES", "openid email profile")
+OIDC_USE_PKCE = True
+OIDC_TIMEOUT = 10
+FLUXWEB_OIDC_GROUPS_CLAIM = os.environ.get(
+    "FLUXWEB_OIDC_GROUPS_CLAIM", ""
+)  # e.g. "groups"; empty: no mapping
+FLUXWEB_OIDC_ADMIN_GROUPS = env_list("FLUXWEB_OIDC_ADMIN_GROUPS", "")
+FLUXWEB_OIDC_MEMBER_GROUPS = env_list("FLUXWEB_OIDC_MEMBER_GROUPS", "")
+FLUXWEB_OIDC_VIEWER_GROUPS = env_list("FLUXWEB_OIDC_VIEWER_GROUPS", "")
+FLUXWEB_OIDC_ALLOWED_DOMAINS = env_list("FLUXWEB_OIDC_ALLOWED_DOMAINS", "")  # empty: any domain
+FLUXWEB_OIDC_NEW_USERS = os.environ.get("FLUXWEB_OIDC_NEW_USERS", "member")
+if FLUXWEB_OIDC_NEW_USERS not in ("member", "pending"):
+    raise ImproperlyConfigured(
+        f"FLUXWEB_OIDC_NEW_USERS must be member or pending, not {FLUXWEB_OIDC_NEW_USERS!r}"
+    )
+if FLUXWEB_OIDC_ISSUER and not (OIDC_RP_CLIENT_ID and OIDC_RP_CLIENT_SECRET):
+    raise ImproperlyConfigured(
+        "FLUXWEB_OIDC_ISSUER needs FLUXWEB_OIDC_CLIENT_ID and FLUXWEB_OIDC_CLIENT_SECRET."
+    )
+FLUXWEB_PASSWORD_LOGIN = env_bool("FLUXWEB_PASSWORD_LOGIN", True)  # 0: only the identity provider signs in
+if not FLUXWEB_PASSWORD_LOGIN and not FLUXWEB_OIDC_ISSUER:
+    raise ImproperlyConfigured("FLUXWEB_PASSWORD_LOGIN=0 needs FLUXWEB_OIDC_ISSUER, or nobody could log in.")

@@ -9,6 +9,8 @@ from django.shortcuts import redirect, render
 from django.urls import path
 from django.utils import timezone
 
+from accounts.audit import AuditedAdmin
+
 from . import credits
 from .models import (
     ApiToken,
@@ -51,8 +53,9 @@ class ProviderAccountForm(forms.ModelForm):
 
 
 @admin.register(ProviderAccount)
-class ProviderAccountAdmin(admin.ModelAdmin):
+class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
     form = ProviderAccountForm
+    audit_action, audit_hidden = "provider", ("api_key_encrypted",)
     list_display = ["slug", "kind", "base_url", "enabled", "priority", "key_hint", "spent_this_month"]
     list_editable = ["enabled", "priority"]
     actions = ["test_connection"]
@@ -272,7 +275,8 @@ class PriceAdmin(admin.ModelAdmin):
 
 
 @admin.register(Quota)
-class QuotaAdmin(admin.ModelAdmin):
+class QuotaAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_action = "quota"
     list_display = ["__str__", "concurrent", "daily_images", "monthly_credits"]
 
 

@@ -13,6 +13,8 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 
+from accounts import access
+
 from . import credits, engine, media
 from .catalog import catalog
 from .forms import (
@@ -95,6 +97,8 @@ def authenticated(view, request: HttpRequest, *args, **kwargs):
                 return error(403, "csrf", "CSRF check failed; send the X-CSRFToken header.")
     else:
         return error(401, "unauthorized", "Send Authorization: Bearer <token>.")
+    if request.method not in access.SAFE_METHODS and not access.may_spend(request.user):
+        return error(403, "forbidden", access.VIEWER_REFUSAL)
     try:
         return view(request, *args, **kwargs)
     except Http404:
@@ -117,6 +121,7 @@ def me_payload(user) -> dict:
     month = Usage.objects.filter(user=user, account=None, window=credits.month_window(now)).first()
     return {
         "username": user.get_username(),
+        "role": access.role_of(user),
         "credits": {"balance": account.available, "reserved": account.reserved},
         "quota": {
             "concurrent": {

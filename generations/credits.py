@@ -300,6 +300,10 @@ def release_usage(generation: Generation, *, images: int, credits: int) -> None:
 # -- the hold and its end ---------------------------------------------------------------------------------
 def reserve(generation: Generation, amount: int, account: CreditAccount) -> None:
     """Hold `amount` of the (locked) account for `generation`, or refuse with the shortfall."""
+    from accounts.access import VIEWER_REFUSAL, may_spend
+
+    if not may_spend(generation.user):  # the views and the API refuse first; this is the last line
+        raise Refusal("forbidden", VIEWER_REFUSAL, status=403)
     held = CreditAccount.objects.filter(pk=account.pk, balance__gte=F("reserved") + amount).update(
         reserved=F("reserved") + amount
     )

@@ -32,6 +32,9 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
+from accounts.access import keeps_metadata, may_spend, members_only
+from accounts.access import refusal as access_refusal
+
 from . import archive
 from .api import serve_image
 from .catalog import NAMES, model_ids
@@ -404,10 +407,12 @@ def lightbox(request, pk: int):
 @login_required
 def download(request, pk: int):
     """The original as stored, our metadata embedded (sent like any image, by the web server when
-    FLUXWEB_SENDFILE_HEADER is set), or with `?metadata=0` the same bytes without our metadata."""
+    FLUXWEB_SENDFILE_HEADER is set), or with `?metadata=0` the same bytes without our metadata. With no
+    `metadata` asked for, the person's setting decides (accounts: "Downloads keep the embedded metadata")."""
     image = visible_image(pk)
     attachment = f'attachment; filename="{archive.file_name(image)}"'
-    if request.GET.get("metadata") != "0":
+    wanted = request.GET.get("metadata")
+    if wanted != "0" and (wanted is not None or keeps_metadata(request.user)):
         response = serve_image(image, "file")
         response["Content-Disposition"] = attachment
         return response
@@ -438,6 +443,7 @@ def set_favorite(user, image_ids: list[int], on: bool) -> None:
 
 @require_POST
 @login_required
+@members_only
 def favorite(request, pk: int):
     """Toggle the viewer's favorite; the button comes back with aria-pressed set."""
     image = get_object_or_404(Image.objects.visible(), pk=pk)
@@ -458,6 +464,7 @@ def soft_delete(user, image_ids: list[int]) -> list[int]:
 
 @require_POST
 @login_required
+@members_only
 def delete(request, pk: int):
     image = get_object_or_404(Image.objects.visible().filter(user=request.user), pk=pk)
     soft_delete(request.user, [image.pk])
@@ -476,6 +483,7 @@ def clean_name(value) -> str:
 
 @require_http_methods(["GET", "POST"])
 @login_required
+@members_only
 def collections(request):
     """The team's collections, and a new one (any member may make one)."""
     problem = ""
@@ -509,6 +517,7 @@ def counted(rows):
 
 @require_POST
 @login_required
+@members_only
 def rename_collection(request, pk: int):
     collection = get_object_or_404(Collection, pk=pk)
     name = clean_name(request.POST.get("name"))
@@ -551,6 +560,7 @@ def clean_ids(values) -> list[int]:
 
 @require_POST
 @login_required
+@members_only
 def collection_items(request, pk: int, op: str):
     """Add images to a collection, or take them out (the images themselves stay)."""
     collection = get_object_or_404(Collection, pk=pk)
@@ -586,6 +596,8 @@ def bulk(request):
         return refuse(request, "Select one or more images first.")
     if action == "zip":
         return zip_download(request, ids)
+    if not may_spend(request.user):  # a zip is a read; everything else here changes the team's images
+        return access_refusal(request)
     if action in ("favorite", "unfavorite"):
         present = list(Image.objects.visible().filter(pk__in=ids).values_list("pk", flat=True))
         set_favorite(request.user, present, action == "favorite")

@@ -17,6 +17,8 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
+from accounts.access import members_only
+
 from . import archive, engine
 from .forms import clean_idempotency_key, parse_id
 from .gallery import Scope, no_store, visible_image
@@ -91,6 +93,7 @@ def same_provider(image: Image) -> str | None:
 
 @require_POST
 @login_required
+@members_only
 def rerun(request, pk: int):
     """The same request with the same seed on the same provider account (when it still serves)."""
     image = visible_image(pk)
@@ -105,6 +108,7 @@ def rerun(request, pk: int):
 
 @require_POST
 @login_required
+@members_only
 def variations(request, pk: int):
     """N images of the same request with new seeds: one job per seed, so each can be rerun exactly."""
     image = visible_image(pk)
@@ -127,6 +131,7 @@ def variations(request, pk: int):
 
 @require_POST
 @login_required
+@members_only
 def compare_providers(request, pk: int):
     """The same prompt and seed sent to every enabled account serving the model, one job each, grouped by
     a shared `comparison` key; the compare page shows them side by side."""

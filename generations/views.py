@@ -14,6 +14,9 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
+from accounts.access import members_only, profile_of
+from accounts.models import Role
+
 from . import credits, engine, gallery, media
 from .api import serve_image, upload_in_use
 from .catalog import NAMES, model_ids
@@ -329,9 +332,12 @@ def studio_context(request) -> dict:
         initial = gallery.prefill(request)
     initial["reference_images"] = [getattr(i, "pk", i) for i in initial.get("reference_images", [])]
     model = initial.get("model") or (model_ids()[-1] if model_ids() else "")
+    profile = profile_of(request.user)
     return {
         "idempotency_key": uuid.uuid4().hex,
         "remixed": bool(initial),
+        "may_generate": profile.role != Role.VIEWER,
+        "notifications": profile.notifications,
         **options_context(model, initial.get("provider", ""), initial, request.user),
     }
 
@@ -423,6 +429,7 @@ def refused(request, problem: str, form: GenerationForm | None = None) -> HttpRe
 
 @require_POST
 @login_required
+@members_only
 def generate(request):
     """Create from the studio form. Uploads are stored only once everything else checked out, and deleted
     again when the create is refused, so a refused Generate leaves no files behind."""
@@ -562,6 +569,7 @@ def added_jobs(request):
 
 @require_POST
 @login_required
+@members_only
 def cancel(request, pk: int):
     job = own_generation(request, pk)
     engine.cancel(job, request.user)
@@ -576,6 +584,7 @@ def cancel(request, pk: int):
 
 @require_POST
 @login_required
+@members_only
 def retry(request, pk: int):
     """A failed or canceled job again: a new job with the same settings, through the same form as Generate
     (so the same checks and price), and the same seed."""
@@ -620,6 +629,7 @@ def retry(request, pk: int):
 
 @require_POST
 @login_required
+@members_only
 def upload_references(request):
     """Reference files chosen in the form, stored at once so the price counts them and Generate sends them
     as uploads: chips like a gallery pick's, and the file input emptied."""
@@ -656,6 +666,7 @@ def uploads(request):
 
 @require_POST
 @login_required
+@members_only
 def delete_upload(request, pk: int):
     """Delete one's own upload and its file, refused while a job in flight uses it (the API's check); its
     chip leaves the form, and the price is asked again."""

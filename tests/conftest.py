@@ -47,6 +47,17 @@ def carol(django_user_model):
     return django_user_model.objects.create_user("carol", "carol@example.com", "pw-carol-123")
 
 
+@pytest.fixture
+def vera(django_user_model):
+    """A viewer with credits on her account: whatever she tries, none may be spent."""
+    from accounts.access import set_role
+
+    user = django_user_model.objects.create_user("vera", "vera@example.com", "pw-vera-123")
+    set_role(user, "viewer")
+    credits.grant(user, 1000, note="test credits")
+    return user
+
+
 @pytest.fixture(scope="session")
 def sandbox():
     box = Sandbox(latency=(0.2, 0.3)).start()

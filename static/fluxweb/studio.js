@@ -42,7 +42,13 @@
     return "Notification" in window && Notification.permission === "granted";
   }
 
+  // Turned off in Settings: the studio's job list says so (data-notifications="off").
+  function notificationsOff() {
+    return !!document.querySelector("[data-notifications=off]");
+  }
+
   document.body.addEventListener("job-finished", function (event) {
+    if (notificationsOff()) return;
     var jobs = (event.detail && event.detail.jobs) || [];
     jobs.forEach(function (job) {
       toast(job.text, job.status, job.url);
@@ -51,6 +57,11 @@
         shown.onclick = function () { window.focus(); shown.close(); };
       }
     });
+  });
+
+  // A viewer's refused action (accounts.access.refusal): a 403 whose words come as an event.
+  document.body.addEventListener("access-refused", function (event) {
+    toast((event.detail && event.detail.text) || "You may not do that.", "warning");
   });
 
   document.body.addEventListener("balance-low", function (event) {
