@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from PIL import ImageFile, features
 
 from generations import media
-from generations.providers import GenerationRequest
+from generations.providers import Apiframe, GenerationRequest
 from generations.providers import http as provider_http
 from generations.providers.maxapi import MaxApi
 
@@ -180,6 +180,35 @@ def test_it_passes_a_delivery_host_on_public_addresses(settings, resolves_to):
     media.check_url("https://api.apiframe.ai/files/x.png", "apiframe", APIFRAME)  # the account's own host
 
 
+def test_the_delivery_hosts_are_the_ones_the_adapter_declares(settings, resolves_to, monkeypatch):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = False
+    resolves_to("93.184.215.14")
+    monkeypatch.setattr(Apiframe, "result_hosts", frozenset({"images.apiframe.example"}))
+    media.check_url("https://images.apiframe.example/x-1.png", "apiframe", APIFRAME)
+    with pytest.raises(media.MediaError) as refused:
+        media.check_url("https://cdn2.apiframe.ai/images/x-1.png", "apiframe", APIFRAME)
+    assert refused.value.code == "forbidden_url"
+    assert media.delivery_hosts("apiframe", ["X.example "]) == {"images.apiframe.example", "x.example"}
+    assert media.delivery_hosts("gone") == frozenset()
+
+
+def test_an_account_s_extra_hosts_are_allowed_beside_the_adapter_s(settings, resolves_to):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = False
+    resolves_to("93.184.215.14")
+    url = "https://files.vtrix-cdn.example/out/1.jpeg"
+    with pytest.raises(media.MediaError):
+        media.check_url(url, "vtrix", "https://cloud.vtrix.ai")
+    media.check_url(url, "vtrix", "https://cloud.vtrix.ai", extra_hosts=[" Files.Vtrix-CDN.example ", ""])
+    with pytest.raises(media.MediaError) as refused:  # still on 443 only, and never to a private address
+        media.check_url(
+            "https://files.vtrix-cdn.example:8443/1.jpeg",
+            "vtrix",
+            "https://cloud.vtrix.ai",
+            ["files.vtrix-cdn.example"],
+        )
+    assert refused.value.code == "forbidden_url"
+
+
 def test_it_refuses_the_sandbox_when_loopback_downloads_are_off(settings, fresh_sandbox, monkeypatch):
     url, base_url = sandbox_result(fresh_sandbox)
     settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = False
@@ -326,10 +355,11 @@ def test_it_embeds_metadata_in_a_jpeg_comment_that_still_decodes():
 
 # -- hostile file servers on loopback: deadlines, redirects, garbage --------------------------------------------------
 class FileServer:
-    """A file server on 127.0.0.1 that misbehaves on purpose. `routes` maps a path to a function that writes
-    the whole reply to the raw socket file; each request's path is recorded in `requests`."""
+    """A file server on loopback (127.0.0.1 unless told) that misbehaves on purpose. `routes` maps a path to a
+    function that writes the whole reply to the raw socket file; each request's path is recorded in
+    `requests`."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.routes: dict = {}
         self.requests: list[str] = []
         self.closing = threading.Event()
@@ -348,11 +378,11 @@ class FileServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
         self.thread.start()
 
@@ -375,8 +405,8 @@ def file_server(settings):
     settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = True
     servers = []
 
-    def make() -> FileServer:
-        servers.append(FileServer())
+    def make(host: str = "127.0.0.1", port: int = 0) -> FileServer:
+        servers.append(FileServer(host, port))
         return servers[-1]
 
     yield make

@@ -6,7 +6,9 @@ from .maxapi import MaxApi
 from .pixeldojo import PixelDojo
 from .vtrix import Vtrix
 
-PROVIDERS: dict[str, type[Adapter]] = {cls.kind: cls for cls in (MaxApi, Vtrix, Apiframe, PixelDojo)}
+# In the order `demo` ranks its sandbox accounts ("Best available" tries them in it).
+PROVIDERS: dict[str, type[Adapter]] = {cls.kind: cls for cls in (Apiframe, Vtrix, PixelDojo, MaxApi)}
+
 
 __all__ = [
     "PROVIDERS",
