@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from . import credits, crypto, media
 from .models import Generation, Lease, Prompt, ProviderAccount, digest
-from .providers import GenerationRequest, Outcome, ProviderError, Unsupported
+from .providers import PROVIDERS, GenerationRequest, Outcome, ProviderError, Unsupported
 from .providers import http as provider_http
 
 log = logging.getLogger(__name__)
@@ -252,10 +252,15 @@ def with_heartbeat(work, beat, every: float | None = None):
 
 
 # Provider error texts are shown to the whole team and written into the ledger: never with a credential.
+# Key-shaped words: common prefixes, and each adapter's own (`key_prefix`: afk_, pd_, bfl_, ...).
+KEY_PREFIXES = sorted(
+    {"sk", "pk", "rk", "fw", "vtrix", "key"}
+    | {cls.key_prefix.rstrip("-_") for cls in PROVIDERS.values() if cls.key_prefix}
+)
 CREDENTIAL = re.compile(
     r"(?i)(bearer|token|x-key|api[ _-]?key|apikey|authorization|secret|password)(['\"]?\s*[:=]?\s*)"
     r"(?!\[redacted\])['\"]?(?=[^\s'\",;]*\d)[^\s'\",;]{6,}"
-    r"|\b(?:sk|pk|rk|afk|pd|fw|vtrix|key)[-_][A-Za-z0-9_\-]{6,}"
+    rf"|\b(?:{'|'.join(map(re.escape, KEY_PREFIXES))})[-_][A-Za-z0-9_\-]{{6,}}"
 )
 
 

@@ -209,10 +209,11 @@ def test_it_sets_up_the_demo_idempotently(db, settings):
     assert LedgerEntry.objects.filter(kind="grant").count() == 2  # alice and bob, once each
     assert credits.account_for(users.get(username="bob")).balance == 2000
     accounts = ProviderAccount.objects.order_by("priority")
-    # One sandbox account per adapter, in the registry's order.
-    assert [a.kind for a in accounts] == ["apiframe", "vtrix", "pixeldojo", "maxapi"]
+    # One sandbox account per adapter, BFL's included, in the registry's order.
+    assert [a.kind for a in accounts] == ["apiframe", "vtrix", "pixeldojo", "maxapi", "bfl"]
     assert all(a.base_url == f"http://127.0.0.1:8765/{a.kind}" and a.has_key for a in accounts)
-    assert accounts.get(kind="pixeldojo").api_key == "pd_sandbox_demo"
+    bfl = accounts.get(kind="bfl")
+    assert (bfl.slug, bfl.api_key) == ("sandbox-bfl", "bfl_sandbox_demo")
     for output in (first, second):
         for username in ("alice", "bob", "carol"):
             assert username in output

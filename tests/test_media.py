@@ -189,6 +189,7 @@ def test_the_delivery_hosts_are_the_ones_the_adapter_declares(settings, resolves
         media.check_url("https://cdn2.apiframe.ai/images/x-1.png", "apiframe", APIFRAME)
     assert refused.value.code == "forbidden_url"
     assert media.delivery_hosts("apiframe", ["X.example "]) == {"images.apiframe.example", "x.example"}
+    assert "bfldeliveryprod.blob.core.windows.net" in media.delivery_hosts("bfl")
     assert media.delivery_hosts("gone") == frozenset()
 
 
