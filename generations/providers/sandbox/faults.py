@@ -28,7 +28,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-PROVIDERS = ("maxapi", "vtrix", "apiframe", "pixeldojo")
+PROVIDERS = ("maxapi", "vtrix", "apiframe", "pixeldojo", "bfl")
 REQUEST_FAULTS = ("latency", "hang", "auth", "5xx", "429", "malformed", "insufficient_credit", "wrong_types")
 JOB_FAULTS = ("moderation", "failure", "error_object")
 FILE_FAULTS = (
