@@ -416,6 +416,7 @@ def file_server(settings):
 
 
 PNG = encoded("PNG", (64, 48))
+OTHER_PNG = encoded("PNG", (48, 64))
 
 
 def reply_with(body: bytes, status: str = "200 OK", headers: str = "Content-Type: image/png\r\n"):
@@ -588,6 +589,34 @@ def test_the_download_connects_to_the_address_that_was_checked(file_server, monk
 
     assert media.download(f"{base_url}/x.png", "maxapi", base_url) == PNG
     assert lookups == ["localhost"]
+
+
+@pytest.mark.parametrize(("checked", "later"), [("127.0.0.1", "127.0.0.2"), ("127.0.0.2", "127.0.0.1")])
+def test_the_connection_goes_to_the_checked_address_whatever_a_later_lookup_says(
+    file_server, monkeypatch, checked, later
+):
+    """DNS pinning (issue 9.6), on loopback only: the name answers `checked` to the guard and `later` to anyone
+    who asks again. A file server listens on each address, on the same port, with different bytes; the
+    download must bring the checked one's bytes and the other must see no request."""
+    servers = {checked: file_server(checked)}
+    servers[later] = file_server(later, servers[checked].port)
+    servers[checked].routes["/x.png"] = reply_with(PNG)
+    servers[later].routes["/x.png"] = reply_with(OTHER_PNG)
+    real = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "localhost":
+            return real(host, port, *args, **kwargs)  # a numeric address: no lookup
+        lookups.append(host)
+        return real(checked if len(lookups) == 1 else later, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    base_url = f"http://localhost:{servers[checked].port}"
+
+    assert media.download(f"{base_url}/x.png", "maxapi", base_url) == PNG
+    assert servers[checked].requests == ["/x.png"]
+    assert servers[later].requests == []
 
 
 # Defect 2 (issue 7): malformed result URLs escaped as ValueError or httpx.InvalidURL and left the job running.
