@@ -781,3 +781,14 @@ def test_the_hostile_faults_are_named_on_the_command_line():
     assert parse_fault("pixeldojo.slow_drip") == ("pixeldojo.slow_drip", 1.0)
     with pytest.raises(ValueError):
         parse_fault("poll.bad_url:1")
+
+
+def test_fault_scopes_name_every_emulated_provider_and_no_other():
+    from generations.providers.sandbox import parse_fault
+    from generations.providers.sandbox.server import APPS
+
+    for app in APPS:
+        assert parse_fault(f"{app.name}.poll.429:0.5") == (f"{app.name}.poll.429", 0.5)
+    assert parse_fault("bfl.error_object") == ("bfl.error_object", 1.0)
+    with pytest.raises(ValueError, match="unknown provider"):
+        Sandbox().queue_fault("429", "acme")
