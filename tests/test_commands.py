@@ -74,6 +74,12 @@ def test_it_creates_an_account_at_the_providers_default_url(db):
     assert account.base_url.startswith("https://") and not account.has_key
 
 
+def test_it_creates_a_bfl_account_at_bfl_s_global_endpoint(db):
+    run("provider", "set", "acme-bfl", "--kind", "bfl", "--api-key", "bfl_live_0001")
+    account = ProviderAccount.objects.get(slug="acme-bfl")
+    assert (account.kind, account.base_url, account.api_key) == ("bfl", "https://api.bfl.ai", "bfl_live_0001")
+
+
 def test_it_updates_an_account_and_keeps_what_is_not_given(accounts):
     run("provider", "set", "sb-apiframe", "--disable", "--priority", "42")
     account = ProviderAccount.objects.get(slug="sb-apiframe")
