@@ -595,6 +595,38 @@ def test_it_expires_bfl_samples(sandbox, client):
     assert client.get(final["result"]["sample"]).status_code == 404
 
 
+def test_it_delivers_signed_bfl_webhooks_and_answers_without_a_polling_url(sandbox, client, receiver):
+    url, received = receiver
+    sandbox.queue_fault("moderation", "bfl")
+    moderated = bfl_submit(client, sandbox, webhook_url=url).json()
+    done = bfl_submit(client, sandbox, webhook_url=url, webhook_secret="whsec_1").json()
+    assert set(done) == {"id", "status", "webhook_url"} and done["webhook_url"] == url  # AsyncWebhookResponse
+    deadline = time.monotonic() + 5
+    while len(received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    bodies = {json.loads(raw)["id"]: (headers, raw) for headers, raw in received}
+    headers, raw = bodies[done["id"]]
+    expected = "sha256=" + hmac.new(b"whsec_1", raw, hashlib.sha256).hexdigest()
+    assert headers["X-BFL-Signature"] == expected
+    assert json.loads(raw)["status"] == "Ready" and "/bfl/_files/" in json.loads(raw)["result"]["sample"]
+    headers, raw = bodies[moderated["id"]]
+    assert "X-BFL-Signature" not in headers  # no secret, no signature
+    assert json.loads(raw)["status"] == "Error" and json.loads(raw)["error"] == "Content Moderated"
+    polled = client.get(f"{sandbox.base_url('bfl')}/v1/get_result", params={"id": done["id"]}, headers=XKEY)
+    assert polled.json()["status"] == "Ready"  # polling still works beside the webhook
+
+
+def test_it_never_sends_a_bfl_webhook_off_loopback(sandbox, client):
+    job = bfl_submit(client, sandbox, webhook_url="https://example.com/hooks/bfl").json()
+    deadline = time.monotonic() + 5
+    while not sandbox.deliveries and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert [(d["job"], d["refused"], d["delivered"]) for d in sandbox.deliveries] == [
+        (job["id"], True, False)
+    ]
+
+
 # -- request faults in general ------------------------------------------------------------------
 
 

@@ -2,19 +2,22 @@
 
 Errors are FastAPI's (`{"detail": ...}`, 422 with a list for validation [B7]); at most 24 active tasks per
 key, then 429 with Retry-After [B1 rate-limiting.md]; result.sample is a signed link that expires with the
-sandbox's URL TTL (10 minutes at BFL [B1]).
+sandbox's URL TTL (10 minutes at BFL [B1]). A `webhook_url` gets the job's end POSTed to it (loopback only),
+signed with `webhook_secret` in X-BFL-Signature, retried after 1, 5 and 30 s [B1 webhook-integration.md].
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import random
 import re
 import time
 import uuid
 from typing import Any
 
+from . import webhooks
 from .base import ProviderApp, Route, error_value, is_int, route
 from .state import Job, iso
 from .wire import Request, Response, json_response
@@ -31,6 +34,7 @@ INPUT_IMAGES = ("input_image",) + tuple(f"input_image_{i}" for i in range(2, 9))
 MAX_ACTIVE = 24  # concurrent active tasks per key [B1 rate-limiting.md]
 MAX_PIXELS = 4 * 1024 * 1024  # [B1]
 FAILURE = "Generation failed: the model returned an error"
+RETRIES = (1.0, 5.0, 30.0)  # seconds before each further webhook attempt [B1 webhook-integration.md]
 
 
 def megapixels(width: int, height: int) -> float:
@@ -116,6 +120,12 @@ class Bfl(ProviderApp):
                 name_for=lambda i: f"{job_id.replace('-', '')}_sample.{fmt}",
             )
         job.extra.update(base_url=req.base_url, model=match["model"])
+        if isinstance(body.get("webhook_url"), str):
+            # With a webhook the reply is AsyncWebhookResponse, without polling_url [B2][B7].
+            self.sandbox.scheduler.at(
+                job.done_at, lambda: self.deliver(job, body["webhook_url"], body.get("webhook_secret"), 0)
+            )
+            return json_response(200, {"id": job.id, "status": "Pending", "webhook_url": body["webhook_url"]})
         return json_response(
             200,
             {
@@ -168,6 +178,49 @@ class Bfl(ProviderApp):
             },
         }
 
+    # -- webhooks [B1 webhook-integration.md] ------------------------------------------------------
+    def deliver(self, job: Job, url: str, secret: str | None, attempt: int) -> None:
+        """POST the job's end to `url`, signed with `secret` when one was given; retried after 1, 5 and 30 s
+        while it fails, then abandoned."""
+        payload: dict[str, Any] = {"id": job.id, "status": "Ready", "result": self.result(job)["result"]}
+        if job.outcome == "moderation":
+            word = self.sandbox.options["bfl_moderation_word"]
+            payload = {
+                "id": job.id,
+                "status": "Error",
+                "error": word,
+                "message": f"{word} by the safety filter",
+            }
+        elif not job.succeeded:
+            payload = {
+                "id": job.id,
+                "status": "Error",
+                "error": error_value(job, FAILURE),
+                "message": FAILURE,
+            }
+        raw = json.dumps(payload, separators=(",", ":")).encode()
+        headers = {"X-BFL-Signature": webhooks.bfl_signature(secret, raw)} if secret else {}
+        code = webhooks.post(url, raw, headers, timeout=float(self.sandbox.options["webhook_timeout"]))
+        delivered = code is not None and 200 <= code < 300
+        self.sandbox.store.deliveries.append(
+            {
+                "provider": self.name,
+                "job": job.id,
+                "event": payload["status"],
+                "url": url,
+                "status": code,
+                "delivered": delivered,
+                "refused": not webhooks.is_loopback_url(url),
+                "attempt": attempt,
+                "time": time.time(),
+                "json": payload,
+            }
+        )
+        if not delivered and attempt < len(RETRIES) and webhooks.is_loopback_url(url):
+            self.sandbox.scheduler.at(
+                time.monotonic() + RETRIES[attempt], lambda: self.deliver(job, url, secret, attempt + 1)
+            )
+
 
 def invalid(*problems: tuple[tuple[str, ...], str, str]) -> Response:
     """FastAPI's validation error: 422 with `detail` a list of {loc, msg, type} [B7]."""
@@ -205,6 +258,11 @@ def validate(body: Any) -> list[tuple[tuple[str, ...], str, str]]:
         problems.append((("body", "output_format"), "Input should be 'jpeg' or 'png'", "enum"))
     if "seed" in body and body["seed"] is not None and not is_int(body["seed"]):
         problems.append((("body", "seed"), "Input should be a valid integer", "int_type"))
+    for key in ("webhook_url", "webhook_secret"):
+        if body.get(key) is not None and not isinstance(body[key], str):
+            problems.append((("body", key), "Input should be a valid string", "string_type"))
+    if isinstance(body.get("webhook_url"), str) and not 1 <= len(body["webhook_url"]) <= 2083:
+        problems.append((("body", "webhook_url"), "URL should have at most 2083 characters", "url_too_long"))
     for key in INPUT_IMAGES:
         if body.get(key) is not None and not isinstance(body[key], str):
             problems.append((("body", key), "Input should be a valid string", "string_type"))
