@@ -88,7 +88,8 @@ class Bfl(Adapter):
     # polled every 2 s, as its rate-limiting example does, is 720 a minute.
     default_max_rpm = 720
     key_prefix = "bfl_"  # [B1]
-    # Webhooks are signed with a per-job webhook_secret [B1]; FluxWeb does not send one yet, so it polls.
+    # No webhooks: a submit that names one answers without polling_url [B2][B7], and the job lives on the
+    # regional cluster polling_url names [B5][B6]; polling is what confirms a job anyway, so FluxWeb polls.
 
     def headers(self) -> dict[str, str]:
         return {"x-key": self.api_key, "Accept": "application/json"}
