@@ -27,7 +27,7 @@ from .models import (
     Quota,
     Usage,
 )
-from .providers import ProviderError
+from .providers import PROVIDERS, ProviderError
 from .providers import http as provider_http
 
 
@@ -94,7 +94,10 @@ class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
                 self.message_user(request, f"{account.slug}: connected, key accepted.", messages.SUCCESS)
 
 
-COST_UNITS = {"vtrix": "USD", "apiframe": "Apiframe credits", "pixeldojo": "PixelDojo credits"}
+def cost_unit(kind: str) -> str:
+    """What the cost a provider of `kind` reports is counted in (its adapter's `cost_unit`), or nothing."""
+    adapter = PROVIDERS.get(kind)
+    return adapter.cost_unit if adapter is not None else ""
 
 
 def sum_costs(values) -> Decimal:
@@ -143,7 +146,7 @@ class GenerationAdmin(admin.ModelAdmin):
 
     def usage_view(self, request):
         """Spend this month per user and per provider account, FluxWeb's charge beside what the provider
-        reported (Vtrix in USD, Apiframe and PixelDojo in their own credits)."""
+        reported, in the unit its adapter names (Vtrix in USD, Apiframe and PixelDojo in their own credits)."""
         start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         month = Generation.objects.filter(created_at__gte=start)
         images = dict(
@@ -175,7 +178,7 @@ class GenerationAdmin(admin.ModelAdmin):
         ):
             costs = month.filter(account__slug=row["account__slug"]).exclude(provider_cost="")
             row["provider_cost"] = sum_costs(costs.values_list("provider_cost", flat=True))
-            row["cost_unit"] = COST_UNITS.get(row["account__kind"], "")
+            row["cost_unit"] = cost_unit(row["account__kind"])
             row["charged_usd"] = (
                 Decimal(row["charged"] or 0) * Decimal(settings.FLUXWEB_CREDIT_USD)
             ).quantize(Decimal("0.001"))

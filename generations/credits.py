@@ -21,16 +21,20 @@ from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from .models import CreditAccount, Generation, LedgerEntry, Price, ProviderAccount, Quota, Usage
-from .providers import GenerationRequest
+from .providers import PROVIDERS, GenerationRequest
 
-# Defaults from providers.md section 8, in credits of $0.001.
+
+def default_prices(kind: str, model: str) -> dict[str, int]:
+    """The adapter's default prices for `model` (tier -> credits of $0.001, providers.md 8), or none."""
+    adapter = PROVIDERS.get(kind)
+    return dict(adapter.default_prices.get(model, {})) if adapter is not None else {}
+
+
+# Every (kind, model) default, as the adapters declare them: what the data migration seeds.
 DEFAULT_PRICES: dict[tuple[str, str], dict[str, int]] = {
-    ("maxapi", "flux-plus"): {"1MP": 3, "2MP": 6, "4MP": 6},
-    ("maxapi", "flux-pro-2"): {"1MP": 6, "2MP": 12, "4MP": 12},
-    **{
-        (kind, "flux-2-max"): {"1MP": 70, "2MP": 100, "4MP": 160, "input_mp": 30}
-        for kind in ("vtrix", "apiframe", "pixeldojo")
-    },
+    (kind, model): dict(tiers)
+    for kind, cls in PROVIDERS.items()
+    for model, tiers in cls.default_prices.items()
 }
 
 
@@ -68,7 +72,7 @@ def price_table(kind: str, model: str, at: datetime | None = None) -> dict[str, 
     date has passed wins; a tier no row names keeps its default, so a row for one tier cannot make the
     others unpriced (and every create at those sizes refused)."""
     at = at or timezone.now()
-    table = dict(DEFAULT_PRICES.get((kind, model), {}))
+    table = default_prices(kind, model)
     for price in Price.objects.filter(kind=kind, model=model, effective_from__lte=at).order_by(
         "effective_from"
     ):
@@ -93,8 +97,6 @@ class Quote:
 def billed_megapixels(request: GenerationRequest, kind: str | None = None) -> float:
     """The size the price is for, as the provider bills it (`Adapter.billed_megapixels`): the tier chosen for a
     ratio, the area of explicit pixels, the tier Apiframe sends them as, MaxAPI's double price past 1024 px."""
-    from .providers import PROVIDERS
-
     adapter = PROVIDERS.get(kind or "")
     if adapter is not None and request.model in adapter.models:
         return adapter("", "").billed_megapixels(request)

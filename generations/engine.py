@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from . import credits, crypto, media
 from .models import Generation, Lease, Prompt, ProviderAccount, digest
-from .providers import GenerationRequest, Outcome, ProviderError, Unsupported
+from .providers import PROVIDERS, GenerationRequest, Outcome, ProviderError, Unsupported
 from .providers import http as provider_http
 
 log = logging.getLogger(__name__)
@@ -252,10 +252,15 @@ def with_heartbeat(work, beat, every: float | None = None):
 
 
 # Provider error texts are shown to the whole team and written into the ledger: never with a credential.
+# Key-shaped words: common prefixes, and each adapter's own (`key_prefix`: afk_, pd_, bfl_, ...).
+KEY_PREFIXES = sorted(
+    {"sk", "pk", "rk", "fw", "vtrix", "key"}
+    | {cls.key_prefix.rstrip("-_") for cls in PROVIDERS.values() if cls.key_prefix}
+)
 CREDENTIAL = re.compile(
     r"(?i)(bearer|token|x-key|api[ _-]?key|apikey|authorization|secret|password)(['\"]?\s*[:=]?\s*)"
     r"(?!\[redacted\])['\"]?(?=[^\s'\",;]*\d)[^\s'\",;]{6,}"
-    r"|\b(?:sk|pk|rk|afk|pd|fw|vtrix|key)[-_][A-Za-z0-9_\-]{6,}"
+    rf"|\b(?:{'|'.join(map(re.escape, KEY_PREFIXES))})[-_][A-Za-z0-9_\-]{{6,}}"
 )
 
 
@@ -455,26 +460,29 @@ def expected_latency(account: ProviderAccount) -> tuple[float, float] | None:
 def first_poll_delay(account: ProviderAccount) -> float:
     history = expected_latency(account)
     # Without history, look early: the first answer usually carries progress to time the rest by.
-    return max(0.5, history[0] - 0.2) if history else 1.0
+    delay = max(0.5, history[0] - 0.2) if history else 1.0
+    return max(account.adapter_class.min_poll_interval, delay)
 
 
 def next_poll_delay(
     generation: Generation, progress: float | None, history: tuple[float, float] | None
 ) -> float:
     """When to ask again: just after the provider's own progress says it will be done; else through the
-    spread of recent completion times; else backing off. Low detection lag AND few provider calls."""
+    spread of recent completion times; else backing off. Low detection lag AND few provider calls. Never
+    sooner than the provider's minimum poll interval (its adapter's `min_poll_interval`)."""
+    floor = generation.account.adapter_class.min_poll_interval
     elapsed = (timezone.now() - (generation.started_at or generation.created_at)).total_seconds()
     if progress is not None and 0.05 <= progress < 1:
         remaining = elapsed / progress - elapsed
-        return min(5.0, max(0.25, remaining))
+        return max(floor, min(5.0, remaining))
     if history:
         low, high = history
         if elapsed < low:
-            return max(0.25, low - elapsed)
+            return max(floor, low - elapsed)
         if elapsed < high * 1.2:
-            return 0.3
-        return min(5.0, 0.5 + elapsed * 0.1)
-    return min(5.0, max(0.5, elapsed * 0.3))
+            return max(floor, 0.3)
+        return max(floor, min(5.0, 0.5 + elapsed * 0.1))
+    return max(floor, min(5.0, max(0.5, elapsed * 0.3)))
 
 
 # -- the sweeper -----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 import uuid
 import warnings
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -28,7 +29,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from PIL import Image as PILImage
 
-from .providers import ProviderError
+from .providers import PROVIDERS, ProviderError
 from .providers import http as provider_http
 from .providers.http import broke, client
 
@@ -40,13 +41,13 @@ FORMATS = ["PNG", "JPEG", "WEBP"]
 THUMBNAIL_SIZE = 512
 DOWNLOAD_DEADLINE = 30.0  # per image; an ingest of 4 stays under the task timeout
 
-# Where each provider documents its result files (providers.md): never the provider's whole cloud domain.
-DELIVERY_HOSTS = {
-    "maxapi": {"flux-images.maxapi.ai"},
-    "vtrix": {"cdn.vtrix.ai"},
-    "apiframe": {"cdn.apiframe.ai", "cdn2.apiframe.ai"},
-    "pixeldojo": {"temp.pixeldojo.ai"},
-}
+
+def delivery_hosts(kind: str, extra: Iterable[str] = ()) -> frozenset[str]:
+    """Where a provider of `kind` delivers result files: the hosts its adapter declares (`result_hosts`,
+    providers.md), plus `extra` ones an admin allowed for the account. Never the provider's whole domain."""
+    adapter = PROVIDERS.get(kind)
+    declared = adapter.result_hosts if adapter is not None else frozenset()
+    return declared | {host.strip().lower() for host in extra if host and host.strip()}
 
 
 class MediaError(Exception):
@@ -88,10 +89,10 @@ class Target:
     addresses: tuple[str, ...]
 
 
-def check_url(url: str, kind: str, base_url: str) -> Target:
-    """Refuse a result URL before any socket opens: scheme, host allowlist, and every address it resolves to.
-    A URL that does not parse, or that the standard library and the HTTP client read differently, is
-    refused too."""
+def check_url(url: str, kind: str, base_url: str, extra_hosts: Iterable[str] = ()) -> Target:
+    """Refuse a result URL before any socket opens: scheme, host allowlist (the provider's delivery hosts,
+    `extra_hosts`, the account's own host), and every address it resolves to. A URL that does not parse, or
+    that the standard library and the HTTP client read differently, is refused too."""
     try:
         if not isinstance(url, str):
             raise TypeError(url)
@@ -114,7 +115,7 @@ def check_url(url: str, kind: str, base_url: str) -> Target:
     if (target.scheme, target.host, target.port or default_port) != (scheme, host, port):
         raise MediaError("forbidden_url", "Refused an ambiguous result URL.")
     # A documented CDN only on 443; the account's own host only on the port its base URL names.
-    if host in DELIVERY_HOSTS.get(kind, set()):
+    if host in delivery_hosts(kind, extra_hosts):
         expected_port = 443
     elif host == base_host:
         expected_port = base_port or (443 if base.scheme == "https" else 80)
@@ -230,12 +231,14 @@ def _download_http() -> httpx.Client:
         return _download_client
 
 
-def download(url: str, kind: str, base_url: str, limit: int | None = None) -> bytes:
+def download(
+    url: str, kind: str, base_url: str, limit: int | None = None, *, extra_hosts: Iterable[str] = ()
+) -> bytes:
     """The result at `url`, within `limit` bytes and DOWNLOAD_DEADLINE seconds overall. Never follows a
     redirect. Every failure is a MediaError: `forbidden_url`, `expired`, `too_large` or `download_failed`."""
     limit = limit or settings.FLUXWEB_MAX_DOWNLOAD_BYTES
     deadline = time.monotonic() + DOWNLOAD_DEADLINE
-    target = check_url(url, kind, base_url)
+    target = check_url(url, kind, base_url, extra_hosts)
     token = _download.set((deadline, target))
     chunks, size = [], 0
     try:

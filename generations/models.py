@@ -17,7 +17,7 @@ from django.db.models.functions import Lower
 from django.utils import timezone
 
 from . import crypto, search
-from .providers import PROVIDERS, Adapter
+from .providers import PROVIDERS, Adapter, kind_choices
 
 RECENT = ("-last_used_at", "-pk")  # the prompt history's order, newest use first
 
@@ -172,14 +172,8 @@ class Prompt(models.Model):
 
 
 class ProviderAccount(models.Model):
-    class Kind(models.TextChoices):
-        MAXAPI = "maxapi", "MaxAPI"
-        VTRIX = "vtrix", "Vtrix"
-        APIFRAME = "apiframe", "Apiframe"
-        PIXELDOJO = "pixeldojo", "PixelDojo"
-
     slug = models.SlugField(unique=True)
-    kind = models.CharField(max_length=20, choices=Kind.choices)
+    kind = models.CharField(max_length=20, choices=kind_choices)  # the adapters' kinds (providers/__init__)
     base_url = models.URLField(max_length=500)
     api_key_encrypted = models.TextField(blank=True, editable=False)
     key_last4 = models.CharField(max_length=4, blank=True, editable=False)
@@ -567,7 +561,7 @@ class Price(models.Model):
         MP4 = "4MP", "up to 4 MP"
         INPUT = "input_mp", "per reference-image megapixel"
 
-    kind = models.CharField(max_length=20, choices=ProviderAccount.Kind.choices)
+    kind = models.CharField(max_length=20, choices=kind_choices)
     model = models.CharField(max_length=40)
     tier = models.CharField(max_length=10, choices=Tier.choices)
     credits = models.PositiveIntegerField()

@@ -751,13 +751,13 @@ def credits_page(request):
 def generation_page(request, pk: int):
     job = get_object_or_404(visible_generations().prefetch_related("events"), pk=pk)
     account = credits.account_for(request.user)
-    from .admin import COST_UNITS
+    from .admin import cost_unit
 
     context = card_context(job) | {
         "account": account,
         # The provider's own figure, in its own unit: for admins, who know what the account is billed in.
         "cost_shown": bool(job.provider_cost) and request.user.is_staff,
-        "cost_unit": COST_UNITS.get(job.account.kind, ""),
+        "cost_unit": cost_unit(job.account.kind),
         "low": account.available < LOW_BALANCE,
         "watching": not job.is_terminal,
         "events": [

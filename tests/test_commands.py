@@ -74,6 +74,12 @@ def test_it_creates_an_account_at_the_providers_default_url(db):
     assert account.base_url.startswith("https://") and not account.has_key
 
 
+def test_it_creates_a_bfl_account_at_bfl_s_global_endpoint(db):
+    run("provider", "set", "acme-bfl", "--kind", "bfl", "--api-key", "bfl_live_0001")
+    account = ProviderAccount.objects.get(slug="acme-bfl")
+    assert (account.kind, account.base_url, account.api_key) == ("bfl", "https://api.bfl.ai", "bfl_live_0001")
+
+
 def test_it_updates_an_account_and_keeps_what_is_not_given(accounts):
     run("provider", "set", "sb-apiframe", "--disable", "--priority", "42")
     account = ProviderAccount.objects.get(slug="sb-apiframe")
@@ -209,8 +215,11 @@ def test_it_sets_up_the_demo_idempotently(db, settings):
     assert LedgerEntry.objects.filter(kind="grant").count() == 2  # alice and bob, once each
     assert credits.account_for(users.get(username="bob")).balance == 2000
     accounts = ProviderAccount.objects.order_by("priority")
-    assert [a.kind for a in accounts] == ["apiframe", "vtrix", "pixeldojo", "maxapi"]
+    # One sandbox account per adapter, BFL's included, in the registry's order.
+    assert [a.kind for a in accounts] == ["apiframe", "vtrix", "pixeldojo", "maxapi", "bfl"]
     assert all(a.base_url == f"http://127.0.0.1:8765/{a.kind}" and a.has_key for a in accounts)
+    bfl = accounts.get(kind="bfl")
+    assert (bfl.slug, bfl.api_key) == ("sandbox-bfl", "bfl_sandbox_demo")
     for output in (first, second):
         for username in ("alice", "bob", "carol"):
             assert username in output

@@ -6,7 +6,7 @@ import pytest
 from PIL import Image as PILImage
 
 from generations import credits, engine
-from generations.models import Generation, LedgerEntry
+from generations.models import Generation, LedgerEntry, ProviderAccount
 from generations.providers import GenerationRequest
 
 from .conftest import wait_for
@@ -43,6 +43,58 @@ def test_it_generates_stores_and_settles_through_the_engine(bob, accounts, drain
     ]
     assert credits.reconcile() == []
     assert [e.what for e in generation.events.all()] == ["created", "submitted", "provider done", "succeeded"]
+
+
+@pytest.fixture
+def bfl_account(accounts, fresh_sandbox) -> ProviderAccount:
+    account = ProviderAccount(slug="sb-bfl", kind="bfl", base_url=f"{fresh_sandbox.url}/bfl", priority=4)
+    account.set_api_key("bfl_test_key")
+    account.save()
+    return account
+
+
+def test_it_generates_through_bfl_s_own_api(bob, bfl_account, drain, fresh_sandbox):
+    generation, _ = engine.create(
+        bob, request(aspect_ratio="16:9", seed=7, output_format="png"), provider="sb-bfl"
+    )
+    assert credits.account_for(bob).reserved == 70
+
+    drain()
+
+    generation.refresh_from_db()
+    assert generation.status == "succeeded", generation.error_message
+    image = generation.images.get()
+    assert (image.width, image.height, image.format, image.seed) == (1360, 768, "png", 7)
+    assert generation.provider_cost == "7.12"  # BFL credits, from the submit's `cost`
+    assert (generation.credits_charged, generation.credits_refunded) == (70, 0)
+    assert credits.reconcile() == []
+    calls = [r for r in fresh_sandbox.requests if r.provider == "bfl" and "/_files/" not in r.path]
+    submit, polls = calls[0], calls[1:]
+    assert (submit.method, submit.path, submit.headers["x-key"]) == ("POST", "/v1/flux-2-max", "bfl_test_key")
+    assert submit.json == {
+        "prompt": "a lighthouse at dusk",
+        "width": 1360,
+        "height": 768,
+        "output_format": "png",
+        "seed": 7,
+    }
+    assert polls and all(
+        (r.method, r.path, r.query) == ("GET", "/v1/get_result", {"id": generation.provider_job_id})
+        for r in polls
+    )
+    assert generation.poll_url.endswith(f"/bfl/v1/get_result?id={generation.provider_job_id}")
+    assert [e.what for e in generation.events.all()] == ["created", "submitted", "provider done", "succeeded"]
+
+
+def test_it_refunds_a_job_bfl_s_moderation_refused(bob, bfl_account, drain, fresh_sandbox):
+    fresh_sandbox.queue_fault("moderation", "bfl")
+    generation, _ = engine.create(bob, request(), provider="sb-bfl")
+    drain()
+    generation.refresh_from_db()
+    assert (generation.status, generation.error_code) == ("failed", "moderation")
+    assert "BFL's moderation refused the image it made." in generation.error_message
+    assert (generation.credits_charged, generation.credits_refunded) == (0, 70)
+    assert credits.reconcile() == []
 
 
 def test_it_sends_what_the_user_chose_to_apiframe(bob, accounts, drain, fresh_sandbox):

@@ -1,5 +1,5 @@
 """A hostile provider on loopback (issue 7, "Proving it"): with each hostile fault of the sandbox, on each of the
-four providers, the job ends exactly once within its deadline (failed in words with an exact refund, or
+five providers, the job ends exactly once within its deadline (failed in words with an exact refund, or
 succeeded and charged), the books reconcile, and a healthy job on another provider, running beside it in the
 same sweeps, is untouched. Also the HTTP seam's own bounds: a reply that drips, one far too large, a job
 address no client can request.
@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from generations import credits, engine, media
-from generations.models import Generation
+from generations.models import Generation, ProviderAccount
 from generations.providers import PROVIDERS, GenerationRequest
 from generations.providers import http as provider_http
 from generations.providers.base import HttpCall, ProviderError
@@ -24,11 +24,17 @@ from generations.providers.sandbox import HOSTILE_FAULTS
 
 from .emulators.harness import fast_engine, run
 
-KINDS = ("apiframe", "vtrix", "pixeldojo", "maxapi")
-MODEL = {"maxapi": "flux-plus", "vtrix": "flux-2-max", "apiframe": "flux-2-max", "pixeldojo": "flux-2-max"}
-PRICE = {"maxapi": 3, "vtrix": 70, "apiframe": 70, "pixeldojo": 70}
-LABEL = {"maxapi": "MaxAPI", "vtrix": "Vtrix", "apiframe": "Apiframe", "pixeldojo": "PixelDojo"}
-BESIDE = {"apiframe": "vtrix", "vtrix": "pixeldojo", "pixeldojo": "maxapi", "maxapi": "apiframe"}
+KINDS = ("apiframe", "vtrix", "pixeldojo", "maxapi", "bfl")
+MODEL = {"maxapi": "flux-plus", **{k: "flux-2-max" for k in ("vtrix", "apiframe", "pixeldojo", "bfl")}}
+PRICE = {"maxapi": 3, "vtrix": 70, "apiframe": 70, "pixeldojo": 70, "bfl": 70}
+LABEL = {"maxapi": "MaxAPI", "vtrix": "Vtrix", "apiframe": "Apiframe", "pixeldojo": "PixelDojo", "bfl": "BFL"}
+BESIDE = {
+    "apiframe": "vtrix",
+    "vtrix": "pixeldojo",
+    "pixeldojo": "maxapi",
+    "maxapi": "bfl",
+    "bfl": "apiframe",
+}
 DEADLINE = 12  # seconds: every job must end well inside it; a job left to its deadline fails the budget
 BUDGET = 14.0
 NOT_RESENT = "It was not sent again"
@@ -44,7 +50,9 @@ MATRIX: dict[str, tuple[str, dict[str, tuple]]] = {
         "submit",
         {
             "apiframe": ("succeeded",),
-            **{k: (FAILED, "malformed_response", NOT_RESENT) for k in ("vtrix", "pixeldojo", "maxapi")},
+            **{
+                k: (FAILED, "malformed_response", NOT_RESENT) for k in ("vtrix", "pixeldojo", "maxapi", "bfl")
+            },
         },
     ),
     # Every poll reply garbled: the job fails on its own after a few in a row; MaxAPI never polls.
@@ -53,7 +61,7 @@ MATRIX: dict[str, tuple[str, dict[str, tuple]]] = {
         {
             **{
                 k: (FAILED, "malformed_response", f"{LABEL[k]} sent a job without a readable status")
-                for k in ("apiframe", "pixeldojo")
+                for k in ("apiframe", "pixeldojo", "bfl")
             },
             "vtrix": (FAILED, "malformed_response", "Vtrix sent"),
             "maxapi": ("succeeded",),
@@ -66,6 +74,7 @@ MATRIX: dict[str, tuple[str, dict[str, tuple]]] = {
             "apiframe": (FAILED, "provider_failed", "Provider returned an error: generation failed"),
             "vtrix": (FAILED, "provider_failed", "Image generation failed (code 002014001)"),
             "pixeldojo": (FAILED, "provider_failed", "Generation failed: the model returned an error"),
+            "bfl": (FAILED, "provider_failed", "Generation failed: the model returned an error"),
             "maxapi": (FAILED, "invalid_request", "MaxAPI rejected the request: Image generation failed"),
         },
     ),
@@ -88,7 +97,16 @@ def test_the_matrix_covers_every_hostile_fault():
 
 
 @pytest.fixture
-def hostile(accounts, fresh_sandbox, drain, monkeypatch, settings):
+def bfl_account(accounts, fresh_sandbox) -> ProviderAccount:
+    """A fifth account, BFL's, beside the four of `accounts`, on the sandbox's /bfl."""
+    account = ProviderAccount(slug="sb-bfl", kind="bfl", base_url=f"{fresh_sandbox.url}/bfl", priority=4)
+    account.set_api_key("bfl_test_key")
+    account.save()
+    return account
+
+
+@pytest.fixture
+def hostile(accounts, bfl_account, fresh_sandbox, drain, monkeypatch, settings):
     """The engine and the sandbox at test pace: short latencies, short retry pauses, a short download
     deadline and a one-byte-per-20-ms drip. Pacing only; no behaviour is replaced."""
     fast_engine(monkeypatch, sweep_slice=0.2, first_poll=0.05)

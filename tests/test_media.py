@@ -15,7 +15,7 @@ from PIL import Image as PILImage
 from PIL import ImageFile, features
 
 from generations import media
-from generations.providers import GenerationRequest
+from generations.providers import Apiframe, GenerationRequest
 from generations.providers import http as provider_http
 from generations.providers.maxapi import MaxApi
 
@@ -180,6 +180,36 @@ def test_it_passes_a_delivery_host_on_public_addresses(settings, resolves_to):
     media.check_url("https://api.apiframe.ai/files/x.png", "apiframe", APIFRAME)  # the account's own host
 
 
+def test_the_delivery_hosts_are_the_ones_the_adapter_declares(settings, resolves_to, monkeypatch):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = False
+    resolves_to("93.184.215.14")
+    monkeypatch.setattr(Apiframe, "result_hosts", frozenset({"images.apiframe.example"}))
+    media.check_url("https://images.apiframe.example/x-1.png", "apiframe", APIFRAME)
+    with pytest.raises(media.MediaError) as refused:
+        media.check_url("https://cdn2.apiframe.ai/images/x-1.png", "apiframe", APIFRAME)
+    assert refused.value.code == "forbidden_url"
+    assert media.delivery_hosts("apiframe", ["X.example "]) == {"images.apiframe.example", "x.example"}
+    assert "bfldeliveryprod.blob.core.windows.net" in media.delivery_hosts("bfl")
+    assert media.delivery_hosts("gone") == frozenset()
+
+
+def test_an_account_s_extra_hosts_are_allowed_beside_the_adapter_s(settings, resolves_to):
+    settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = False
+    resolves_to("93.184.215.14")
+    url = "https://files.vtrix-cdn.example/out/1.jpeg"
+    with pytest.raises(media.MediaError):
+        media.check_url(url, "vtrix", "https://cloud.vtrix.ai")
+    media.check_url(url, "vtrix", "https://cloud.vtrix.ai", extra_hosts=[" Files.Vtrix-CDN.example ", ""])
+    with pytest.raises(media.MediaError) as refused:  # still on 443 only, and never to a private address
+        media.check_url(
+            "https://files.vtrix-cdn.example:8443/1.jpeg",
+            "vtrix",
+            "https://cloud.vtrix.ai",
+            ["files.vtrix-cdn.example"],
+        )
+    assert refused.value.code == "forbidden_url"
+
+
 def test_it_refuses_the_sandbox_when_loopback_downloads_are_off(settings, fresh_sandbox, monkeypatch):
     url, base_url = sandbox_result(fresh_sandbox)
     settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = False
@@ -326,10 +356,11 @@ def test_it_embeds_metadata_in_a_jpeg_comment_that_still_decodes():
 
 # -- hostile file servers on loopback: deadlines, redirects, garbage --------------------------------------------------
 class FileServer:
-    """A file server on 127.0.0.1 that misbehaves on purpose. `routes` maps a path to a function that writes
-    the whole reply to the raw socket file; each request's path is recorded in `requests`."""
+    """A file server on loopback (127.0.0.1 unless told) that misbehaves on purpose. `routes` maps a path to a
+    function that writes the whole reply to the raw socket file; each request's path is recorded in
+    `requests`."""
 
-    def __init__(self):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0):
         self.routes: dict = {}
         self.requests: list[str] = []
         self.closing = threading.Event()
@@ -348,11 +379,11 @@ class FileServer:
             def log_message(self, *args):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = http.server.ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.httpd.block_on_close = False
         self.port = self.httpd.server_address[1]
-        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.base_url = f"http://{host}:{self.port}"
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05})
         self.thread.start()
 
@@ -375,8 +406,8 @@ def file_server(settings):
     settings.FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS = True
     servers = []
 
-    def make() -> FileServer:
-        servers.append(FileServer())
+    def make(host: str = "127.0.0.1", port: int = 0) -> FileServer:
+        servers.append(FileServer(host, port))
         return servers[-1]
 
     yield make
@@ -385,6 +416,7 @@ def file_server(settings):
 
 
 PNG = encoded("PNG", (64, 48))
+OTHER_PNG = encoded("PNG", (48, 64))
 
 
 def reply_with(body: bytes, status: str = "200 OK", headers: str = "Content-Type: image/png\r\n"):
@@ -557,6 +589,34 @@ def test_the_download_connects_to_the_address_that_was_checked(file_server, monk
 
     assert media.download(f"{base_url}/x.png", "maxapi", base_url) == PNG
     assert lookups == ["localhost"]
+
+
+@pytest.mark.parametrize(("checked", "later"), [("127.0.0.1", "127.0.0.2"), ("127.0.0.2", "127.0.0.1")])
+def test_the_connection_goes_to_the_checked_address_whatever_a_later_lookup_says(
+    file_server, monkeypatch, checked, later
+):
+    """DNS pinning (issue 9.6), on loopback only: the name answers `checked` to the guard and `later` to anyone
+    who asks again. A file server listens on each address, on the same port, with different bytes; the
+    download must bring the checked one's bytes and the other must see no request."""
+    servers = {checked: file_server(checked)}
+    servers[later] = file_server(later, servers[checked].port)
+    servers[checked].routes["/x.png"] = reply_with(PNG)
+    servers[later].routes["/x.png"] = reply_with(OTHER_PNG)
+    real = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host != "localhost":
+            return real(host, port, *args, **kwargs)  # a numeric address: no lookup
+        lookups.append(host)
+        return real(checked if len(lookups) == 1 else later, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    base_url = f"http://localhost:{servers[checked].port}"
+
+    assert media.download(f"{base_url}/x.png", "maxapi", base_url) == PNG
+    assert servers[checked].requests == ["/x.png"]
+    assert servers[later].requests == []
 
 
 # Defect 2 (issue 7): malformed result URLs escaped as ValueError or httpx.InvalidURL and left the job running.

@@ -477,6 +477,156 @@ def test_it_answers_pixeldojo_faults(sandbox, client):
     assert body["status"] == "failed" and body["error"]
 
 
+# -- BFL ----------------------------------------------------------------------------------------
+XKEY = {"x-key": "bfl_test"}
+
+
+def bfl_submit(client, sandbox, model="flux-2-max", headers=None, **body):
+    return client.post(
+        f"{sandbox.base_url('bfl')}/v1/{model}",
+        json={"prompt": "a fox in snow", **body},
+        headers=XKEY if headers is None else headers,
+    )
+
+
+def bfl_done(client, sandbox, fault=None, **body):
+    if fault:
+        sandbox.queue_fault(fault, "bfl")
+    submitted = bfl_submit(client, sandbox, **body).json()
+    final, seen = poll(
+        client, submitted["polling_url"], XKEY, {"Ready", "Error", "Content Moderated", "Request Moderated"}
+    )
+    return submitted, final, seen
+
+
+def test_it_rejects_missing_and_bad_bfl_keys(sandbox, client):
+    r = bfl_submit(client, sandbox, headers={})
+    assert (r.status_code, r.json()) == (403, {"detail": "Not authenticated"})  # FastAPI's header guard
+    r = bfl_submit(client, sandbox, headers={"x-key": "bad_key"})
+    assert (r.status_code, r.json()) == (401, {"detail": "Invalid API key"})
+    r = bfl_submit(client, sandbox, headers={"Authorization": "Bearer bfl_test"})  # x-key, not Bearer
+    assert r.status_code == 403
+
+
+def test_it_runs_a_bfl_job_to_its_signed_sample(sandbox, client):
+    submitted, final, seen = bfl_done(client, sandbox, width=1360, height=768, output_format="png", seed=7)
+    assert set(submitted) == {"id", "polling_url", "cost", "input_mp", "output_mp"}
+    assert submitted["polling_url"] == f"{sandbox.base_url('bfl')}/v1/get_result?id={submitted['id']}"
+    assert submitted["cost"] == pytest.approx(7 + 3 * 0.04) and submitted["output_mp"] == 1.04
+    assert seen[0] == "Pending" and seen[-1] == "Ready"
+    assert final["id"] == submitted["id"] and final["result"]["seed"] == 7
+    sample = final["result"]["sample"]
+    assert "/bfl/_files/" in sample and "?se=" in sample and "&sig=" in sample
+    image, r = open_image(client, sample)
+    assert (image.format, image.size) == ("PNG", (1360, 768))
+
+
+def test_it_prices_flux_2_pro_and_reference_images_at_bfl_s_list_price(sandbox, client):
+    r = bfl_submit(
+        client, sandbox, "flux-2-pro", width=1024, height=1024, input_image="https://example.com/a.png"
+    )
+    assert r.status_code == 200 and r.json()["cost"] == pytest.approx(3 + 1.5 * 0.05 + 1.5, abs=0.01)
+    assert r.json()["input_mp"] == 1.0
+
+
+def test_it_validates_bfl_bodies_as_fastapi_does(sandbox, client):
+    r = bfl_submit(client, sandbox, width=1000, height=1024)
+    assert r.status_code == 422
+    assert r.json()["detail"][0]["loc"] == ["body", "width"]
+    r = client.post(f"{sandbox.base_url('bfl')}/v1/flux-2-max", json={"width": 1024}, headers=XKEY)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "prompt"]
+    assert bfl_submit(client, sandbox, width=2048, height=2560).status_code == 422  # past 4 MP
+    assert bfl_submit(client, sandbox, safety_tolerance=6).status_code == 422
+    assert bfl_submit(client, sandbox, output_format="webp").status_code == 422
+    assert bfl_submit(client, sandbox, "flux-3-ultra").status_code == 404
+    assert bfl_submit(client, sandbox, unknown_key=1).status_code == 200  # pydantic ignores extras
+
+
+def test_it_answers_task_not_found_for_unknown_and_foreign_bfl_jobs(sandbox, client):
+    job_id = bfl_submit(client, sandbox).json()["id"]
+    url = f"{sandbox.base_url('bfl')}/v1/get_result"
+    assert client.get(url, params={"id": "nope"}, headers=XKEY).json() == {
+        "id": "nope",
+        "status": "Task not found",
+    }
+    assert (
+        client.get(url, params={"id": job_id}, headers={"x-key": "bfl_other"}).json()["status"]
+        == "Task not found"
+    )
+    assert client.get(url, headers=XKEY).status_code == 422
+
+
+def test_it_allows_24_active_bfl_tasks_per_key(sandbox, client):
+    sandbox.set_latency(30, 30)
+    assert all(bfl_submit(client, sandbox).status_code == 200 for _ in range(24))
+    refused = bfl_submit(client, sandbox)
+    assert refused.status_code == 429 and refused.headers["Retry-After"] == "1"
+    assert refused.json()["message"] == "Too many concurrent requests"
+    assert bfl_submit(client, sandbox, headers={"x-key": "bfl_other_team"}).status_code == 200
+
+
+@pytest.mark.parametrize("word", ["Content Moderated", "Request Moderated"])
+def test_it_ends_bfl_jobs_moderated(sandbox, client, word):
+    sandbox.options["bfl_moderation_word"] = word
+    _, final, _ = bfl_done(client, sandbox, "moderation")
+    assert final["status"] == word and final["result"] is None
+
+
+def test_it_ends_bfl_jobs_in_error_with_a_string_or_an_object(sandbox, client):
+    _, final, _ = bfl_done(client, sandbox, "failure")
+    assert final["status"] == "Error" and isinstance(final["error"], str)
+    _, final, _ = bfl_done(client, sandbox, "error_object")
+    assert isinstance(final["error"], dict) and final["error"]["message"]
+
+
+def test_it_answers_bfl_credit_rate_and_server_faults(sandbox, client):
+    sandbox.queue_fault("insufficient_credit", "bfl")
+    assert bfl_submit(client, sandbox).status_code == 402
+    sandbox.queue_fault("429", "bfl")
+    assert bfl_submit(client, sandbox).headers["Retry-After"] == "1"
+    sandbox.options["fault_5xx_status"] = 503
+    sandbox.queue_fault("5xx", "bfl")
+    r = bfl_submit(client, sandbox)
+    assert (r.status_code, r.json()) == (503, {"detail": "Service Unavailable"})
+
+
+def test_it_expires_bfl_samples(sandbox, client):
+    _, final, _ = bfl_done(client, sandbox, "expired")
+    assert client.get(final["result"]["sample"]).status_code == 404
+
+
+def test_it_delivers_signed_bfl_webhooks_and_answers_without_a_polling_url(sandbox, client, receiver):
+    url, received = receiver
+    sandbox.queue_fault("moderation", "bfl")
+    moderated = bfl_submit(client, sandbox, webhook_url=url).json()
+    done = bfl_submit(client, sandbox, webhook_url=url, webhook_secret="whsec_1").json()
+    assert set(done) == {"id", "status", "webhook_url"} and done["webhook_url"] == url  # AsyncWebhookResponse
+    deadline = time.monotonic() + 5
+    while len(received) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    bodies = {json.loads(raw)["id"]: (headers, raw) for headers, raw in received}
+    headers, raw = bodies[done["id"]]
+    expected = "sha256=" + hmac.new(b"whsec_1", raw, hashlib.sha256).hexdigest()
+    assert headers["X-BFL-Signature"] == expected
+    assert json.loads(raw)["status"] == "Ready" and "/bfl/_files/" in json.loads(raw)["result"]["sample"]
+    headers, raw = bodies[moderated["id"]]
+    assert "X-BFL-Signature" not in headers  # no secret, no signature
+    assert json.loads(raw)["status"] == "Error" and json.loads(raw)["error"] == "Content Moderated"
+    polled = client.get(f"{sandbox.base_url('bfl')}/v1/get_result", params={"id": done["id"]}, headers=XKEY)
+    assert polled.json()["status"] == "Ready"  # polling still works beside the webhook
+
+
+def test_it_never_sends_a_bfl_webhook_off_loopback(sandbox, client):
+    job = bfl_submit(client, sandbox, webhook_url="https://example.com/hooks/bfl").json()
+    deadline = time.monotonic() + 5
+    while not sandbox.deliveries and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    assert [(d["job"], d["refused"], d["delivered"]) for d in sandbox.deliveries] == [
+        (job["id"], True, False)
+    ]
+
+
 # -- request faults in general ------------------------------------------------------------------
 
 
@@ -663,3 +813,14 @@ def test_the_hostile_faults_are_named_on_the_command_line():
     assert parse_fault("pixeldojo.slow_drip") == ("pixeldojo.slow_drip", 1.0)
     with pytest.raises(ValueError):
         parse_fault("poll.bad_url:1")
+
+
+def test_fault_scopes_name_every_emulated_provider_and_no_other():
+    from generations.providers.sandbox import parse_fault
+    from generations.providers.sandbox.server import APPS
+
+    for app in APPS:
+        assert parse_fault(f"{app.name}.poll.429:0.5") == (f"{app.name}.poll.429", 0.5)
+    assert parse_fault("bfl.error_object") == ("bfl.error_object", 1.0)
+    with pytest.raises(ValueError, match="unknown provider"):
+        Sandbox().queue_fault("429", "acme")

@@ -3,20 +3,24 @@
 from django.db import migrations
 
 
-# A copy, not an import: a migration must not change when the code does.
-DEFAULT_PRICES = {
-    ("maxapi", "flux-plus"): {"1MP": 3, "2MP": 6, "4MP": 6},
-    ("maxapi", "flux-pro-2"): {"1MP": 6, "2MP": 12, "4MP": 12},
-    **{(kind, "flux-2-max"): {"1MP": 70, "2MP": 100, "4MP": 160, "input_mp": 30} for kind in ("vtrix", "apiframe", "pixeldojo")},
-}
-
-
 def add_defaults(apps, schema_editor):
+    # The default prices the adapters declare (issue 9.1), read when this runs, so a fresh install lists
+    # every provider's defaults without a migration per provider. Safe to read live code here: a database
+    # that ran this keeps its rows whatever the code says later, `credits.price_table` falls back to the
+    # same adapter defaults for any tier without a row (so an older install without a new provider's rows
+    # prices it the same), and get_or_create never changes a row an admin edited.
+    from generations.providers import PROVIDERS
+
     Price = apps.get_model("generations", "Price")
-    for (kind, model), tiers in DEFAULT_PRICES.items():
-        for tier, amount in tiers.items():
-            Price.objects.get_or_create(kind=kind, model=model, tier=tier, defaults={"credits": amount,
-                                        "effective_from": "2026-01-01T00:00:00Z"})
+    for kind, adapter in PROVIDERS.items():
+        for model, tiers in adapter.default_prices.items():
+            for tier, amount in tiers.items():
+                Price.objects.get_or_create(
+                    kind=kind,
+                    model=model,
+                    tier=tier,
+                    defaults={"credits": amount, "effective_from": "2026-01-01T00:00:00Z"},
+                )
     Schedule = apps.get_model("django_q", "Schedule")
     # The scheduler ticks every ~30 s: this only restarts a sweeper that died; it is not the poll clock.
     Schedule.objects.update_or_create(

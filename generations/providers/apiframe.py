@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from .base import (
+    FLUX_2_MAX_LIST_PRICE,
     Adapter,
     GenerationRequest,
     HttpCall,
@@ -42,6 +43,15 @@ class Apiframe(Adapter):
     default_base_url = "https://api.apiframe.ai"
     webhooks = True
     idempotent_submit = True  # Idempotency-Key: same key within 24 h returns the same job [A7]
+    result_hosts = frozenset({"cdn.apiframe.ai", "cdn2.apiframe.ai"})  # [A1][A2][A8 tests]
+    cost_unit = "Apiframe credits"  # creditCost [A7]
+    default_prices = {"flux-2-max": FLUX_2_MAX_LIST_PRICE}  # flux-2-max credit cost [UNKNOWN]
+    # "Poll every 2-3 s for images" [A1]; the SDK waits 2 s, x1.5, at most 5 s [A8]. It publishes no limit
+    # (a course note's 500/min is low confidence [X3]): 120 a minute keeps 4-6 jobs at that pace. Its jobs
+    # report progress, so the cadence aims its fast polls at the end (corrections 6).
+    min_poll_interval = 0.25
+    default_max_rpm = 120
+    key_prefix = "afk_"  # [A4]
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",

@@ -21,6 +21,10 @@ from urllib.parse import urlsplit
 import httpx
 
 MEGAPIXEL = 1024 * 1024
+# BFL's list price for FLUX.2 [max]: 7 c for the first output megapixel and 3 c for each further one and for
+# each input megapixel [B1], in credits of $0.001 (providers.md 8). Aggregators serving BFL's model default
+# to it too, since none publishes a price of its own for it.
+FLUX_2_MAX_LIST_PRICE = {"1MP": 70, "2MP": 100, "4MP": 160, "input_mp": 30}
 log = logging.getLogger("generations")
 
 
@@ -174,6 +178,9 @@ class ModelSpec:
     # The provider takes a size as a ratio and one of `megapixels`, never as pixels: explicit width/height
     # are sent as their reduced W:H ratio at the tier whose size they are (Apiframe's fluxParams).
     size_by_tier: bool = False
+    # Explicit width and height must be multiples of this and make at most `max_pixels` (BFL's rules [B1]).
+    size_multiple: int = 1
+    max_pixels: int | None = None
     max_reference_images: int = 0
     output_formats: tuple[str, ...] = ("jpeg",)
     safety_tolerance: tuple[int, int] | None = None  # (min, max)
@@ -265,6 +272,7 @@ MAX_URL = 8192
 MAX_COST = 40  # Generation.provider_cost
 MAX_MESSAGE = 300
 BIGINT = 2**63
+DEFAULT_PORTS = {"http": 80, "https": 443}
 CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
@@ -372,6 +380,22 @@ def usable_url(value: object) -> str | None:
     return value
 
 
+def same_site(url: str, base_url: str) -> bool:
+    """True when `url` has the scheme, host and port of `base_url` and lies under its path."""
+    try:
+        target, base = urlsplit(url), urlsplit(base_url)
+        ports = target.port or DEFAULT_PORTS.get(target.scheme), base.port or DEFAULT_PORTS.get(base.scheme)
+    except ValueError:
+        return False
+    return (
+        target.scheme in DEFAULT_PORTS
+        and not (target.username or target.password)
+        and (target.scheme, target.hostname) == (base.scheme, base.hostname)
+        and ports[0] == ports[1]
+        and (target.path + "/").startswith(base.path.rstrip("/") + "/")
+    )
+
+
 def usable_urls(items: object) -> tuple[str, ...]:
     """The usable URLs among `items` (strings or `{"url": ...}` objects), in order, without repeats."""
     if not isinstance(items, list | tuple):
@@ -406,6 +430,28 @@ class Adapter:
     models: ClassVar[dict[str, ModelSpec]]
     # HTTP statuses that mean "your provider account is out of credit", per provider documentation.
     credit_statuses: ClassVar[tuple[int, ...]] = (402,)
+
+    # -- provider facts: media, credits, admin, catalog, the migrations, `demo` and the sweeper read these,
+    # so a new provider is its adapter, its sandbox emulator, its tests and a README line (issue 9.1).
+    # Hosts its result files are delivered from, on HTTPS port 443 (the account's own API host is always
+    # allowed too; an admin adds more per account). Never the provider's whole cloud domain.
+    result_hosts: ClassVar[frozenset[str]] = frozenset()
+    # What the cost the provider reports with a job (Outcome.cost) is counted in, for the usage report;
+    # empty when it reports none.
+    cost_unit: ClassVar[str] = ""
+    # Default prices, per FluxWeb model id: size tier ("1MP", "2MP", "4MP", and "input_mp" per reference
+    # megapixel) -> credits (1 credit = $0.001, providers.md 8). Admin Price rows override them per tier.
+    default_prices: ClassVar[dict[str, dict[str, int]]] = {}
+    # The shortest gap, in seconds, the poll cadence leaves between two polls of one job. Fast polls near
+    # the expected completion are fine; the account's request budget keeps the steady rate down
+    # (providers.md, corrections 6).
+    min_poll_interval: ClassVar[float] = 0.25
+    # Requests per minute FluxWeb sends one account of this kind unless its admin sets another budget
+    # (submits, polls and checks together).
+    default_max_rpm: ClassVar[int] = 60
+    # How this provider's API keys begin, so error texts that echo one are masked; and the shape of the
+    # made-up key `demo` gives the sandbox account.
+    key_prefix: ClassVar[str] = ""
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -453,6 +499,7 @@ class Adapter:
             low, high = spec.custom_size
             if not (low <= request.width <= high and low <= request.height <= high):
                 raise Unsupported(f"Width and height must each be between {low} and {high} pixels.", "width")
+            self.check_pixels(spec, int(request.width), int(request.height))
             if spec.size_by_tier:
                 self.ratio_and_tier(request)
         else:
@@ -498,6 +545,26 @@ class Adapter:
             raise Unsupported(
                 f"{self.label} takes at most {spec.max_reference_images} reference images for {spec.id}.",
                 "reference_images",
+            )
+
+    def check_pixels(self, spec: ModelSpec, width: int, height: int) -> None:
+        """Explicit sizes the provider would refuse: not multiples of `size_multiple`, or past `max_pixels`.
+        (Sizes from a ratio and a tier are multiples of 16 and within the tier already.)"""
+        multiple = spec.size_multiple
+        if multiple > 1 and (width % multiple or height % multiple):
+            low, high = spec.custom_size or (multiple, max(width, height))
+            suggestion = "x".join(
+                str(min(high, max(low, (side + multiple // 2) // multiple * multiple)))
+                for side in (width, height)
+            )
+            raise Unsupported(
+                f"{self.label} needs width and height in multiples of {multiple}; try {suggestion}.", "width"
+            )
+        if spec.max_pixels and width * height > spec.max_pixels:
+            raise Unsupported(
+                f"{self.label} makes at most {spec.max_pixels / MEGAPIXEL:g} MP; {width}x{height} is "
+                f"{width * height / MEGAPIXEL:.1f} MP. Make it smaller.",
+                "width",
             )
 
     def ratio_and_tier(self, request: GenerationRequest) -> tuple[str, float]:

@@ -47,6 +47,19 @@ class MaxApi(Adapter):
     default_base_url = "https://api.maxapi.ai"
     synchronous = True  # the 200 reply carries the images; async callbacks are only "Update Preview" [S000]
     models = {model: flux_spec(model) for model in ("flux-plus", "flux-pro-2")}
+    # The only host a result URL was ever seen on (a 2024 example [S000]); not reliably known [MX-DOC2], so
+    # an admin adds the host a refused download names.
+    result_hosts = frozenset({"flux-images.maxapi.ai"})
+    # "$0.003/image (flux-plus), $0.006 (flux-pro-2), above 1024x1024: price x 2" [S000]; the 4 MP tier is
+    # above 1024x1024 too. The reply reports no cost.
+    default_prices = {
+        "flux-plus": {"1MP": 3, "2MP": 6, "4MP": 6},
+        "flux-pro-2": {"1MP": 6, "2MP": 12, "4MP": 12},
+    }
+    # No polls (synchronous). MaxAPI documents no request limit, only "back off on 429" [M2-errors]: 60 a
+    # minute is a conservative default for a gateway that answers 429 for rate and for credit alike.
+    default_max_rpm = 60
+    key_prefix = "sk-"  # `Authorization: Bearer sk-xxxxxxxx` [S000][M3]
 
     def billed_megapixels(self, request: GenerationRequest) -> float:
         megapixels = super().billed_megapixels(request)

@@ -5,9 +5,10 @@ Docs: providers.md section 4 ([S004] the model page, [P3] llm.txt, [P7]/[P8] leg
 
 from __future__ import annotations
 
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from .base import (
+    FLUX_2_MAX_LIST_PRICE,
     Adapter,
     GenerationRequest,
     HttpCall,
@@ -20,6 +21,7 @@ from .base import (
     finished_without_images,
     job_id_text,
     moderation_or_failure,
+    same_site,
     status_word,
     usable_url,
     usable_urls,
@@ -30,7 +32,6 @@ from .base import (
 # flux-2-flex's 0.5/1/2/4 MP tiers [P3][INFERRED] in the same spelling.
 RESOLUTIONS = {0.5: "0.5 MP", 1.0: "1 MP", 2.0: "2 MP", 4.0: "4 MP"}
 FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # legacy v1 spelling [P8]
-DEFAULT_PORTS = {"http": 80, "https": 443}
 # Status words: pending/completed [S004], failed [P10]; the others are what PixelDojo's newer material and its
 # SDK use for the same ends [PD-DOC][INFERRED]. Anything else keeps polling.
 SUCCEEDED = ("completed", "succeeded", "success")
@@ -42,6 +43,13 @@ class PixelDojo(Adapter):
     kind = "pixeldojo"
     label = "PixelDojo"
     default_base_url = "https://pixeldojo.ai"
+    result_hosts = frozenset({"temp.pixeldojo.ai"})  # [S004][P7]
+    cost_unit = "PixelDojo credits"  # creditCost [S004]
+    default_prices = {"flux-2-max": FLUX_2_MAX_LIST_PRICE}  # 2 PixelDojo credits an image [P1]; $ [UNKNOWN]
+    min_poll_interval = 0.25
+    # 60 requests a minute with X-RateLimit headers [P7][P8] (one skill doc says 10 [P9] [CONFLICT]).
+    default_max_rpm = 60
+    key_prefix = "pd_"  # [P2][P5]
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",
@@ -137,22 +145,6 @@ class PixelDojo(Adapter):
         # Legacy v1 says 403 {"error": {"code": "insufficient_credits", ...}}; the async API may use 402 [P7]
         # [UNKNOWN]. With the code in the message base.error_for maps both to PROVIDER_CREDIT.
         return with_error_code(super().error_message(reply), reply)
-
-
-def same_site(url: str, base_url: str) -> bool:
-    """True when `url` has the scheme, host and port of `base_url` and lies under its path."""
-    try:
-        target, base = urlsplit(url), urlsplit(base_url)
-        ports = target.port or DEFAULT_PORTS.get(target.scheme), base.port or DEFAULT_PORTS.get(base.scheme)
-    except ValueError:
-        return False
-    return (
-        target.scheme in DEFAULT_PORTS
-        and not (target.username or target.password)
-        and (target.scheme, target.hostname) == (base.scheme, base.hostname)
-        and ports[0] == ports[1]
-        and (target.path + "/").startswith(base.path.rstrip("/") + "/")
-    )
 
 
 def output_urls(data: dict) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from .base import (
+    FLUX_2_MAX_LIST_PRICE,
     MEGAPIXEL,
     Adapter,
     GenerationRequest,
@@ -17,7 +18,6 @@ from .base import (
     Outcome,
     ProviderError,
     Reply,
-    Unsupported,
     credit_cost,
     extract_message,
     finished_without_images,
@@ -48,12 +48,22 @@ class Vtrix(Adapter):
     kind = "vtrix"
     label = "Vtrix"
     default_base_url = "https://cloud.vtrix.ai"
+    # Seen only in placeholder CLI output [V4][VX-CLI]: not reliably known, so an admin can add hosts.
+    result_hosts = frozenset({"cdn.vtrix.ai"})
+    cost_unit = "USD"  # usage.cost is a USD string [S001]
+    default_prices = {"flux-2-max": FLUX_2_MAX_LIST_PRICE}  # flux_2_max price [UNKNOWN]: BFL's list price
+    # Its CLIs poll every 3-5 s [VX-CLI][SC-CLI] and it publishes no limit [V2]: 120 a minute keeps 6-10 jobs
+    # at that pace, and fast polls near a job's expected end stay fine (corrections 6).
+    min_poll_interval = 0.25
+    default_max_rpm = 120
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",
             provider_model="flux_2_max",
             megapixels=(0.5, 1.0, 2.0, 4.0),
             custom_size=(64, 2048),  # "x >= 64" [S001]; 2048 a side keeps a square within BFL's 4 MP [B1]
+            size_multiple=MULTIPLE,
+            max_pixels=MAX_PIXELS,
             max_reference_images=8,  # input_image .. input_image_8 [S001]
             output_formats=("jpeg", "png"),
             # "0 <= x <= 5" although the text says "6 is least strict" [S001 CONFLICT]: the range wins.
@@ -63,27 +73,6 @@ class Vtrix(Adapter):
             max_prompt_chars=5000,  # no limit documented [UNKNOWN]; bounds what we store and send
         )
     }
-
-    def validate(self, request: GenerationRequest) -> None:
-        super().validate(request)
-        width, height = request.width, request.height
-        if not (width and height):
-            return  # sizes from a ratio and a tier are already multiples of 16
-        if width % MULTIPLE or height % MULTIPLE:
-            low, high = self.spec(request.model).custom_size
-            suggestion = "x".join(
-                str(min(high, max(low, (side + MULTIPLE // 2) // MULTIPLE * MULTIPLE)))
-                for side in (width, height)
-            )
-            raise Unsupported(
-                f"{self.label} needs width and height in multiples of {MULTIPLE}; try {suggestion}.", "width"
-            )
-        if width * height > MAX_PIXELS:
-            raise Unsupported(
-                f"{self.label} makes at most 4 MP; {width}x{height} is {width * height / MEGAPIXEL:.1f} MP. "
-                "Make it smaller.",
-                "width",
-            )
 
     def build_submit(self, request: GenerationRequest) -> HttpCall:
         width, height = request.dimensions

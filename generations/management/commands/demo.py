@@ -4,14 +4,18 @@ from django.core.management.base import BaseCommand
 
 from generations import credits
 from generations.models import LedgerEntry, ProviderAccount
+from generations.providers import PROVIDERS
 
 USERS = [("alice", True, 5000), ("bob", False, 2000), ("carol", False, 0)]
-SANDBOX_ACCOUNTS = [
-    ("sandbox-apiframe", "apiframe", "afk_sandbox_demo", 10),
-    ("sandbox-vtrix", "vtrix", "vtrix_sandbox_demo", 20),
-    ("sandbox-pixeldojo", "pixeldojo", "pd_sandbox_demo", 30),
-    ("sandbox-maxapi", "maxapi", "sk-sandbox-demo", 40),
-]
+
+
+def sandbox_accounts() -> list[tuple[str, str, str, int]]:
+    """(slug, kind, key, priority) for one sandbox account of every adapter, ranked in registry order; the
+    key is made up in the shape of the provider's own (the sandbox takes any key not starting "bad")."""
+    return [
+        (f"sandbox-{kind}", kind, f"{adapter.key_prefix or kind + '_'}sandbox_demo", 10 * rank)
+        for rank, (kind, adapter) in enumerate(PROVIDERS.items(), start=1)
+    ]
 
 
 class Command(BaseCommand):
@@ -32,7 +36,7 @@ class Command(BaseCommand):
                 user.save()
             if grant and not LedgerEntry.objects.filter(user=user, kind="grant").exists():
                 credits.grant(user, grant, note="demo credits")
-        for slug, kind, key, priority in SANDBOX_ACCOUNTS:
+        for slug, kind, key, priority in sandbox_accounts():
             account, created = ProviderAccount.objects.get_or_create(
                 slug=slug,
                 defaults={

@@ -16,7 +16,7 @@ def _checked(parse):
 
 
 class Command(BaseCommand):
-    help = "Serve the emulated providers (maxapi, vtrix, apiframe, pixeldojo) on one loopback port."
+    help = "Serve every emulated provider on one loopback port, each under /<kind>."
     requires_system_checks = []  # the sandbox touches neither models nor the database
 
     def add_arguments(self, parser):

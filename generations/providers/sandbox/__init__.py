@@ -1,4 +1,4 @@
-"""A faithful local emulator of the four provider APIs, on one loopback port (architecture.md, "The sandbox").
+"""A faithful local emulator of the provider APIs, on one loopback port (architecture.md, "The sandbox").
 
     with Sandbox(latency=(0.1, 0.2)) as sandbox:
         base = sandbox.base_url("apiframe")   # http://127.0.0.1:PORT/apiframe

@@ -28,7 +28,6 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-PROVIDERS = ("maxapi", "vtrix", "apiframe", "pixeldojo")
 REQUEST_FAULTS = ("latency", "hang", "auth", "5xx", "429", "malformed", "insufficient_credit", "wrong_types")
 JOB_FAULTS = ("moderation", "failure", "error_object")
 FILE_FAULTS = (
@@ -55,6 +54,13 @@ FAULT_KINDS = REQUEST_FAULTS + JOB_FAULTS + FILE_FAULTS
 PHASES = ("submit", "poll", "any")
 
 
+def providers() -> tuple[str, ...]:
+    """The emulated providers' names: the server's one list, imported late because the server imports this."""
+    from .server import APPS
+
+    return tuple(app.name for app in APPS)
+
+
 @dataclass(frozen=True)
 class Scope:
     kind: str
@@ -75,8 +81,8 @@ class Scope:
 def make_scope(kind: str, provider: str | None = None, phase: str | None = None) -> Scope:
     if kind not in FAULT_KINDS:
         raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(FAULT_KINDS)}")
-    if provider is not None and provider not in PROVIDERS:
-        raise ValueError(f"unknown provider {provider!r}; one of {', '.join(PROVIDERS)}")
+    if provider is not None and provider not in providers():
+        raise ValueError(f"unknown provider {provider!r}; one of {', '.join(providers())}")
     if phase is not None and phase not in PHASES:
         raise ValueError(f"unknown phase {phase!r}; one of {', '.join(PHASES)}")
     if kind in REQUEST_FAULTS:
@@ -92,7 +98,7 @@ def parse_scope(key: str) -> Scope:
     *qualifiers, kind = key.strip().split(".")
     provider = phase = None
     for part in qualifiers:
-        if part in PROVIDERS and provider is None:
+        if part in providers() and provider is None:
             provider = part
         elif part in PHASES and phase is None:
             phase = part

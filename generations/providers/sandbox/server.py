@@ -1,4 +1,4 @@
-"""`Sandbox`: the four emulated providers on one loopback port, each under its own prefix.
+"""`Sandbox`: the emulated providers on one loopback port, each under its own prefix.
 
 Stdlib `ThreadingHTTPServer` (one daemon thread per connection, HTTP/1.1 keep-alive) with Nagle
 off: with it on, every keep-alive request costs ~44 ms instead of ~0.4 ms (performance.md).
@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from . import control, files
 from .apiframe import Apiframe
 from .base import ProviderApp
+from .bfl import Bfl
 from .faults import FaultPlan
 from .maxapi import MaxAPI
 from .pixeldojo import PixelDojo
@@ -31,7 +32,7 @@ from .webhooks import Scheduler
 from .wire import Headers, RecordedRequest, Request, Response, json_response
 
 MAX_BODY = 8 * 1024 * 1024
-APPS: tuple[type[ProviderApp], ...] = (MaxAPI, Vtrix, Apiframe, PixelDojo)
+APPS: tuple[type[ProviderApp], ...] = (MaxAPI, Vtrix, Apiframe, PixelDojo, Bfl)
 
 
 class Sandbox:

@@ -26,6 +26,8 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "apiframe_result_shape": "object",
     # PixelDojo `output` [CONFLICT]: {"images":[...]} [S004] | {"image": url} [P9].
     "pixeldojo_output_shape": "images",
+    # BFL's moderated end: "Content Moderated" (the image) or "Request Moderated" (the prompt) [B7].
+    "bfl_moderation_word": "Content Moderated",
     "latency_fault_seconds": 3.0,
     "hang_seconds": 60.0,
     "fault_5xx_status": None,  # None: 500, 502 or 503 at random
@@ -38,6 +40,7 @@ OPTION_CHOICES: dict[str, tuple[Any, ...]] = {
     "vtrix_error_shape": ("object", "string", "numeric"),
     "apiframe_result_shape": ("object", "string"),
     "pixeldojo_output_shape": ("images", "image"),
+    "bfl_moderation_word": ("Content Moderated", "Request Moderated"),
     "fault_5xx_status": (None, 500, 502, 503),
 }
 STARTING_CREDITS = 1_000_000

@@ -1,4 +1,4 @@
-"""Outgoing webhooks: a timer thread, a loopback-only guard, Apiframe's signature.
+"""Outgoing webhooks: a timer thread, a loopback-only guard, Apiframe's and BFL's signatures.
 
 The sandbox never opens a socket to anything but loopback: a webhook URL naming any other host is
 refused before connecting and recorded as failed.
@@ -41,6 +41,11 @@ def apiframe_signature(api_key: str, body: bytes) -> str:
     # the raw body; header value `sha256=<hex>`.
     secret = hashlib.sha256(api_key.encode()).digest()
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def bfl_signature(secret: str, body: bytes) -> str:
+    # [B1 webhook-integration.md] X-BFL-Signature: sha256=<hex HMAC-SHA256(webhook_secret, raw body)>.
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 def post(url: str, body: bytes, headers: dict[str, str], timeout: float) -> int | None:
