@@ -32,8 +32,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import trigger_client_event
 
-from . import archive
-from .api import serve_image
+from . import archive, media
 from .catalog import NAMES, model_ids
 from .forms import is_text, parse_id
 from .login import login_required
@@ -408,11 +407,8 @@ def download(request, pk: int):
     image = visible_image(pk)
     attachment = f'attachment; filename="{archive.file_name(image)}"'
     if request.GET.get("metadata") != "0":
-        response = serve_image(image, "file")
-        response["Content-Disposition"] = attachment
-        return response
-    with image.file.open("rb") as source:
-        data = archive.strip_metadata(source.read(), image.format)
+        return media.serve(image.file, image.content_type, attachment)
+    data = archive.strip_metadata(media.read_bytes(image.file), image.format)
     response = HttpResponse(data, content_type=image.content_type)
     response["Content-Disposition"] = attachment
     response["Cache-Control"] = "private, no-store"
