@@ -740,7 +740,7 @@ def credits_page(request):
 def generation_page(request, pk: int):
     job = get_object_or_404(visible_generations().prefetch_related("events"), pk=pk)
     account = credits.account_for(request.user)
-    from .admin import COST_UNITS
+    from .usage import COST_UNITS
 
     context = card_context(job) | {
         "account": account,
