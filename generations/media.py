@@ -12,6 +12,7 @@ import contextvars
 import io
 import ipaddress
 import json
+import logging
 import socket
 import struct
 import threading
@@ -34,6 +35,8 @@ from PIL import Image as PILImage
 from .providers import ProviderError
 from .providers import http as provider_http
 from .providers.http import broke, client
+
+log = logging.getLogger(__name__)
 
 # Flux outputs are at most ~4 MP; refuse anything past 8x that before decoding it (decompression bombs).
 PILImage.MAX_IMAGE_PIXELS = 32 * 1024 * 1024
@@ -384,8 +387,8 @@ def delete_files(saved: list[Saved]) -> None:
         for name in (item.file, item.thumbnail):
             try:
                 default_storage.delete(name)
-            except OSError:
-                pass
+            except Exception:  # best effort: a disk's OSError, or a bucket's botocore error
+                log.warning("could not delete %s from storage", name, exc_info=True)
 
 
 def record(generation, saved: Saved, seed: int | None = None):

@@ -262,3 +262,22 @@ def test_the_default_stays_on_disk(bob, accounts, drain, settings):
     drain()
     image = Generation.objects.get(pk=generation.pk).images.get()
     assert Path(default_storage.path(image.file.name)).is_file()
+
+
+def test_a_bucket_error_while_cleaning_up_is_logged_not_raised(bucket, monkeypatch, caplog):
+    """The ingest deletes the files of a job it could not record; a bucket that fails then (not an OSError)
+    must not turn the clean-up into a second failure."""
+    from botocore.exceptions import EndpointConnectionError
+    from django.core.files.storage import default_storage
+
+    from .conftest import saved_files
+
+    saved = saved_files(1)
+    assert {saved[0].file, saved[0].thumbnail} <= keys_in(bucket)
+
+    def unreachable(name):
+        raise EndpointConnectionError(endpoint_url=bucket.meta.endpoint_url)
+
+    monkeypatch.setattr(default_storage, "delete", unreachable)
+    media.delete_files(saved)
+    assert caplog.text.count("could not delete") == 2
