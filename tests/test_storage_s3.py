@@ -275,9 +275,9 @@ def test_a_bucket_error_while_cleaning_up_is_logged_not_raised(bucket, monkeypat
     saved = saved_files(1)
     assert {saved[0].file, saved[0].thumbnail} <= keys_in(bucket)
 
-    def unreachable(name):
+    def unreachable(storage, name):
         raise EndpointConnectionError(endpoint_url=bucket.meta.endpoint_url)
 
-    monkeypatch.setattr(default_storage, "delete", unreachable)
+    monkeypatch.setattr(type(default_storage._wrapped), "delete", unreachable)
     media.delete_files(saved)
     assert caplog.text.count("could not delete") == 2
