@@ -33,7 +33,7 @@ CLIENTS = 8
 # After the kill, every job ends within this. A job the dead cluster held waits out its task lease (30 s) or
 # its submit's staleness (30 s); an unpolled job waits for the dead sweeper's lease to lapse (20 s) and for
 # a new sweep: the next submit starts one at once, else the one-minute schedules (the scheduler ticks every
-# 30 s). Measured here: 43 s with the lease holder killed (2 cores shared with other work).
+# 30 s). Measured here: 33-57 s with the lease holder killed (2 cores shared with other work).
 SETTLE_BOUND = float(os.environ.get("FLUXWEB_2X2_BOUND", "120"))
 # Small images where the provider takes a size keep the rendering, downloads and thumbnails cheap.
 PROVIDERS = [
@@ -50,6 +50,7 @@ SUBMIT_PATHS = {
 }
 SETUP = """
 from django.core.management import call_command
+call_command("migrate", interactive=False, verbosity=0)
 from django.contrib.auth import get_user_model
 from generations import credits
 from generations.models import ApiToken, Quota
@@ -145,15 +146,12 @@ class Fleet:
         self.processes[name].wait(10)
 
     def stop(self) -> None:
+        # SIGKILL: how they stop is not under test here, and a graceful qcluster stop can take many seconds.
         for process in self.processes.values():
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-        for process in self.processes.values():
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait(10)
+        for process in self.processes.values():
+            process.wait(10)
 
     def log(self, name: str) -> str:
         return (self.tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -208,7 +206,7 @@ def test_two_web_and_two_worker_processes_run_200_jobs_through_a_sigkill(databas
         "FLUXWEB_FERNET_KEYS": "dGVzdC1mZXJuZXQta2V5LTMyLWJ5dGVzLWxvbmctLS0=",
         "DATABASE_URL": database,
         "FLUXWEB_Q_NAME": f"fluxweb-2x2-{uuid.uuid4().hex[:8]}",  # a queue of its own in the Redis db
-        "FLUXWEB_Q_WORKERS": "3",
+        "FLUXWEB_Q_WORKERS": "4",
         "FLUXWEB_DATA_DIR": str(tmp_path / "data"),
         "FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS": "1",
         "FLUXWEB_SANDBOX_URL": sandbox,
@@ -218,9 +216,15 @@ def test_two_web_and_two_worker_processes_run_200_jobs_through_a_sigkill(databas
     try:
         started = time.monotonic()
         fleet.start(
-            "sandbox", sys.executable, "manage.py", "sandbox", "--port", str(sandbox_port), "--latency", "1:3"
+            "sandbox",
+            sys.executable,
+            "manage.py",
+            "sandbox",
+            "--port",
+            str(sandbox_port),
+            "--latency",
+            "0.5:1.5",
         )
-        fleet.manage("migrate", "--no-input", "-v0")
         token = fleet.manage("shell", "-c", SETUP.format(sandbox=sandbox)).split("TOKEN ")[1].strip()
         for i, port in enumerate(web_ports):
             fleet.start(
