@@ -268,7 +268,11 @@ def day_chart(found: list[Row], start: date, end: date) -> dict:
         {"x": round(MARGIN + i * step + step / 2, 1), "label": f"{start + timedelta(days=i):%m-%d}"}
         for i in range(0, days, max(1, days // 8))
     ]
-    legend = [{"name": name, "series": i, "y": 14 + 14 * i} for i, name in enumerate(shown)]
+    # One line above the plot: a swatch, then the name.
+    legend = [
+        {"name": name, "series": i, "x": MARGIN + 90 * i, "text_x": MARGIN + 90 * i + 14}
+        for i, name in enumerate(shown)
+    ]
     return {
         "width": WIDTH,
         "height": HEIGHT,
