@@ -487,7 +487,7 @@ def serve(field, content_type: str, disposition: str, redirect: bool = True) -> 
     elif redirect:
         response = HttpResponseRedirect(signed_url(field, content_type, disposition))
         # The browser may reuse the redirect, never past the signed URL's life.
-        cache = f"private, max-age={field.storage.querystring_expire // 2}"
+        cache = f"private, max-age={getattr(field.storage, 'querystring_expire', 300) // 2}"
     else:
         response = StreamingHttpResponse(read_chunks(field), content_type=content_type)
         response["Content-Length"] = str(field.storage.size(field.name))

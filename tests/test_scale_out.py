@@ -309,6 +309,7 @@ def test_two_web_and_two_worker_processes_run_200_jobs_through_a_sigkill(databas
         deadline = killed_at + SETTLE_BOUND
         shown = 0.0
         while (left := in_flight()) and time.monotonic() < deadline:
+            # FLUXWEB_2X2_TRACE=1 (with -s) prints what the jobs in flight wait on, every 5 s.
             if os.environ.get("FLUXWEB_2X2_TRACE") and time.monotonic() - shown > 5:
                 shown = time.monotonic()
                 print(
@@ -317,8 +318,10 @@ def test_two_web_and_two_worker_processes_run_200_jobs_through_a_sigkill(databas
             time.sleep(0.5)
         settled_at = time.monotonic()
         stuck = in_flight()
+        survivor = next(name for name in fleet.processes if name.startswith("qcluster-") and name != victim)
         assert not stuck, (
-            f"{len(stuck)} jobs still in flight {settled_at - killed_at:.0f} s after the kill: {stuck[:10]}"
+            f"{len(stuck)} jobs still in flight {settled_at - killed_at:.0f} s after the kill: {stuck[:10]}\n"
+            f"{survivor}'s log ends:\n{fleet.log(survivor)}"
         )
 
         # -- submitted once, settled once ----------------------------------------------------------------------------
