@@ -536,6 +536,12 @@ class Heartbeat:
         self.held = False
         release_lease(self.holder)
 
+    def still_held(self) -> bool:
+        """False once another sweeper holds the lease (ours lapsed: the database was out of reach)."""
+        return Lease.objects.filter(
+            name="sweeper", holder=self.holder, expires_at__gt=timezone.now()
+        ).exists()
+
     def run(self) -> None:
         try:
             while not self.stop.wait(LEASE_SECONDS / 4):
@@ -566,9 +572,15 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     started = time.monotonic()
     poller = Poller(settings.FLUXWEB_POLL_CONCURRENCY)
     reaped_at = 0.0
+    checked_at = time.monotonic()
     lease.start()
     try:
         while True:
+            if time.monotonic() - checked_at >= LEASE_SECONDS / 4:
+                checked_at = time.monotonic()
+                if not lease.still_held():
+                    log.warning("the sweeper lease passed to another sweeper; this one stops")
+                    return polls
             if time.monotonic() - reaped_at >= REAP_EVERY:
                 reap(kick=False)
                 reaped_at = time.monotonic()

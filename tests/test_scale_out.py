@@ -97,6 +97,38 @@ def test_a_late_heartbeat_never_revives_a_released_lease(monkeypatch):
         lease.stop.set()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_sweeper_whose_lease_passed_to_another_stops(monkeypatch, bob, accounts):
+    """Two sweepers never poll side by side: one that finds its lease held by another (its own lapsed while
+    the database was out of reach) stops within a quarter lease instead of sweeping on."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from generations import engine
+    from generations.models import Generation, Lease, Prompt
+
+    monkeypatch.setattr(engine, "LEASE_SECONDS", 0.8)
+    Generation.objects.create(
+        user=bob,
+        prompt=Prompt.remember("a kite", bob),
+        model="flux-2-max",
+        account=accounts["vtrix"],
+        status="running",
+        provider_job_id="job-1",
+        next_poll_at=timezone.now() + timedelta(minutes=5),  # in flight, nothing due: the sweeper waits
+    )
+    done = []
+    sweeper = threading.Thread(target=lambda: done.append(engine.sweep(seconds=20)))
+    sweeper.start()
+    wait_until(lambda: Lease.objects.filter(expires_at__gt=timezone.now()).exists(), 5, "the sweeper's lease")
+    started = time.monotonic()
+    Lease.objects.update(holder="another sweeper", expires_at=timezone.now() + timedelta(minutes=1))
+    sweeper.join(10)
+    assert done == [0] and time.monotonic() - started < 2
+    assert Lease.objects.get().holder == "another sweeper"  # and it left the other's lease alone
+
+
 def test_the_sweeper_lease_names_its_host_and_process():
     from generations import engine
 
