@@ -3,6 +3,7 @@
 import base64
 import hashlib
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -169,16 +170,63 @@ STATIC_ROOT = DATA_DIR / "staticfiles"
 # Serve static files straight from the app and static/ folders, so no collectstatic step is needed.
 WHITENOISE_USE_FINDERS = True
 STATIC_ROOT.mkdir(exist_ok=True)
+
+
+# -- media storage (issue 10, item 2) -- begin ----------------------------------------------------------------
+def media_storage(env: Mapping[str, str], media_root: Path) -> dict:
+    """The `default` storage: files under `media_root`, or with FLUXWEB_STORAGE=s3 a private S3-compatible
+    bucket through django-storages. Credentials come from the environment as boto3 reads them
+    (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, or an instance role), never from a setting written down."""
+    kind = env.get("FLUXWEB_STORAGE", "") or "local"
+    if kind == "local":
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": media_root}}
+    if kind != "s3":
+        raise ImproperlyConfigured(f"FLUXWEB_STORAGE must be local or s3, not {kind!r}")
+    if env.get("FLUXWEB_SENDFILE_HEADER") == "X-Sendfile":
+        raise ImproperlyConfigured(
+            "X-Sendfile sends files from disk: with FLUXWEB_STORAGE=s3 use X-Accel-Redirect."
+        )
+    bucket = env.get("FLUXWEB_S3_BUCKET", "")
+    if not bucket:
+        raise ImproperlyConfigured("FLUXWEB_STORAGE=s3 needs FLUXWEB_S3_BUCKET.")
+    expire = env.get("FLUXWEB_S3_URL_EXPIRE", "") or "300"
+    if not expire.isdigit() or not 1 <= int(expire) <= 3600:
+        raise ImproperlyConfigured(f"FLUXWEB_S3_URL_EXPIRE must be 1 to 3600 seconds, not {expire!r}")
+    return {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            "endpoint_url": env.get("FLUXWEB_S3_ENDPOINT_URL") or None,  # unset: AWS itself
+            "region_name": env.get("FLUXWEB_S3_REGION") or None,
+            "location": env.get("FLUXWEB_S3_PREFIX", "").strip("/"),
+            # Private: no ACL is ever set (the bucket's own, private, applies) and every URL is signed and
+            # short-lived; media is served by a view that checks access first, then redirects to that URL.
+            "default_acl": None,
+            "querystring_auth": True,
+            "signature_version": "s3v4",
+            "querystring_expire": int(expire),
+            "file_overwrite": False,  # as on disk: a name already taken gets a new one
+            "max_memory_size": 4 * 1024 * 1024,  # a larger file read back spills to a temporary file
+        },
+    }
+
+
+FLUXWEB_STORAGE = os.environ.get("FLUXWEB_STORAGE", "") or "local"
 STORAGES = {
-    "default": {
-        "BACKEND": "django.core.files.storage.FileSystemStorage",
-        "OPTIONS": {"location": DATA_DIR / "media"},
-    },
+    "default": media_storage(os.environ, DATA_DIR / "media"),
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
 }
 # Images are team-private: served by a view that checks the session or token, never by MEDIA_URL.
 MEDIA_ROOT = DATA_DIR / "media"
-FLUXWEB_SENDFILE_HEADER = os.environ.get("FLUXWEB_SENDFILE_HEADER", "")  # "X-Accel-Redirect" or "X-Sendfile"
+# How that view hands over the bytes: "" streams them (local) or redirects to a signed URL (s3);
+# "X-Accel-Redirect" lets nginx send them (an internal /_media/ location on disk, /_s3/ for a bucket);
+# "X-Sendfile" (Apache, local files only).
+FLUXWEB_SENDFILE_HEADER = os.environ.get("FLUXWEB_SENDFILE_HEADER", "")
+if FLUXWEB_SENDFILE_HEADER not in ("", "X-Accel-Redirect", "X-Sendfile"):
+    raise ImproperlyConfigured(
+        f"FLUXWEB_SENDFILE_HEADER must be X-Accel-Redirect or X-Sendfile, not {FLUXWEB_SENDFILE_HEADER!r}"
+    )
+# -- media storage -- end -------------------------------------------------------------------------------------
 
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"

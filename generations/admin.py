@@ -1,17 +1,17 @@
-from decimal import Decimal, InvalidOperation
-
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
-from django.db.models import Count, Q, Sum
+from django.db.models import Count, Sum
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import path
 from django.utils import timezone
+from django.utils.http import urlencode
 
 from accounts.audit import AuditedAdmin
 
-from . import credits
+from . import credits, usage
 from .models import (
     ApiToken,
     Collection,
@@ -27,7 +27,7 @@ from .models import (
     Quota,
     Usage,
 )
-from .providers import PROVIDERS, ProviderError
+from .providers import ProviderError
 from .providers import http as provider_http
 
 
@@ -94,22 +94,6 @@ class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
                 self.message_user(request, f"{account.slug}: connected, key accepted.", messages.SUCCESS)
 
 
-def cost_unit(kind: str) -> str:
-    """What the cost a provider of `kind` reports is counted in (its adapter's `cost_unit`), or nothing."""
-    adapter = PROVIDERS.get(kind)
-    return adapter.cost_unit if adapter is not None else ""
-
-
-def sum_costs(values) -> Decimal:
-    total = Decimal(0)
-    for value in values:
-        try:
-            total += Decimal(value)
-        except InvalidOperation:
-            continue
-    return total
-
-
 class EventInline(admin.TabularInline):
     model = GenerationEvent
     extra = 0
@@ -145,52 +129,43 @@ class GenerationAdmin(admin.ModelAdmin):
         return extra + super().get_urls()
 
     def usage_view(self, request):
-        """Spend this month per user and per provider account, FluxWeb's charge beside what the provider
-        reported, in the unit its adapter names (Vtrix in USD, Apiframe and PixelDojo in their own credits)."""
-        start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        month = Generation.objects.filter(created_at__gte=start)
-        images = dict(
-            Image.objects.filter(generation__created_at__gte=start)
-            .values_list("generation__user__username")
-            .annotate(total=Count("id"))
-        )
-        users = list(
-            month.values("user__username")
-            .annotate(
-                jobs=Count("id"),
-                charged=Sum("credits_charged"),
-                refunded=Sum("credits_refunded"),
-                failed=Count("id", filter=Q(status="failed")),
-            )
-            .order_by("-charged")
-        )
-        for row in users:
-            row["images"] = images.get(row["user__username"], 0)
-        providers = []
-        for row in (
-            month.values("account__slug", "account__kind")
-            .annotate(
-                jobs=Count("id"),
-                charged=Sum("credits_charged"),
-                failed=Count("id", filter=Q(status="failed")),
-            )
-            .order_by("-charged")
-        ):
-            costs = month.filter(account__slug=row["account__slug"]).exclude(provider_cost="")
-            row["provider_cost"] = sum_costs(costs.values_list("provider_cost", flat=True))
-            row["cost_unit"] = cost_unit(row["account__kind"])
-            row["charged_usd"] = (
-                Decimal(row["charged"] or 0) * Decimal(settings.FLUXWEB_CREDIT_USD)
-            ).quantize(Decimal("0.001"))
-            providers.append(row)
+        """Spend per day by member, provider account and model over a chosen range (the last 30 days by
+        default), FluxWeb's charge beside what the provider reported, differences flagged; `?format=csv`
+        gives the same rows as a file."""
+        if not request.user.has_perm("generations.view_generation"):
+            raise PermissionDenied
+        try:
+            start, end = usage.parse_range(request.GET)
+        except usage.RangeError as error:
+            if request.GET.get("format") == "csv":
+                return HttpResponse(str(error), status=400, content_type="text/plain; charset=utf-8")
+            context = {**self.usage_context(request), "error": str(error), "query": request.GET}
+            return render(request, "admin/usage.html", context, status=400)
+        found = usage.rows(start, end)
+        if request.GET.get("format") == "csv":
+            response = HttpResponse(usage.as_csv(found), content_type="text/csv; charset=utf-8")
+            response["Content-Disposition"] = f'attachment; filename="fluxweb-usage-{start}-{end}.csv"'
+            return response
         context = {
-            **self.admin_site.each_context(request),
-            "title": f"Usage since {start:%Y-%m-%d}",
-            "users": users,
-            "providers": providers,
-            "opts": self.model._meta,
+            **self.usage_context(request),
+            "title": f"Usage {start:%Y-%m-%d} to {end:%Y-%m-%d}",
+            "start": start,
+            "end": end,
+            "rows": found,
+            "flagged": sum(1 for row in found if row.difference),
+            "day_chart": usage.day_chart(found, start, end),
+            "charts": [
+                ("By member", usage.bar_chart(usage.totals(found, "member"))),
+                ("By provider account", usage.bar_chart(usage.totals(found, "provider"))),
+                ("By model", usage.bar_chart(usage.totals(found, "model"))),
+            ],
+            "total_charged": sum(row.charged for row in found),
+            "csv_query": urlencode({"start": start, "end": end, "format": "csv"}),
         }
         return render(request, "admin/usage.html", context)
+
+    def usage_context(self, request) -> dict:
+        return {**self.admin_site.each_context(request), "title": "Usage", "opts": self.model._meta}
 
 
 class GrantForm(forms.Form):

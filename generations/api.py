@@ -9,7 +9,7 @@ import json
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, Subquery
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 
@@ -317,25 +317,12 @@ def image_file(request, pk: int, variant: str):
     return serve_image(get_object_or_404(Image, pk=pk), variant)
 
 
-def serve_image(image: Image, variant: str) -> HttpResponse:
-    """The bytes, after the caller's access was checked; with FLUXWEB_SENDFILE_HEADER set, the web server
-    sends the file (nginx: X-Accel-Redirect to an internal `/_media/` location; Apache: X-Sendfile)."""
+def serve_image(image: Image, variant: str, redirect: bool = True) -> HttpResponse:
+    """The bytes, after the caller's access was checked, from disk or a bucket (`media.serve`)."""
     field = image.thumbnail if variant == "thumbnail" else image.file
     content_type = "image/jpeg" if variant == "thumbnail" else image.content_type
-    header = settings.FLUXWEB_SENDFILE_HEADER
-    if header == "X-Accel-Redirect":
-        response = HttpResponse(content_type=content_type)
-        response[header] = f"/_media/{field.name}"
-    elif header == "X-Sendfile":
-        response = HttpResponse(content_type=content_type)
-        response[header] = field.path
-    else:
-        response = FileResponse(field.open("rb"), content_type=content_type)
-    response["Cache-Control"] = "private, max-age=86400"
-    response["Content-Disposition"] = (
-        f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
-    )
-    return response
+    disposition = f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
+    return media.serve(field, content_type, disposition, redirect=redirect)
 
 
 def reference_payload(reference: Reference) -> dict:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 
 from django.utils import timezone
 
+from . import media
+
 CHUNK = 64 * 1024
 MANIFEST_FIELDS = ["file", "prompt", "seed", "model", "provider", "size", "cost", "author", "created"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -84,8 +86,8 @@ def zip_stream(images: Iterable) -> Iterator[bytes]:
                 file_name(image), date_time=max(created.timetuple()[:6], (1980, 1, 1, 0, 0, 0))
             )
             info.compress_type = zipfile.ZIP_STORED
-            with image.file.open("rb") as source, archive.open(info, "w") as target:
-                while chunk := source.read(CHUNK):
+            with archive.open(info, "w") as target:
+                for chunk in media.read_chunks(image.file, CHUNK):
                     target.write(chunk)
                     yield sink.take()
             rows.append(manifest_row(image))

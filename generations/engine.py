@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import secrets
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -19,7 +22,7 @@ from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
@@ -33,7 +36,10 @@ log = logging.getLogger(__name__)
 
 MAX_SUBMIT_ATTEMPTS = 4
 SWEEP_SECONDS = 50  # one sweep task's lifetime; well under Q_CLUSTER["timeout"], which is under "retry"
-LEASE_SECONDS = 75
+# The sweeper's lease, renewed by a heartbeat thread every LEASE_SECONDS / 4 whatever a poll round costs: a
+# sweeper killed with its cluster (SIGKILL, OOM) frees the sweep within LEASE_SECONDS (issue 10: with 75 s,
+# renewed only between rounds, a dead cluster's lease kept every job unpolled past a minute).
+LEASE_SECONDS = 20
 SWEEP_TICK = 0.2  # how often an idle sweeper looks for newly due jobs: one indexed query
 # A task working on a job (a submit, a download) holds it for TASK_LEASE_SECONDS and renews that every
 # HEARTBEAT_SECONDS while its network call runs, however long the call (MaxAPI holds a submit until the image
@@ -509,23 +515,80 @@ def acquire_lease(holder: str) -> bool:
 
 
 def release_lease(holder: str) -> None:
-    Lease.objects.filter(name="sweeper", holder=holder).update(expires_at=timezone.now())
+    # Dated a lease period back, so a heartbeat renewal already on its way finds it over and leaves it.
+    Lease.objects.filter(name="sweeper", holder=holder).update(
+        expires_at=timezone.now() - timedelta(seconds=LEASE_SECONDS)
+    )
+
+
+def lease_holder() -> str:
+    """Who holds the sweeper lease: host and process, so an operator (or a test) can tell which one."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+class Heartbeat:
+    """The sweeper's lease, renewed from a thread of its own every LEASE_SECONDS / 4 while held, so a long
+    poll round never lets it lapse while the sweeper lives, and a dead sweeper's lapses within LEASE_SECONDS.
+    A renewal extends only a lease still live: a released one (dated in the past) stays released."""
+
+    def __init__(self, holder: str):
+        self.holder = holder
+        self.held = False
+        self.stop = threading.Event()
+
+    def acquire(self) -> bool:
+        self.held = acquire_lease(self.holder)
+        return self.held
+
+    def release(self) -> None:
+        self.held = False
+        release_lease(self.holder)
+
+    def still_held(self) -> bool:
+        """False once another sweeper holds the lease (ours lapsed: the database was out of reach)."""
+        return Lease.objects.filter(
+            name="sweeper", holder=self.holder, expires_at__gt=timezone.now()
+        ).exists()
+
+    def run(self) -> None:
+        try:
+            while not self.stop.wait(LEASE_SECONDS / 4):
+                if not self.held:
+                    continue
+                now = timezone.now()
+                try:
+                    Lease.objects.filter(name="sweeper", holder=self.holder, expires_at__gt=now).update(
+                        expires_at=now + timedelta(seconds=LEASE_SECONDS)
+                    )
+                except DatabaseError:
+                    log.warning("could not renew the sweeper lease", exc_info=True)
+        finally:
+            connection.close()
+
+    def start(self) -> None:
+        threading.Thread(target=self.run, name="fluxweb-sweeper-lease", daemon=True).start()
 
 
 def sweep(seconds: float = SWEEP_SECONDS) -> int:
     """Poll every due in-flight job concurrently, write results back, and look again every tick (a new
     submit or a webhook can make a job due at any moment); for at most `seconds`, then hand over to a fresh
     task if work remains. Returns the number of polls made."""
-    holder = secrets.token_hex(8)
-    if not acquire_lease(holder):
+    lease = Heartbeat(lease_holder())
+    if not lease.acquire():
         return 0
     polls = 0
     started = time.monotonic()
-    renew_at = started + LEASE_SECONDS / 3
     poller = Poller(settings.FLUXWEB_POLL_CONCURRENCY)
     reaped_at = 0.0
+    checked_at = time.monotonic()
+    lease.start()
     try:
         while True:
+            if time.monotonic() - checked_at >= LEASE_SECONDS / 4:
+                checked_at = time.monotonic()
+                if not lease.still_held():
+                    log.warning("the sweeper lease passed to another sweeper; this one stops")
+                    return polls
             if time.monotonic() - reaped_at >= REAP_EVERY:
                 reap(kick=False)
                 reaped_at = time.monotonic()
@@ -535,24 +598,22 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
                 polls += poll_batch(due, poller)
             wait = seconds_until_next()
             if wait is None:
-                release_lease(holder)
+                lease.release()
                 # A job submitted between our last look and the release found the lease held; look again.
-                if seconds_until_next() is None or not acquire_lease(holder):
+                if seconds_until_next() is None or not lease.acquire():
                     return polls
                 continue
             now = time.monotonic()
             if now - started > seconds:
-                release_lease(holder)
+                lease.release()
                 enqueue("sweep")
                 return polls
-            if now > renew_at:
-                acquire_lease(holder)
-                renew_at = now + LEASE_SECONDS / 3
             time.sleep(min(SWEEP_TICK, max(0.02, wait)))
     except BaseException:
-        release_lease(holder)
+        lease.release()
         raise
     finally:
+        lease.stop.set()
         poller.close()
 
 

@@ -35,8 +35,7 @@ from django_htmx.http import trigger_client_event
 from accounts.access import keeps_metadata, may_spend, members_only
 from accounts.access import refusal as access_refusal
 
-from . import archive
-from .api import serve_image
+from . import archive, media
 from .catalog import NAMES, model_ids
 from .forms import is_text, parse_id
 from .login import login_required
@@ -413,11 +412,8 @@ def download(request, pk: int):
     attachment = f'attachment; filename="{archive.file_name(image)}"'
     wanted = request.GET.get("metadata")
     if wanted != "0" and (wanted is not None or keeps_metadata(request.user)):
-        response = serve_image(image, "file")
-        response["Content-Disposition"] = attachment
-        return response
-    with image.file.open("rb") as source:
-        data = archive.strip_metadata(source.read(), image.format)
+        return media.serve(image.file, image.content_type, attachment)
+    data = archive.strip_metadata(media.read_bytes(image.file), image.format)
     response = HttpResponse(data, content_type=image.content_type)
     response["Content-Disposition"] = attachment
     response["Cache-Control"] = "private, no-store"

@@ -12,6 +12,7 @@ import contextvars
 import io
 import ipaddress
 import json
+import logging
 import socket
 import struct
 import threading
@@ -19,7 +20,7 @@ import time
 import uuid
 import warnings
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -27,11 +28,15 @@ import httpcore
 import httpx
 from django.conf import settings
 from django.core.files.base import ContentFile
+from django.core.files.storage import FileSystemStorage
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from PIL import Image as PILImage
 
 from .providers import PROVIDERS, ProviderError
 from .providers import http as provider_http
 from .providers.http import broke, client
+
+log = logging.getLogger(__name__)
 
 # Flux outputs are at most ~4 MP; refuse anything past 8x that before decoding it (decompression bombs).
 PILImage.MAX_IMAGE_PIXELS = 32 * 1024 * 1024
@@ -384,8 +389,8 @@ def delete_files(saved: list[Saved]) -> None:
         for name in (item.file, item.thumbnail):
             try:
                 default_storage.delete(name)
-            except OSError:
-                pass
+            except Exception:  # best effort: a disk's OSError, or a bucket's botocore error
+                log.warning("could not delete %s from storage", name, exc_info=True)
 
 
 def record(generation, saved: Saved, seed: int | None = None):
@@ -417,6 +422,80 @@ def store_image(generation, index: int, checked: Checked, metadata: dict, seed: 
     except BaseException:
         delete_files([saved])
         raise
+
+
+# -- reading and serving stored files, on disk or in a bucket -----------------------------------------------------
+CHUNK = 64 * 1024
+CACHE = "private, max-age=86400"
+
+
+def on_disk(field) -> bool:
+    return isinstance(field.storage, FileSystemStorage)
+
+
+def read_chunks(field, size: int = CHUNK) -> Iterator[bytes]:
+    """The stored file's bytes, `size` at a time, whatever the storage. From a bucket the object's body is
+    streamed as it arrives (django-storages' own `read()` first copies the whole object to a spool)."""
+    with field.storage.open(field.name, "rb") as source:
+        remote = getattr(source, "obj", None)  # django-storages' S3File: the boto3 Object behind it
+        if remote is None:
+            while chunk := source.read(size):
+                yield chunk
+            return
+        body = remote.get()["Body"]
+        try:
+            yield from body.iter_chunks(size)
+        finally:
+            body.close()
+
+
+def read_bytes(field) -> bytes:
+    return b"".join(read_chunks(field))
+
+
+def signed_url(field, content_type: str, disposition: str) -> str:
+    """A short-lived (FLUXWEB_S3_URL_EXPIRE) signed URL of a file in a bucket, which makes the bucket answer
+    with our type, disposition and caching rather than whatever the object carries."""
+    return field.storage.url(
+        field.name,
+        parameters={
+            "ResponseContentType": content_type,
+            "ResponseContentDisposition": disposition,
+            "ResponseCacheControl": CACHE,
+        },
+    )
+
+
+def serve(field, content_type: str, disposition: str, redirect: bool = True) -> HttpResponse:
+    """The response for a stored file whose access the caller has already checked. On disk: the bytes, or
+    FLUXWEB_SENDFILE_HEADER for the web server to send them. In a bucket: a redirect to a short-lived signed
+    URL (the bucket stays private), X-Accel-Redirect to nginx's internal `/_s3/` location proxying that URL,
+    or, with `redirect=False` (a provider fetching a reference may not follow one), the bytes streamed."""
+    header = settings.FLUXWEB_SENDFILE_HEADER
+    cache = CACHE
+    if on_disk(field):
+        if header == "X-Accel-Redirect":
+            response = HttpResponse(content_type=content_type)
+            response[header] = f"/_media/{field.name}"
+        elif header == "X-Sendfile":
+            response = HttpResponse(content_type=content_type)
+            response[header] = field.path
+        else:
+            response = FileResponse(field.storage.open(field.name, "rb"), content_type=content_type)
+    elif header == "X-Accel-Redirect":
+        url = urlsplit(signed_url(field, content_type, disposition))
+        response = HttpResponse(content_type=content_type)
+        response[header] = f"/_s3/{url.netloc}{url.path}?{url.query}"
+    elif redirect:
+        response = HttpResponseRedirect(signed_url(field, content_type, disposition))
+        # The browser may reuse the redirect, never past the signed URL's life.
+        cache = f"private, max-age={getattr(field.storage, 'querystring_expire', 300) // 2}"
+    else:
+        response = StreamingHttpResponse(read_chunks(field), content_type=content_type)
+        response["Content-Length"] = str(field.storage.size(field.name))
+    response["Cache-Control"] = cache
+    response["Content-Disposition"] = disposition
+    return response
 
 
 REFERENCE_SALT = "fluxweb.reference"

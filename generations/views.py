@@ -7,7 +7,7 @@ import uuid
 
 from django.contrib import messages
 from django.core.cache import cache
-from django.http import FileResponse, Http404, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import Http404, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -751,7 +751,7 @@ def credits_page(request):
 def generation_page(request, pk: int):
     job = get_object_or_404(visible_generations().prefetch_related("events"), pk=pk)
     account = credits.account_for(request.user)
-    from .admin import cost_unit
+    from .usage import cost_unit
 
     context = card_context(job) | {
         "account": account,
@@ -781,7 +781,7 @@ def reference(request, token: str):
     pk = media.reference_from_token(token)
     if pk is None:
         raise Http404
-    return serve_image(get_object_or_404(Image, pk=pk), "file")
+    return serve_image(get_object_or_404(Image, pk=pk), "file", redirect=False)
 
 
 @require_GET
@@ -791,9 +791,8 @@ def reference_upload(request, token: str):
     if pk is None:
         raise Http404
     upload = get_object_or_404(Reference, pk=pk)
-    response = FileResponse(upload.file.open("rb"), content_type=f"image/{upload.format}")
-    response["Cache-Control"] = "private, max-age=3600"
-    return response
+    disposition = f'inline; filename="reference-{upload.pk}.{upload.format}"'
+    return media.serve(upload.file, f"image/{upload.format}", disposition, redirect=False)
 
 
 @require_GET

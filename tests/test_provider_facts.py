@@ -10,7 +10,7 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from generations import admin, catalog, credits, engine
+from generations import catalog, credits, engine, usage
 from generations.models import Generation, Price, Prompt, ProviderAccount
 from generations.providers import PROVIDERS, Adapter, Apiframe, Bfl, MaxApi, Vtrix, kind_choices
 from generations.providers.base import MEGAPIXEL
@@ -103,9 +103,9 @@ def test_the_price_migration_seeds_every_adapter_s_defaults():
 
 
 def test_the_usage_report_names_the_adapter_s_cost_unit(fake_provider):
-    assert admin.cost_unit("fakeprov") == "fake coins"
-    assert admin.cost_unit("vtrix") == "USD"
-    assert admin.cost_unit("gone") == ""
+    assert usage.cost_unit("fakeprov") == "fake coins"
+    assert usage.cost_unit("vtrix") == "USD"
+    assert usage.cost_unit("gone") == ""
 
 
 @pytest.mark.django_db

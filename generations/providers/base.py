@@ -439,6 +439,9 @@ class Adapter:
     # What the cost the provider reports with a job (Outcome.cost) is counted in, for the usage report;
     # empty when it reports none.
     cost_unit: ClassVar[str] = ""
+    # What one of those units is worth in US dollars, where that is published, so the usage report can set the
+    # provider's cost beside FluxWeb's charge; None when the unit is the provider's own credit of no fixed price.
+    cost_unit_usd: ClassVar[str | None] = None
     # Default prices, per FluxWeb model id: size tier ("1MP", "2MP", "4MP", and "input_mp" per reference
     # megapixel) -> credits (1 credit = $0.001, providers.md 8). Admin Price rows override them per tier.
     default_prices: ClassVar[dict[str, dict[str, int]]] = {}

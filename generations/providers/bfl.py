@@ -78,6 +78,7 @@ class Bfl(Adapter):
         }
     )
     cost_unit = "BFL credits"  # the submit's `cost`, in credits of $0.01 [B1][B2]
+    cost_unit_usd = "0.01"
     # List prices [B1]: FLUX.2 [max] 7 c + 3 c per further MP; FLUX.2 [pro] 3 c + 1.5 c; inputs at the MP price.
     default_prices = {
         "flux-2-max": FLUX_2_MAX_LIST_PRICE,

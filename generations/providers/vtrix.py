@@ -51,6 +51,7 @@ class Vtrix(Adapter):
     # Seen only in placeholder CLI output [V4][VX-CLI]: not reliably known, so an admin can add hosts.
     result_hosts = frozenset({"cdn.vtrix.ai"})
     cost_unit = "USD"  # usage.cost is a USD string [S001]
+    cost_unit_usd = "1"
     default_prices = {"flux-2-max": FLUX_2_MAX_LIST_PRICE}  # flux_2_max price [UNKNOWN]: BFL's list price
     # Its CLIs poll every 3-5 s [VX-CLI][SC-CLI] and it publishes no limit [V2]: 120 a minute keeps 6-10 jobs
     # at that pace, and fast polls near a job's expected end stay fine (corrections 6).
