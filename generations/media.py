@@ -50,10 +50,11 @@ DELIVERY_HOSTS = {
 
 
 class MediaError(Exception):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, *, host: str = ""):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.host = host  # set when the only fault is a host not allowed: an admin may allow it
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class Target:
     addresses: tuple[str, ...]
 
 
-def check_url(url: str, kind: str, base_url: str) -> Target:
+def check_url(url: str, kind: str, base_url: str, extra_hosts: tuple[str, ...] = ()) -> Target:
     """Refuse a result URL before any socket opens: scheme, host allowlist, and every address it resolves to.
     A URL that does not parse, or that the standard library and the HTTP client read differently, is
     refused too."""
@@ -114,13 +115,19 @@ def check_url(url: str, kind: str, base_url: str) -> Target:
     if (target.scheme, target.host, target.port or default_port) != (scheme, host, port):
         raise MediaError("forbidden_url", "Refused an ambiguous result URL.")
     # A documented CDN only on 443; the account's own host only on the port its base URL names.
+    # An account's extra result hosts (admin-allowed, issue 9.2): on 443, or on its base URL's port.
+    own_port = base_port or (443 if base.scheme == "https" else 80)
     if host in DELIVERY_HOSTS.get(kind, set()):
         expected_port = 443
     elif host == base_host:
-        expected_port = base_port or (443 if base.scheme == "https" else 80)
+        expected_port = own_port
+    elif host in extra_hosts:
+        expected_port = port if port in (443, own_port) else 443
     else:
         raise MediaError(
-            "forbidden_url", f"Refused to download from {host}: not a delivery host of this provider."
+            "forbidden_url",
+            f"Refused to download from {host}: not a delivery host of this provider.",
+            host=host,
         )
     if port != expected_port:
         raise MediaError("forbidden_url", f"Refused to download from {host} on port {port}.")
@@ -230,12 +237,14 @@ def _download_http() -> httpx.Client:
         return _download_client
 
 
-def download(url: str, kind: str, base_url: str, limit: int | None = None) -> bytes:
+def download(
+    url: str, kind: str, base_url: str, limit: int | None = None, extra_hosts: tuple[str, ...] = ()
+) -> bytes:
     """The result at `url`, within `limit` bytes and DOWNLOAD_DEADLINE seconds overall. Never follows a
     redirect. Every failure is a MediaError: `forbidden_url`, `expired`, `too_large` or `download_failed`."""
     limit = limit or settings.FLUXWEB_MAX_DOWNLOAD_BYTES
     deadline = time.monotonic() + DOWNLOAD_DEADLINE
-    target = check_url(url, kind, base_url)
+    target = check_url(url, kind, base_url, extra_hosts)
     token = _download.set((deadline, target))
     chunks, size = [], 0
     try:
