@@ -330,7 +330,7 @@ def submit(generation_id: int) -> None:
     account = generation.account
     if not account.claim_trial():
         # Its circuit breaker is open (or another job is the half-open trial): nothing is sent to it.
-        if not move_on(generation, f"{account.slug} is failing (its circuit breaker is open)"):
+        if not move_on(generation, "its circuit breaker is open after repeated failures"):
             postpone_submit(generation, account.breaker_open_until, "its circuit breaker is open")
         return
     if not account.take_requests(1):
@@ -498,7 +498,8 @@ def move_on(generation: Generation, reason: str) -> bool:
         choices.append((account.priority, price.total, account.slug, account, price))
     for *_, account, price in sorted(choices, key=lambda c: c[:3]):
         detail = (
-            f"{reason}; it never accepted the job, so it moved to {account.slug} at {price.total} credits"
+            f"{old.slug}: {reason}; it never accepted the job, so it moved to {account.slug} "
+            f"at {price.total} credits"
             + (
                 f" (the hold was {generation.credits_reserved})"
                 if price.total != generation.credits_reserved

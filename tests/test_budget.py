@@ -1,11 +1,14 @@
 """Issue 9.3: a request budget per provider account, shared through the database, spent on submits first
 and then on the jobs likeliest done; a 429's Retry-After pauses the whole account."""
 
+import threading
 from datetime import timedelta
 from io import StringIO
 
+import pytest
 import time_machine
 from django.core.management import call_command
+from django.db import connection
 from django.utils import timezone
 
 from generations import engine
@@ -22,6 +25,7 @@ def request(**overrides) -> GenerationRequest:
 def submitted(drain, user, slug: str, count: int) -> list[Generation]:
     """`count` jobs on `slug`, sent to the sandbox (the submit tasks only: nothing polls them yet)."""
     jobs = [engine.create(user, request(), provider=slug)[0] for _ in range(count)]
+    drain(0)  # what runs on commit (a submit is queued then on the Redis broker), no task yet
     for name, args in list(drain.queue):
         if name == "submit":
             drain.queue.remove((name, args))
@@ -100,6 +104,7 @@ def test_the_sweeper_keeps_the_submits_share_then_polls_the_likeliest_done(bob, 
 def test_a_submit_waits_for_room_in_the_budget_without_failing(bob, accounts, drain, fresh_sandbox):
     ProviderAccount.objects.filter(slug="sb-pixeldojo").update(max_rpm=1)
     first, second = (engine.create(bob, request(), provider="sb-pixeldojo")[0] for _ in range(2))
+    drain(0)
     for name, args in list(drain.queue):
         if name == "submit":
             engine.submit(*args)
@@ -188,3 +193,28 @@ def test_an_unknown_rate_limit_error_is_not_a_health_failure(accounts):
     )
     account.refresh_from_db()
     assert account.breaker_failures == 0 and account.paused_until > timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_takers_never_overspend_the_budget(accounts):
+    # Each thread has its own connection and transaction, as two sweepers in two clusters would.
+    ProviderAccount.objects.filter(slug="sb-vtrix").update(max_rpm=20)
+    barrier = threading.Barrier(8)
+    granted: list[int] = []
+
+    def take() -> None:
+        try:
+            account = ProviderAccount.objects.get(slug="sb-vtrix")
+            barrier.wait()
+            for _ in range(3):
+                granted.append(account.take_requests(2))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(granted) == 20
+    assert ProviderAccount.objects.get(slug="sb-vtrix").budget_spent() == 20

@@ -35,7 +35,7 @@ def test_best_available_jobs_succeed_elsewhere_while_apiframe_rejects_its_key(
         assert job.account.slug == "sb-vtrix"  # the next by priority, at the same price
         assert ledger(job) == [("reserve", 70), ("settle", 70)]
         failover = job.events.get(what="failover").detail
-        assert "refused the API key" in failover
+        assert failover.startswith("sb-apiframe: Apiframe refused the API key")
         assert "it never accepted the job, so it moved to sb-vtrix at 70 credits" in failover
     assert credits.reconcile() == []
     assert credits.account_for(bob).balance == 1000 - 3 * 70
@@ -209,3 +209,22 @@ def test_a_failed_over_job_stays_exact_when_it_fails_later(bob, accounts, drain,
     assert credits.reconcile() == []
     assert Generation.objects.filter(pk=job.pk, failover=True).exists()
     assert LedgerEntry.objects.filter(kind="rehold").count() == 1
+
+
+def test_a_queued_job_skips_an_account_whose_breaker_opened_meanwhile(bob, accounts, drain, fresh_sandbox):
+    best, _ = engine.create(bob, request())
+    named, _ = engine.create(bob, request(), provider="sb-apiframe")
+    accounts["apiframe"].record_calls(failed=ProviderAccount.BREAKER_THRESHOLD)
+    drain(0)
+    for name, args in list(drain.queue):
+        if name == "submit":
+            engine.submit(*args)
+    best.refresh_from_db()
+    named.refresh_from_db()
+    assert best.account.slug == "sb-vtrix"
+    assert "its circuit breaker is open" in best.events.get(what="failover").detail
+    # The named job waits for the cool-down, unsent and uncounted, rather than failing.
+    assert named.status == "queued" and named.attempts == 0
+    assert named.next_poll_at >= ProviderAccount.objects.get(slug="sb-apiframe").breaker_open_until
+    assert named.events.filter(what="submit waits").exists()
+    assert not [r for r in fresh_sandbox.requests if r.provider == "apiframe"]
