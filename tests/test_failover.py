@@ -228,3 +228,27 @@ def test_a_queued_job_skips_an_account_whose_breaker_opened_meanwhile(bob, accou
     assert named.next_poll_at >= ProviderAccount.objects.get(slug="sb-apiframe").breaker_open_until
     assert named.events.filter(what="submit waits").exists()
     assert not [r for r in fresh_sandbox.requests if r.provider == "apiframe"]
+
+
+def test_the_credits_page_walks_back_through_a_rehold(bob, accounts, drain, fresh_sandbox, client):
+    from generations import views
+
+    Price.objects.create(kind="vtrix", model="flux-2-max", tier="1MP", credits=90)
+    ProviderAccount.objects.filter(slug="sb-pixeldojo").update(enabled=False)
+    fresh_sandbox.queue_fault("auth", "apiframe", "submit")
+    engine.create(bob, request())
+    for _ in range(3):  # the submits only (Apiframe's, then Vtrix's): the job is running, its hold open
+        drain(0)
+        submits = [args for name, args in drain.queue if name == "submit"]
+        drain.queue.clear()
+        for args in submits:
+            engine.submit(*args)
+    entries = list(LedgerEntry.objects.filter(user=bob).order_by("-created_at", "-id"))
+    rows = views.ledger_rows(entries, credits.account_for(bob).available)
+    assert [(r["entry"].kind, r["change"], r["after"]) for r in rows] == [
+        ("rehold", -20, 910),
+        ("reserve", -70, 930),
+        ("grant", 1000, 1000),
+    ]
+    client.force_login(bob)
+    assert "hold moved" in client.get("/credits/").content.decode()
