@@ -3,6 +3,7 @@ that account's price, the hold adjusted in the same transaction; a per-account c
 
 from datetime import timedelta
 
+import httpx
 import pytest
 import time_machine
 from django.utils import timezone
@@ -252,3 +253,28 @@ def test_the_credits_page_walks_back_through_a_rehold(bob, accounts, drain, fres
     ]
     client.force_login(bob)
     assert "hold moved" in client.get("/credits/").content.decode()
+
+
+def test_a_dns_failure_moves_the_job(bob, accounts, drain, mock_http):
+    # The resolver's answer is faked at the one seam: no lookup leaves the machine, Vtrix's submit still
+    # reaches the sandbox on loopback.
+    forward = httpx.HTTPTransport()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.startswith("/apiframe"):
+            raise httpx.ConnectError("[Errno -2] Name or service not known", request=request)
+        response = forward.handle_request(request)
+        response.read()
+        return response
+
+    mock_http(handler)
+    job, _ = engine.create(bob, request())
+    for _ in range(3):
+        drain(0)
+        submits = [args for name, args in drain.queue if name == "submit"]
+        drain.queue.clear()
+        for args in submits:
+            engine.submit(*args)
+    job.refresh_from_db()
+    assert job.status == "running" and job.account.slug == "sb-vtrix"
+    assert "Could not connect to Apiframe" in job.events.get(what="failover").detail

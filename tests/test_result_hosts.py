@@ -144,3 +144,22 @@ def test_provider_set_takes_result_hosts(accounts):
         )
     call_command("provider", "set", "sb-vtrix", "--result-hosts", "", stdout=StringIO())
     assert ProviderAccount.objects.get(slug="sb-vtrix").extra_result_hosts == ()
+
+
+def test_the_admin_edits_result_hosts_and_refuses_what_is_not_a_host(client, alice, accounts):
+    client.force_login(alice)
+    account = accounts["vtrix"]
+    form = {
+        "slug": account.slug,
+        "kind": account.kind,
+        "base_url": account.base_url,
+        "api_key": "",
+        "enabled": "on",
+        "priority": "1",
+        "max_rpm": "",
+    }
+    url = f"/admin/generations/provideraccount/{account.pk}/change/"
+    refused = client.post(url, form | {"result_hosts": "cdn3.vtrix.ai, 10.0.0.1"})
+    assert refused.status_code == 200 and "is not a host name" in refused.content.decode()
+    assert client.post(url, form | {"result_hosts": "CDN3.vtrix.ai , cdn4.vtrix.ai"}).status_code == 302
+    assert ProviderAccount.objects.get(pk=account.pk).result_hosts == "cdn3.vtrix.ai,cdn4.vtrix.ai"
