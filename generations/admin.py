@@ -1,17 +1,18 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Count, Sum
-from django.http import HttpResponse
-from django.shortcuts import redirect, render
-from django.urls import path
+from django.http import HttpResponse, HttpResponseForbidden, HttpResponseNotAllowed
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.html import format_html_join
 from django.utils.http import urlencode
 
 from accounts.audit import AuditedAdmin
 
-from . import credits, usage
+from . import credits, engine, usage
 from .models import (
     ApiToken,
     Collection,
@@ -41,7 +42,17 @@ class ProviderAccountForm(forms.ModelForm):
 
     class Meta:
         model = ProviderAccount
-        fields = ["slug", "kind", "base_url", "api_key", "enabled", "priority", "monthly_spend_cap"]
+        fields = [
+            "slug",
+            "kind",
+            "base_url",
+            "api_key",
+            "enabled",
+            "priority",
+            "monthly_spend_cap",
+            "max_rpm",
+            "result_hosts",
+        ]
 
     def save(self, commit=True):
         account = super().save(commit=False)
@@ -56,7 +67,20 @@ class ProviderAccountForm(forms.ModelForm):
 class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
     form = ProviderAccountForm
     audit_action, audit_hidden = "provider", ("api_key_encrypted",)
-    list_display = ["slug", "kind", "base_url", "enabled", "priority", "key_hint", "spent_this_month"]
+    list_display = [
+        "slug",
+        "kind",
+        "base_url",
+        "enabled",
+        "priority",
+        "key_hint",
+        "spent_this_month",
+        "requests_per_minute",
+        "health",
+        "recent_latency",
+        "recent_error_rate",
+        "waiting_for_admin",
+    ]
     list_editable = ["enabled", "priority"]
     actions = ["test_connection"]
     # The changelist's editable-row form is built from the model: say the scheme here too (Django 6 default).
@@ -79,6 +103,83 @@ class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
             account=account, user=None, window=credits.month_window(timezone.now())
         ).first()
         return usage.credits if usage else 0
+
+    def get_urls(self):
+        allow = path(
+            "allow-host/<int:generation_id>/",
+            self.admin_site.admin_view(self.allow_host_view),
+            name="generations_provideraccount_allow_host",
+        )
+        return [allow, *super().get_urls()]
+
+    @admin.display(description="waiting for an admin")
+    def waiting_for_admin(self, account):
+        """Jobs the provider finished (and charged for) whose result host is not allowed: one button each
+        allows the host for this account and downloads again. The button posts the changelist's own form
+        (its CSRF token) to the allow view: a form may not sit inside another."""
+        waiting = Generation.objects.filter(account=account, status=Generation.Status.RUNNING).exclude(
+            refused_host=""
+        )
+        return (
+            format_html_join(
+                " ",
+                '<span class="waiting">#{} on {} <button type="submit" formmethod="post" formaction="{}">'
+                "Allow this host and fetch again</button></span>",
+                (
+                    (
+                        g.pk,
+                        g.refused_host,
+                        reverse("admin:generations_provideraccount_allow_host", args=[g.pk]),
+                    )
+                    for g in waiting.order_by("pk")[:20]
+                ),
+            )
+            or "-"
+        )
+
+    def allow_host_view(self, request, generation_id: int):
+        if request.method != "POST" or not self.has_change_permission(request):
+            return HttpResponseNotAllowed(["POST"]) if request.method != "POST" else HttpResponseForbidden()
+        generation = get_object_or_404(Generation.objects.select_related("account"), pk=generation_id)
+        host = generation.refused_host
+        with transaction.atomic():
+            moved = bool(host) and engine.allow_host_and_fetch(generation, host)
+        if moved:
+            self.message_user(
+                request,
+                f"{host} is now allowed for {generation.account.slug}; generation {generation.pk} is "
+                "downloading again.",
+                messages.SUCCESS,
+            )
+        else:
+            self.message_user(
+                request,
+                f"Generation {generation.pk} is no longer waiting for a host ({generation.status}).",
+                messages.WARNING,
+            )
+        return redirect("admin:generations_provideraccount_changelist")
+
+    @admin.display(description="requests/min")
+    def requests_per_minute(self, account):
+        return f"{account.budget}" + ("" if account.max_rpm else " (default)")
+
+    @admin.display(description="breaker")
+    def health(self, account):
+        now = timezone.now()
+        state = account.breaker_state(now)
+        if state == "open":
+            state += f" ({(account.breaker_open_until - now).total_seconds():.0f} s left)"
+        if account.paused_until and account.paused_until > now:
+            state += f"; paused by a 429 ({(account.paused_until - now).total_seconds():.0f} s)"
+        return state
+
+    @admin.display(description="latency")
+    def recent_latency(self, account):
+        return "-" if account.latency_ms is None else f"{account.latency_ms:.0f} ms"
+
+    @admin.display(description="errors")
+    def recent_error_rate(self, account):
+        return f"{account.error_rate:.0%}"
 
     @admin.action(description="Test connection (one cheap authenticated call)")
     def test_connection(self, request, queryset):

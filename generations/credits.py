@@ -323,6 +323,52 @@ def reserve(generation: Generation, amount: int, account: CreditAccount) -> None
     )
 
 
+def rehold(generation: Generation, account: ProviderAccount, amount: int, *, note: str = "") -> None:
+    """Move a queued generation's hold to `amount` on `account` (a failover), or refuse: inside the
+    caller's transaction, which then moves the job. The difference is one signed `rehold` entry; the
+    account's monthly spend moves with the job (the new account's cap applies), and the user's monthly
+    credits count the difference."""
+    with transaction.atomic():
+        credit_account = account_for(generation.user, lock=True)
+        row = (
+            Generation.objects.select_for_update()
+            .filter(pk=generation.pk, status=Generation.Status.QUEUED)
+            .values("credits_reserved", "account_id", "created_at")
+            .first()
+        )
+        if row is None:
+            raise Refusal("not_queued", f"Generation {generation.pk} is no longer queued.", status=409)
+        held, window = row["credits_reserved"], month_window(row["created_at"])
+        difference = amount - held
+        if not count_usage(
+            usage_row(account=account, window=window), credits=amount, credit_limit=account.monthly_spend_cap
+        ):
+            raise cap_refusal(account, row["created_at"])
+        Usage.objects.filter(account=row["account_id"], user=None, window=window).update(
+            credits=Greatest(F("credits") - held, 0)
+        )
+        month = usage_row(user=generation.user, window=window)
+        if difference > 0:
+            limit = limits_for(generation.user)["monthly_credits"]
+            if not count_usage(month, credits=difference, credit_limit=limit):
+                raise monthly_refusal(limit, month.credits, difference, row["created_at"])
+            if not CreditAccount.objects.filter(
+                pk=credit_account.pk, balance__gte=F("reserved") + difference
+            ).update(reserved=F("reserved") + difference):
+                raise Refusal("insufficient_credits", "Not enough credits for the other account.", status=402)
+        elif difference < 0:
+            Usage.objects.filter(pk=month.pk).update(credits=Greatest(F("credits") + difference, 0))
+            CreditAccount.objects.filter(pk=credit_account.pk).update(reserved=F("reserved") + difference)
+        if difference:
+            LedgerEntry.objects.create(
+                user_id=generation.user_id,
+                kind=LedgerEntry.Kind.REHOLD,
+                amount=difference,
+                generation=generation,
+                note=note[:500],
+            )
+
+
 def settle(generation: Generation, charge: int, *, images: int = 0, note: str = "") -> bool:
     """End a generation's hold: charge `charge` (at most the hold) and release the rest. Runs once per
     generation whatever calls it, however often; returns whether this call did the work."""
@@ -332,10 +378,13 @@ def settle(generation: Generation, charge: int, *, images: int = 0, note: str = 
             return False
         # The hold ends with the job: callers make the terminal transition first, in this transaction.
         # Ending it while the job is in flight would leave a queued job holding nothing.
-        status = Generation.objects.filter(pk=generation.pk).values_list("status", flat=True).get()
+        status, held = (
+            Generation.objects.filter(pk=generation.pk).values_list("status", "credits_reserved").get()
+        )
         if status not in Generation.TERMINAL:
             raise ValueError(f"Generation {generation.pk} is still {status}; its hold ends when it does.")
-        held = generation.credits_reserved
+        # The hold as stored now: a failover may have moved it since this instance was read.
+        generation.credits_reserved = held
         charge = max(0, min(charge, held))
         released = held - charge
         CreditAccount.objects.filter(pk=account.pk).update(
@@ -387,12 +436,13 @@ def reconcile() -> list[str]:
     for pk, user_id, status, reserved, charged, refunded in jobs:
         ledger = per_job.get(pk, Counter())
         ends = ledger.keys() & {"settle", "refund"}
+        hold = ledger["reserve"] + ledger["rehold"]  # a failover's rehold moves the hold up or down
         if status in Generation.IN_FLIGHT:
-            open_holds[user_id] += ledger["reserve"]
+            open_holds[user_id] += hold
         if not reserved and not ledger:
             continue  # made without money (`seed_images`): nothing held, nothing to settle
-        if ledger["reserve"] != reserved:
-            problems.append(f"generation {pk}: holds {reserved} but the ledger reserved {ledger['reserve']}")
+        if hold != reserved:
+            problems.append(f"generation {pk}: holds {reserved} but the ledger reserved {hold}")
         elif status in Generation.IN_FLIGHT:
             if ends:
                 problems.append(f"generation {pk}: {status} but its hold has ended")
@@ -409,7 +459,7 @@ def reconcile() -> list[str]:
     for user_id, username, balance, reserved in accounts:
         kinds = per_user.pop(user_id, Counter())
         owned = kinds["grant"] + kinds["adjust"] - kinds["settle"]
-        held = kinds["reserve"] - kinds["settle"] - kinds["refund"]
+        held = kinds["reserve"] + kinds["rehold"] - kinds["settle"] - kinds["refund"]
         if balance != owned:
             problems.append(f"{username}: balance {balance} but the ledger says {owned}")
         if reserved != held:

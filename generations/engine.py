@@ -85,6 +85,15 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
                 status=400,
                 field="provider",
             )
+        if account.breaker_state() == "open":
+            # Fail fast, credits untouched: the account failed its last calls (reliability.md 8.14).
+            raise credits.Refusal(
+                "provider_unavailable",
+                f"The {slug} provider account is failing right now; try again in a minute, "
+                "or choose another provider.",
+                status=503,
+                field="provider",
+            )
         candidates = [account]
     else:
         candidates = accounts_serving(request.model)
@@ -95,6 +104,8 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
                 status=400,
                 field="model",
             )
+        # "Best available" skips an account whose circuit breaker is open, unless every one is open.
+        candidates = [a for a in candidates if a.breaker_state() != "open"] or candidates
     refusals: list[Unsupported] = []
     choices = []
     for account in candidates:
@@ -155,6 +166,7 @@ def create(
                 credits_reserved=price.total,
                 idempotency_key=idempotency_key,
                 request_digest=fingerprint if idempotency_key else "",
+                failover=not provider,
                 deadline_at=now + timedelta(seconds=settings.FLUXWEB_JOB_DEADLINE),
             )
             credits.reserve(generation, price.total, credit_account)
@@ -326,6 +338,15 @@ def submit(generation_id: int) -> None:
             generation.error_message or "The provider could not be reached in time.",
         )
         return
+    account = generation.account
+    if not account.claim_trial():
+        # Its circuit breaker is open (or another job is the half-open trial): nothing is sent to it.
+        if not move_on(generation, "its circuit breaker is open after repeated failures"):
+            postpone_submit(generation, account.breaker_open_until, "its circuit breaker is open")
+        return
+    if not account.take_requests(1):
+        postpone_submit(generation, account.budget_free_at(), "its request budget is spent")
+        return
     Generation.objects.filter(pk=generation.pk).update(error_code="", error_message="")
     request = request_of(generation)
     request = replace(
@@ -351,6 +372,7 @@ def submit(generation_id: int) -> None:
             provider_http.send(adapter, adapter.build_submit(request), timeout=synchronous_timeout(adapter))
         )
 
+    sent_at = time.monotonic()
     try:
         try:
             outcome = with_heartbeat(send, beat)
@@ -362,6 +384,9 @@ def submit(generation_id: int) -> None:
                 ProviderError.MALFORMED, f"{adapter.label} sent a reply FluxWeb could not read."
             ) from exc
     except ProviderError as error:
+        record_health(account, [error], time.monotonic() - sent_at)
+        if refused_before_acceptance(error) and move_on(generation, redact(error.message, account)):
+            return
         if error.permanent:
             fail(generation, error.code, error.message)
         elif error.code == ProviderError.MALFORMED and generation.attempts >= MAX_MALFORMED_POLLS:
@@ -380,6 +405,7 @@ def submit(generation_id: int) -> None:
                 "tell a repeat from a new paid job. Your credits are back; try again.",
             )
         return
+    record_health(account, [outcome], time.monotonic() - sent_at)
     if outcome.state == "succeeded":  # synchronous provider: the images are here now
         now = timezone.now()
         if generation.transition(
@@ -405,6 +431,105 @@ def submit(generation_id: int) -> None:
     if outcome.cost:
         Generation.objects.filter(pk=generation.pk).update(provider_cost=outcome.cost)
     transaction.on_commit(kick_sweeper)
+
+
+def postpone_submit(generation: Generation, until, why: str) -> None:
+    """Put a claimed submit back, unsent and uncounted, until `until`; the sweeper queues it again then."""
+    until = max(until or timezone.now(), timezone.now() + timedelta(seconds=0.2))
+    if Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
+        attempts=F("attempts") - 1, next_poll_at=until, lease_until=None
+    ):
+        wait = (until - timezone.now()).total_seconds()
+        generation.events.create(
+            what="submit waits", detail=f"{generation.account.slug}: {why} ({wait:.1f} s)"
+        )
+        transaction.on_commit(kick_sweeper)
+
+
+# -- failover and health (issue 9.4) ------------------------------------------------------------------------
+# Codes of a call that says the account is unwell (its breaker counts them); a moderation, an invalid
+# request or a job the provider failed is a healthy provider's answer. A 429 pauses the account instead.
+UNHEALTHY = frozenset(
+    {ProviderError.SERVER, ProviderError.TIMEOUT, ProviderError.AUTH, ProviderError.PROVIDER_CREDIT}
+)
+
+
+def record_health(account: ProviderAccount, results: list, seconds: float | None) -> None:
+    """Fold one call's (or one poll round's) results into the account's breaker, latency and error rate,
+    and pause the account for a 429's Retry-After."""
+    errors = [r for r in results if isinstance(r, ProviderError)]
+    failed = sum(1 for e in errors if e.code in UNHEALTHY)
+    pauses = [e.retry_after for e in errors if e.code == ProviderError.RATE_LIMITED and e.retry_after]
+    if pauses:
+        account.pause(max(pauses))
+    try:
+        account.record_calls(ok=len(results) - failed - len(pauses), failed=failed, seconds=seconds)
+    except DatabaseError:
+        log.warning("could not record the health of %s", account.slug, exc_info=True)
+
+
+def refused_before_acceptance(error: ProviderError) -> bool:
+    """The provider certainly did not take the job: the request never arrived (connection refused, DNS),
+    or it answered 503, 429 (no job id), or refused the key or the account's credit (401/402/403)."""
+    return (
+        error.unsent
+        or error.status in (429, 503)
+        or error.code
+        in (
+            ProviderError.AUTH,
+            ProviderError.PROVIDER_CREDIT,
+        )
+    )
+
+
+def move_on(generation: Generation, reason: str) -> bool:
+    """A "Best available" job its account refused before accepting: move it to the next account that serves
+    the model, at that account's price, the hold adjusted in the same transaction. Never for a named
+    provider, never after acceptance (callers only ask while the job is queued). Returns whether it moved."""
+    if not generation.failover:
+        return False
+    request = request_of(generation)
+    old = generation.account
+    tried = [*generation.tried_accounts, old.pk]
+    # The references' price is per input megapixel: the units the old hold paid for, at the new price.
+    old_input = credits.price_table(old.kind, generation.model).get("input_mp", 0)
+    per_image = generation.params.get("credits_per_image", 0)
+    reference_credits = generation.credits_reserved - per_image * generation.n
+    units = reference_credits // old_input if old_input else len(request.reference_urls)
+    priced = replace(request, reference_megapixels=(float(units),) if units else ())
+    choices = []
+    for account in accounts_serving(generation.model):
+        if account.pk in tried or account.breaker_state() == "open":
+            continue
+        try:
+            account.adapter_class("", "").validate(request)
+            price = credits.quote(account.kind, priced)
+        except (Unsupported, credits.Refusal):
+            continue
+        choices.append((account.priority, price.total, account.slug, account, price))
+    for *_, account, price in sorted(choices, key=lambda c: c[:3]):
+        detail = (
+            f"{old.slug}: {reason}; it never accepted the job, so it moved to {account.slug} "
+            f"at {price.total} credits"
+            + (
+                f" (the hold was {generation.credits_reserved})"
+                if price.total != generation.credits_reserved
+                else ""
+            )
+        )
+        try:
+            with transaction.atomic():
+                credits.rehold(
+                    generation, account, price.total, note=f"failover {old.slug} -> {account.slug}"
+                )
+                if not generation.mark_moved(account, price.total, price.per_image, tried, detail):
+                    raise credits.Refusal("moved", "The job is no longer queued.", status=409)
+        except credits.Refusal as refusal:
+            log.info("generation %s: not moved to %s: %s", generation.pk, account.slug, refusal.message)
+            continue
+        transaction.on_commit(lambda pk=generation.pk: enqueue_safely("submit", pk))
+        return True
+    return False
 
 
 def safe_to_resend(adapter, error: ProviderError) -> bool:
@@ -661,7 +786,10 @@ def reap(now=None, *, kick: bool = True) -> int:
     stale = now - timedelta(seconds=STALE_SECONDS)
     free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
     downloading = Q(
-        status=Generation.Status.RUNNING, next_poll_at__isnull=True, provider_done_at__isnull=False
+        status=Generation.Status.RUNNING,
+        next_poll_at__isnull=True,
+        provider_done_at__isnull=False,
+        refused_host="",  # waiting for an admin: downloaded again only when one allows the host
     )
     moved = 0
     for generation in (
@@ -671,11 +799,18 @@ def reap(now=None, *, kick: bool = True) -> int:
         if (
             generation.provider_done_at is not None
             and generation.status == Generation.Status.RUNNING
+            and not generation.refused_host
             and in_grace
             and generation.ingest_attempts < MAX_INGEST_ATTEMPTS
         ):
             continue  # the provider finished in time: its download is re-driven below
-        if generation.provider_done_at is not None:
+        if generation.refused_host:
+            message = (
+                f"The provider finished, but its files are on {generation.refused_host}, a host no admin "
+                "allowed in time. Your credits are back."
+            )
+            code = "result_host_refused"
+        elif generation.provider_done_at is not None:
             message = "The images could not be downloaded in time. Your credits are back."
             code = "download_failed"
         else:
@@ -741,9 +876,11 @@ class Poller:
         if self.client is None:
             self.client = provider_http.async_client(self.limit)
         semaphore = asyncio.Semaphore(self.limit)
+        self.seconds = [0.0] * len(calls)  # each call's time on the wire, for the account's latency
 
-        async def one(adapter, call):
+        async def one(index, adapter, call):
             async with semaphore:
+                started = time.monotonic()
                 try:
                     return adapter.parse_poll(await provider_http.send_async(self.client, adapter, call))
                 except ProviderError as error:
@@ -752,8 +889,10 @@ class Poller:
                     # One job's unreadable reply is that job's problem, never the whole round's.
                     log.exception("%s: unreadable poll reply", adapter.label)
                     return unreadable(adapter)
+                finally:
+                    self.seconds[index] = time.monotonic() - started
 
-        return await asyncio.gather(*(one(adapter, call) for adapter, call in calls))
+        return await asyncio.gather(*(one(i, adapter, call) for i, (adapter, call) in enumerate(calls)))
 
     def close(self) -> None:
         if self.client is not None:
@@ -761,7 +900,39 @@ class Poller:
         self.loop.close()
 
 
+def likely_done_first(generation: Generation) -> tuple:
+    """Within one account the jobs share one distribution of completion times (`expected_latency`), so the
+    one furthest along (by the provider's progress, then by time since submit) is the likeliest done."""
+    return (-(generation.progress or 0.0), generation.started_at or generation.created_at, generation.pk)
+
+
+def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
+    """The due jobs each account's request budget lets us poll now: its queued submits keep their share
+    first, then the jobs likeliest done. The rest wait, without a poll counted, until the budget has room
+    (or a 429's pause ends), so the sweeper does not spin on them."""
+    now = now or timezone.now()
+    by_account: dict[int, list[Generation]] = {}
+    for generation in due:
+        by_account.setdefault(generation.account_id, []).append(generation)
+    allowed = []
+    for jobs in by_account.values():
+        account = jobs[0].account
+        jobs.sort(key=likely_done_first)
+        submits = Generation.objects.awaiting_submit(account, now).count()
+        granted = account.take_requests(len(jobs), keep=submits, now=now)
+        allowed += jobs[:granted]
+        if granted < len(jobs):
+            later = max(account.budget_free_at(now), now + timedelta(seconds=SWEEP_TICK))
+            Generation.objects.filter(
+                pk__in=[g.pk for g in jobs[granted:]], status=Generation.Status.RUNNING, next_poll_at__lte=now
+            ).update(next_poll_at=later)
+    return allowed
+
+
 def poll_batch(due: list[Generation], poller: Poller) -> int:
+    due = spend_budgets(due)
+    if not due:
+        return 0
     adapters = {}
     for account in {g.account_id: g.account for g in due}.values():
         try:
@@ -790,6 +961,13 @@ def poll_batch(due: list[Generation], poller: Poller) -> int:
             log.exception("generation %s: cannot build its poll", generation.pk)
             apply_poll(generation, unreadable(adapter), None)
     results = poller.poll(calls)
+    seconds = getattr(poller, "seconds", [None] * len(results))
+    for account_id in {g.account_id for g in polled}:
+        mine = [i for i, g in enumerate(polled) if g.account_id == account_id]
+        wire = [seconds[i] for i in mine if seconds[i] is not None]
+        record_health(
+            polled[mine[0]].account, [results[i] for i in mine], sum(wire) / len(wire) if wire else None
+        )
     histories = {}
     for generation, result in zip(polled, results, strict=True):
         try:
@@ -902,8 +1080,15 @@ def fetch_images(generation: Generation) -> tuple[list[media.Saved], media.Media
         try:
             if not isinstance(url, str):
                 raise media.MediaError("forbidden_url", "The provider sent a result link that is not a URL.")
+            # Extra hosts only when the account has some, so a stand-in for `download` keeps its signature.
+            extra = generation.account.extra_result_hosts
             checked = media.check_image(
-                media.download(url, generation.account.kind, generation.account.base_url)
+                media.download(
+                    url,
+                    generation.account.kind,
+                    generation.account.base_url,
+                    **({"extra_hosts": extra} if extra else {}),
+                )
             )
             saved.append(media.save_files(index, checked, metadata_of(generation, index)))
         except media.MediaError as error:
@@ -927,6 +1112,11 @@ def metadata_of(generation: Generation, index: int) -> dict:
 
 
 def finish(generation: Generation, saved: list[media.Saved], problem: media.MediaError | None) -> None:
+    if not saved and problem and problem.host:
+        # The provider has charged for images on a host nobody allowed: never refund that silently. The job
+        # waits, the admin sees the host and may allow it; the reaper ends it at the deadline otherwise.
+        generation.mark_waiting_for_admin(problem.host)
+        return
     if not saved:
         if problem and problem.code == "download_failed" and generation.ingest_attempts < MAX_INGEST_ATTEMPTS:
             # Perhaps a passing network fault: let the reaper download again after a short pause.
@@ -969,6 +1159,27 @@ def finish(generation: Generation, saved: list[media.Saved], problem: media.Medi
     finally:
         if not won:
             media.delete_files(saved)
+
+
+def allow_host_and_fetch(generation: Generation, host: str) -> bool:
+    """The admin's one click: allow `host` for the job's account and download again, while the job still
+    waits (and before its deadline: the links expire with it)."""
+    if generation.refused_host != host or generation.status != Generation.Status.RUNNING:
+        return False
+    generation.account.allow_result_host(host)
+    if not generation.transition(
+        [Generation.Status.RUNNING],
+        event="host allowed",
+        detail=f"{host} allowed for {generation.account.slug}; downloading again",
+        where=Q(refused_host=host),
+        refused_host="",
+        lease_until=None,
+        ingest_attempts=0,
+        error_code="",
+    ):
+        return False
+    transaction.on_commit(lambda: enqueue_safely("ingest", generation.pk))
+    return True
 
 
 # -- failure and cancel -------------------------------------------------------------------------------------------
@@ -1029,6 +1240,11 @@ def webhook_hint(generation: Generation) -> None:
     generation.refresh_from_db()
     if generation.status != Generation.Status.RUNNING or generation.next_poll_at is None:
         return
+    if not generation.account.take_requests(1):
+        # The poll counts against the account's budget like any other (a replayed webhook buys nothing):
+        # the job is due now, and the sweeper polls it when the budget has room.
+        kick_sweeper()
+        return
     try:
         adapter = generation.account.adapter()
         result = adapter.parse_poll(
@@ -1044,5 +1260,6 @@ def webhook_hint(generation: Generation) -> None:
     except Exception:
         log.exception("generation %s: unreadable poll reply after a webhook", generation.pk)
         result = unreadable(generation.account.adapter_class)
+    record_health(generation.account, [result], None)
     apply_poll(generation, result, expected_latency(generation.account))
     kick_sweeper()

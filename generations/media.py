@@ -56,10 +56,11 @@ def delivery_hosts(kind: str, extra: Iterable[str] = ()) -> frozenset[str]:
 
 
 class MediaError(Exception):
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, *, host: str = ""):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.host = host  # set when the only fault is a host not allowed: an admin may allow it
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,21 @@ def check_url(url: str, kind: str, base_url: str, extra_hosts: Iterable[str] = (
     if (target.scheme, target.host, target.port or default_port) != (scheme, host, port):
         raise MediaError("forbidden_url", "Refused an ambiguous result URL.")
     # A documented CDN only on 443; the account's own host only on the port its base URL names.
-    if host in delivery_hosts(kind, extra_hosts):
+    own_port = base_port or (443 if base.scheme == "https" else 80)
+    extra_hosts = delivery_hosts("", extra_hosts)  # lower-cased, blanks dropped
+    if host in delivery_hosts(kind):
         expected_port = 443
     elif host == base_host:
-        expected_port = base_port or (443 if base.scheme == "https" else 80)
+        expected_port = own_port
+    elif (
+        host in extra_hosts
+    ):  # an account's extra result hosts (admin-allowed, issue 9.2): 443 or its own port
+        expected_port = port if port in (443, own_port) else 443
     else:
         raise MediaError(
-            "forbidden_url", f"Refused to download from {host}: not a delivery host of this provider."
+            "forbidden_url",
+            f"Refused to download from {host}: not a delivery host of this provider.",
+            host=host,
         )
     if port != expected_port:
         raise MediaError("forbidden_url", f"Refused to download from {host} on port {port}.")

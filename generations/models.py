@@ -7,13 +7,15 @@ count, so a worker, a webhook and a poll can race and exactly one wins.
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connections, models
-from django.db.models import F, Q, Subquery
-from django.db.models.functions import Lower
+from django.core.exceptions import ValidationError
+from django.db import connections, models, transaction
+from django.db.models import F, Q, Subquery, Sum
+from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
 from . import crypto, search
@@ -184,13 +186,158 @@ class ProviderAccount(models.Model):
         blank=True,
         help_text="Credits this account may be charged per calendar month; empty: no cap.",
     )
+    max_rpm = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The most requests per minute FluxWeb sends this account (submits, polls and checks "
+        "together); empty: the default for its kind.",
+    )
+    result_hosts = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="Extra hosts its result files may be downloaded from, comma-separated (HTTPS, port 443).",
+    )
+    # Health, written by the engine: a 429's pause, the circuit breaker, recent latency and error rate.
+    paused_until = models.DateTimeField(null=True, blank=True, editable=False)
+    breaker_failures = models.PositiveSmallIntegerField(default=0, editable=False)
+    breaker_open_until = models.DateTimeField(null=True, blank=True, editable=False)
+    latency_ms = models.FloatField(null=True, blank=True, editable=False)
+    error_rate = models.FloatField(default=0.0, editable=False)
     created_at = models.DateTimeField(default=timezone.now)
+
+    # The request budget counts the requests granted in the last BUDGET_WINDOW seconds: the provider's
+    # minute plus a second, because a granted request is sent a moment after the grant.
+    BUDGET_WINDOW = 61.0
+    # Consecutive failed calls that open the breaker, and how long it stays open before one trial call.
+    BREAKER_THRESHOLD = 5
+    BREAKER_COOLDOWN = 30.0
 
     class Meta:
         ordering = ["priority", "slug"]
 
     def __str__(self) -> str:
         return self.slug
+
+    # -- the request budget (issue 9.3) ---------------------------------------------------------------------
+    @property
+    def budget(self) -> int:
+        """Requests per minute: the account's own `max_rpm`, else its kind's default."""
+        return self.max_rpm or default_max_rpm(self.kind)
+
+    def budget_spent(self, now=None) -> int:
+        since = (now or timezone.now()) - timedelta(seconds=self.BUDGET_WINDOW)
+        return BudgetSpend.objects.filter(account=self, at__gt=since).aggregate(n=Sum("count"))["n"] or 0
+
+    def take_requests(self, wanted: int, *, keep: int = 0, now=None) -> int:
+        """Grant up to `wanted` requests from this account's budget, leaving `keep` for others (the queued
+        submits), and record the grant; returns how many were granted (0 while the account is paused).
+        The account row is locked while counting, so processes and clusters share one budget."""
+        now = now or timezone.now()
+        if wanted <= 0:
+            return 0
+        with transaction.atomic():
+            row = (
+                ProviderAccount.objects.select_for_update()
+                .filter(pk=self.pk)
+                .values("max_rpm", "kind", "paused_until")
+                .first()
+            )
+            if row is None or (row["paused_until"] and row["paused_until"] > now):
+                return 0
+            self.max_rpm = row["max_rpm"]
+            granted = min(wanted, self.budget - keep - self.budget_spent(now))
+            if granted <= 0:
+                return 0
+            BudgetSpend.objects.create(account=self, at=now, count=granted)
+            BudgetSpend.objects.filter(
+                account=self, at__lte=now - timedelta(seconds=self.BUDGET_WINDOW)
+            ).delete()
+        return granted
+
+    def budget_free_at(self, now=None):
+        """When the next request may go: the end of a 429's pause, else when the oldest grant in the window
+        leaves it (now if the budget has room)."""
+        now = now or timezone.now()
+        self.refresh_from_db(fields=["paused_until", "max_rpm"])
+        if self.paused_until and self.paused_until > now:
+            return self.paused_until
+        if self.budget_spent(now) < self.budget:
+            return now
+        oldest = (
+            BudgetSpend.objects.filter(account=self, at__gt=now - timedelta(seconds=self.BUDGET_WINDOW))
+            .order_by("at")
+            .values_list("at", flat=True)
+            .first()
+        )
+        return (oldest or now) + timedelta(seconds=self.BUDGET_WINDOW)
+
+    def pause(self, seconds: float) -> None:
+        """The provider said 429 with Retry-After: send this account nothing for that long."""
+        until = timezone.now() + timedelta(seconds=max(0.0, seconds))
+        ProviderAccount.objects.filter(pk=self.pk).filter(
+            Q(paused_until__isnull=True) | Q(paused_until__lt=until)
+        ).update(paused_until=until)
+
+    # -- health: the circuit breaker, latency, error rate (issue 9.4) -----------------------------------
+    def breaker_state(self, now=None) -> str:
+        now = now or timezone.now()
+        if self.breaker_open_until and self.breaker_open_until > now:
+            return "open"
+        if self.breaker_failures >= self.BREAKER_THRESHOLD:
+            return "half-open"
+        return "closed"
+
+    def claim_trial(self, now=None) -> bool:
+        """Whether a call may go to this account now: always while closed; while half-open, only the one
+        caller that wins this conditional UPDATE (the others see it open for another cool-down)."""
+        now = now or timezone.now()
+        state = self.breaker_state(now)
+        if state == "closed":
+            return True
+        if state == "open":
+            return False
+        return bool(
+            ProviderAccount.objects.filter(
+                Q(breaker_open_until__isnull=True) | Q(breaker_open_until__lte=now),
+                pk=self.pk,
+                breaker_failures__gte=self.BREAKER_THRESHOLD,
+            ).update(breaker_open_until=now + timedelta(seconds=self.BREAKER_COOLDOWN))
+        )
+
+    def record_calls(self, *, ok: int = 0, failed: int = 0, seconds: float | None = None) -> None:
+        """Fold a round of calls into the health columns: a success closes the breaker, failures in a row
+        open it for BREAKER_COOLDOWN; latency and error rate are moving averages of recent rounds."""
+        if not (ok or failed):
+            return
+        fields: dict = {"error_rate": F("error_rate") * 0.8 + 0.2 * failed / (ok + failed)}
+        if seconds is not None:
+            ms = seconds * 1000
+            fields["latency_ms"] = Coalesce(F("latency_ms"), ms) * 0.8 + 0.2 * ms
+        if ok:
+            fields |= {"breaker_failures": 0, "breaker_open_until": None}
+            ProviderAccount.objects.filter(pk=self.pk).update(**fields)
+            return
+        rows = ProviderAccount.objects.filter(pk=self.pk)
+        rows.update(breaker_failures=F("breaker_failures") + failed, **fields)
+        rows.filter(breaker_failures__gte=self.BREAKER_THRESHOLD).update(
+            breaker_open_until=timezone.now() + timedelta(seconds=self.BREAKER_COOLDOWN)
+        )
+
+    @property
+    def extra_result_hosts(self) -> tuple[str, ...]:
+        return tuple(host for host in (h.strip().lower() for h in self.result_hosts.split(",")) if host)
+
+    def allow_result_host(self, host: str) -> None:
+        host = host.strip().lower()
+        if host and host not in self.extra_result_hosts:
+            self.result_hosts = ",".join((*self.extra_result_hosts, host))
+            ProviderAccount.objects.filter(pk=self.pk).update(result_hosts=self.result_hosts)
+
+    def clean(self) -> None:
+        try:
+            self.result_hosts = ",".join(parse_hosts(self.result_hosts))
+        except ValueError as error:
+            raise ValidationError({"result_hosts": str(error)}) from None
 
     @property
     def has_key(self) -> bool:
@@ -212,6 +359,51 @@ class ProviderAccount(models.Model):
         return PROVIDERS[self.kind]
 
 
+HOST_NAME = re.compile(
+    r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*$"
+)
+
+
+def parse_hosts(text: str) -> list[str]:
+    """Host names from "a.example, b.example": lower-cased, each a bare DNS name (no scheme, port, path or
+    address: a result host is matched by name and its addresses are still checked at download)."""
+    hosts = []
+    for raw in text.split(","):
+        host = raw.strip().lower().rstrip(".")
+        if not host:
+            continue
+        if not HOST_NAME.match(host) or host.replace(".", "").isdigit():
+            raise ValueError(f"{raw.strip()!r} is not a host name (give names like cdn.example.com).")
+        if host not in hosts:
+            hosts.append(host)
+    return hosts
+
+
+# Requests per minute when neither the account nor its adapter names a budget (issue 9.3). PixelDojo
+# documents 60/min [P7][P8]; Apiframe and Vtrix publish no number, only a poll every 2-5 s per job
+# (providers.md 6), so 120/min keeps 6-10 jobs at that cadence; MaxAPI answers synchronously (submits only).
+def default_max_rpm(kind: str) -> int:
+    """The kind's request budget: its adapter's `default_max_rpm` (documented there, per provider), or the
+    base adapter's for a kind no adapter serves any more."""
+    adapter = PROVIDERS.get(kind)
+    return (adapter or Adapter).default_max_rpm
+
+
+class BudgetSpend(models.Model):
+    """Requests granted from an account's budget at one moment: the sliding window's log, in the database
+    so every process and cluster spends one budget."""
+
+    account = models.ForeignKey(ProviderAccount, on_delete=models.CASCADE, related_name="+")
+    at = models.DateTimeField()
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["account", "at"], name="budget_account_at")]
+
+    def __str__(self) -> str:
+        return f"{self.count} request(s) on account {self.account_id} at {self.at:%H:%M:%S}"
+
+
 class GenerationQuerySet(KeysetQuerySet):
     def in_flight(self):
         return self.filter(status__in=Generation.IN_FLIGHT)
@@ -219,6 +411,17 @@ class GenerationQuerySet(KeysetQuerySet):
     def due(self, now=None):
         return self.filter(status=Generation.Status.RUNNING, next_poll_at__lte=now or timezone.now()).exclude(
             provider_job_id=""
+        )
+
+    def awaiting_submit(self, account, now=None):
+        """`account`'s queued jobs whose submit may go now or is on its way (not yet sent): the request
+        budget keeps their share before it spends any on polls."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
+            Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+            account=account,
+            status=Generation.Status.QUEUED,
         )
 
     def for_user(self, user):
@@ -258,6 +461,17 @@ class Generation(models.Model):
     image_urls = models.JSONField(default=list, blank=True, help_text="Provider result URLs awaiting ingest.")
     comparison = models.CharField(
         max_length=32, blank=True, db_index=True, help_text='Shared by the jobs one "Compare providers" made.'
+    )
+    failover = models.BooleanField(
+        default=False, help_text="Made without a named provider: a submit refused before acceptance moves on."
+    )
+    tried_accounts = models.JSONField(
+        default=list, blank=True, help_text="Accounts that refused this job's submit, in order (ids)."
+    )
+    refused_host = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The provider finished, but its result host is not allowed: the job waits for an admin.",
     )
 
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
@@ -367,6 +581,41 @@ class Generation(models.Model):
             started_at=now,
             next_poll_at=now + timedelta(seconds=first_poll_in),
             lease_until=None,
+        )
+
+    def mark_moved(
+        self, account: ProviderAccount, reserved: int, per_image: int, tried: list, detail: str
+    ) -> bool:
+        """A failover: the queued job goes to `account` at its price, to be submitted afresh."""
+        return self.transition(
+            [self.Status.QUEUED],
+            event="failover",
+            detail=detail,
+            where=Q(account_id=self.account_id),
+            account=account,
+            credits_reserved=reserved,
+            params=self.params | {"credits_per_image": per_image},
+            tried_accounts=tried,
+            attempts=0,
+            error_code="",
+            error_message="",
+            next_poll_at=None,
+            lease_until=None,
+            redriven_at=timezone.now(),
+        )
+
+    def mark_waiting_for_admin(self, host: str) -> bool:
+        """The provider finished (and charged), but its result host is not allowed: the job stays running,
+        flagged for an admin, nothing downloading, until one allows the host or the deadline ends it."""
+        return self.transition(
+            [self.Status.RUNNING],
+            event="waiting for an admin",
+            detail=f"the result files are on {host}, which is not an allowed host of "
+            f"{self.account.slug}; an admin may allow it and fetch again",
+            where=Q(ingest_attempts=self.ingest_attempts),
+            refused_host=host[:255],
+            lease_until=None,
+            error_code="result_host_refused",
         )
 
     def schedule_poll(self, seconds: float) -> None:
@@ -615,10 +864,14 @@ class LedgerEntry(models.Model):
         SETTLE = "settle"
         REFUND = "refund"
         ADJUST = "adjust"
+        # A failover moved the job to an account with another price: the hold grows (+) or shrinks (-).
+        REHOLD = "rehold"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ledger")
     kind = models.CharField(max_length=10, choices=Kind.choices)
-    amount = models.BigIntegerField(help_text="Credits; positive, except an adjust may be negative.")
+    amount = models.BigIntegerField(
+        help_text="Credits; positive, except an adjust or a rehold may be negative."
+    )
     generation = models.ForeignKey(
         Generation, null=True, blank=True, on_delete=models.PROTECT, related_name="ledger"
     )
@@ -638,7 +891,7 @@ class LedgerEntry(models.Model):
                 name="ledger_one_entry_per_kind_per_generation",
             ),
             models.CheckConstraint(
-                condition=Q(kind="adjust") | Q(amount__gte=0), name="ledger_amount_positive"
+                condition=Q(kind__in=["adjust", "rehold"]) | Q(amount__gte=0), name="ledger_amount_positive"
             ),
         ]
 

@@ -42,6 +42,7 @@ CSV_FIELDS = [
     "provider_cost_unit",
     "provider_usd",
     "difference",
+    "provider_charged_no_image",
 ]
 
 
@@ -108,6 +109,9 @@ class Row:
     images: int = 0
     charged: int = 0
     refunded: int = 0
+    # Jobs the provider finished (and charged for) that kept no image: a result host no admin allowed, a
+    # download that never worked (issue 9.2).
+    paid_no_image: int = 0
     costs: list = field(default_factory=list)  # (reported value, jobs) pairs
 
     @property
@@ -164,6 +168,9 @@ def rows(start: date, end: date) -> list[Row]:
             failed=Count("id", filter=Q(status=Generation.Status.FAILED)),
             charged=Sum("credits_charged"),
             refunded=Sum("credits_refunded"),
+            paid_no_image=Count(
+                "id", filter=Q(status=Generation.Status.FAILED, provider_done_at__isnull=False)
+            ),
         )
         .order_by()
     )
@@ -174,6 +181,7 @@ def rows(start: date, end: date) -> list[Row]:
         row.failed += group["failed"]
         row.charged += group["charged"] or 0
         row.refunded += group["refunded"] or 0
+        row.paid_no_image += group["paid_no_image"]
         if group["provider_cost"]:
             row.costs.append((group["provider_cost"], group["jobs"]))
     images = (
@@ -219,6 +227,7 @@ def as_csv(found: list[Row]) -> str:
                 row.cost_unit if row.reported else "",
                 "" if row.provider_usd is None else row.provider_usd,
                 row.difference,
+                row.paid_no_image,
             ]
         )
     return out.getvalue()

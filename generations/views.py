@@ -698,13 +698,19 @@ def credit_badge(request):
 # -- credits --------------------------------------------------------------------------------------------------------
 # How each ledger entry moves the credits a member can spend (balance minus holds): a hold takes them, a
 # charge spends from the hold (nothing more leaves), a refund gives the held rest back.
-LEDGER_WORDS = {"grant": "granted", "reserve": "held", "settle": "charged", "refund": "refunded"}
+LEDGER_WORDS = {
+    "grant": "granted",
+    "reserve": "held",
+    "rehold": "hold moved",
+    "settle": "charged",
+    "refund": "refunded",
+}
 
 
 def available_change(entry: LedgerEntry) -> int:
     if entry.kind in ("grant", "adjust", "refund"):
         return entry.amount
-    if entry.kind == "reserve":
+    if entry.kind in ("reserve", "rehold"):  # a failover's rehold grows (or shrinks) the hold
         return -entry.amount
     return 0
 

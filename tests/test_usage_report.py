@@ -133,6 +133,7 @@ def test_the_csv_holds_the_same_rows(client, alice, bob, accounts, django_user_m
         "provider_cost_unit": "USD",
         "provider_usd": "0.070",
         "difference": "",
+        "provider_charged_no_image": "0",
     }
     # A member's name never runs as a spreadsheet formula.
     flagged = by_member["'=HYPERLINK(1)"]

@@ -3,7 +3,7 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
 from generations import crypto
-from generations.models import ProviderAccount
+from generations.models import ProviderAccount, parse_hosts
 from generations.providers import PROVIDERS
 
 
@@ -23,6 +23,17 @@ class Command(BaseCommand):
         toggle.add_argument("--disable", action="store_true")
         setter.add_argument("--priority", type=int)
         setter.add_argument("--monthly-spend-cap", type=int)
+        setter.add_argument(
+            "--max-rpm",
+            type=int,
+            help="requests per minute FluxWeb may send this account (submits, polls, checks); "
+            "0: the default for its kind",
+        )
+        setter.add_argument(
+            "--result-hosts",
+            metavar="HOST,...",
+            help="extra hosts its result files may be downloaded from (replaces the list; '' clears it)",
+        )
         sub.add_parser(
             "rotate-keys", help="re-encrypt every stored key under the first FLUXWEB_FERNET_KEYS key"
         )
@@ -35,10 +46,25 @@ class Command(BaseCommand):
             self.stdout.write(
                 f"{account.slug}\t{account.kind}\t{account.base_url}\t"
                 f"{'enabled' if account.enabled else 'disabled'}\tpriority {account.priority}\t"
-                f"{'key set' if account.has_key else 'no key'}"
+                f"{'key set' if account.has_key else 'no key'}\t{account.budget}/min\t"
+                f"breaker {account.breaker_state()}"
+                + (f"\tresult hosts {','.join(account.extra_result_hosts)}" if account.result_hosts else "")
             )
 
-    def set(self, slug, kind, base_url, api_key, enable, disable, priority, monthly_spend_cap, **options):
+    def set(
+        self,
+        slug,
+        kind,
+        base_url,
+        api_key,
+        enable,
+        disable,
+        priority,
+        monthly_spend_cap,
+        max_rpm=None,
+        result_hosts=None,
+        **options,
+    ):
         account = ProviderAccount.objects.filter(slug=slug).first()
         if account is None:
             if not kind:
@@ -60,6 +86,15 @@ class Command(BaseCommand):
             account.priority = priority
         if monthly_spend_cap is not None:
             account.monthly_spend_cap = monthly_spend_cap or None
+        if max_rpm is not None:
+            if max_rpm < 0:
+                raise CommandError("--max-rpm must be 0 (the kind's default) or more.")
+            account.max_rpm = max_rpm or None
+        if result_hosts is not None:
+            try:
+                account.result_hosts = ",".join(parse_hosts(result_hosts))
+            except ValueError as error:
+                raise CommandError(f"--result-hosts: {error}") from None
         try:
             account.full_clean(exclude=["api_key_encrypted", "key_last4"])
         except ValidationError as exc:
@@ -68,7 +103,9 @@ class Command(BaseCommand):
         account.save()
         self.stdout.write(
             f"{account.slug}: {account.kind} at {account.base_url}, "
-            f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}"
+            f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}, "
+            f"{account.budget} requests/min"
+            + (f", result hosts {', '.join(account.extra_result_hosts)}" if account.result_hosts else "")
         )
 
     def rotate_keys(self, **options):

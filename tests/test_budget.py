@@ -1,0 +1,221 @@
+"""Issue 9.3: a request budget per provider account, shared through the database, spent on submits first
+and then on the jobs likeliest done; a 429's Retry-After pauses the whole account."""
+
+import threading
+from datetime import timedelta
+from io import StringIO
+
+import pytest
+import time_machine
+from django.core.management import call_command
+from django.db import connection
+from django.utils import timezone
+
+from generations import engine
+from generations.models import BudgetSpend, Generation, ProviderAccount, default_max_rpm
+from generations.providers import Adapter, Bfl, GenerationRequest, ProviderError
+
+from .conftest import KEYS
+
+
+def request(**overrides) -> GenerationRequest:
+    return GenerationRequest(**({"prompt": "a lighthouse at dusk", "model": "flux-2-max"} | overrides))
+
+
+def submitted(drain, user, slug: str, count: int) -> list[Generation]:
+    """`count` jobs on `slug`, sent to the sandbox (the submit tasks only: nothing polls them yet)."""
+    jobs = [engine.create(user, request(), provider=slug)[0] for _ in range(count)]
+    drain(0)  # what runs on commit (a submit is queued then on the Redis broker), no task yet
+    for name, args in list(drain.queue):
+        if name == "submit":
+            drain.queue.remove((name, args))
+            engine.submit(*args)
+    drain.queue.clear()
+    for job in jobs:
+        job.refresh_from_db()
+    return jobs
+
+
+def polls(sandbox, provider: str) -> list:
+    return [r for r in sandbox.requests if r.provider == provider and r.method == "GET"]
+
+
+def test_it_never_grants_more_than_the_budget_in_any_minute(accounts):
+    account = accounts["pixeldojo"]
+    account.max_rpm = 10
+    account.save()
+    start = timezone.now()
+    with time_machine.travel(start, tick=False) as clock:
+        assert account.take_requests(6) == 6
+        clock.shift(20)
+        assert account.take_requests(6) == 4
+        assert account.take_requests(1) == 0
+        clock.shift(40)  # 60 s after the first grant: still inside the window (and its one-second margin)
+        assert account.take_requests(1) == 0
+        clock.shift(1.5)  # the first six have left the window; the four of t=20 s have not
+        assert account.take_requests(10) == 6
+        clock.shift(20)
+        assert account.take_requests(10) == 4
+
+
+def test_two_processes_share_one_budget(accounts):
+    # Each process (or cluster) holds its own instance; the count lives in the database.
+    here = ProviderAccount.objects.get(slug="sb-pixeldojo")
+    there = ProviderAccount.objects.get(slug="sb-pixeldojo")
+    ProviderAccount.objects.filter(pk=here.pk).update(max_rpm=5)
+    assert here.take_requests(3) == 3
+    assert there.take_requests(3) == 2
+    assert BudgetSpend.objects.filter(account=here).count() == 2
+
+
+def test_each_kind_has_a_documented_default_and_an_adapter_may_declare_its_own(accounts, monkeypatch):
+    assert accounts["pixeldojo"].budget == 60  # its documented limit
+    assert accounts["apiframe"].budget == accounts["vtrix"].budget == 120
+    assert default_max_rpm("bfl") == Bfl.default_max_rpm
+    assert default_max_rpm("gone") == Adapter.default_max_rpm == 60  # a kind no adapter serves any more
+    monkeypatch.setattr(accounts["vtrix"].adapter_class, "default_max_rpm", 300, raising=False)
+    assert accounts["vtrix"].budget == 300
+    accounts["vtrix"].max_rpm = 7
+    assert accounts["vtrix"].budget == 7
+
+
+def test_the_sweeper_keeps_the_submits_share_then_polls_the_likeliest_done(bob, accounts, drain):
+    account = accounts["pixeldojo"]
+    running = submitted(drain, bob, "sb-pixeldojo", 3)
+    now = timezone.now()
+    for job, (progress, started) in zip(running, [(0.2, 30), (0.9, 10), (None, 50)], strict=True):
+        Generation.objects.filter(pk=job.pk).update(
+            next_poll_at=now, progress=progress, started_at=now - timedelta(seconds=started)
+        )
+    queued = [engine.create(bob, request(), provider="sb-pixeldojo")[0] for _ in range(2)]
+    drain.queue.clear()
+    ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=account.budget_spent() + 2 + 2)
+
+    due = list(Generation.objects.due(now).select_related("account"))
+    allowed = engine.spend_budgets(due, now)
+
+    # Two requests left for polls after the two waiting submits: the job at 90 %, then the one at 20 %.
+    assert [g.pk for g in allowed] == [running[1].pk, running[0].pk]
+    waiting = Generation.objects.get(pk=running[2].pk)
+    assert waiting.next_poll_at > now  # waits for room in the budget rather than spinning the sweeper
+    assert waiting.polls == running[2].polls  # and no poll was counted for it
+    assert all(Generation.objects.get(pk=q.pk).status == "queued" for q in queued)
+
+
+def test_a_submit_waits_for_room_in_the_budget_without_failing(bob, accounts, drain, fresh_sandbox):
+    ProviderAccount.objects.filter(slug="sb-pixeldojo").update(max_rpm=1)
+    first, second = (engine.create(bob, request(), provider="sb-pixeldojo")[0] for _ in range(2))
+    drain(0)
+    for name, args in list(drain.queue):
+        if name == "submit":
+            engine.submit(*args)
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.status == "running"
+    assert second.status == "queued"
+    assert second.attempts == 0  # not counted as a try: it was never sent
+    assert second.next_poll_at > timezone.now() + timedelta(seconds=50)
+    assert [e.what for e in second.events.all()] == ["created", "submit waits"]
+    assert len([r for r in fresh_sandbox.requests if r.method == "POST"]) == 1
+
+
+def test_a_429_with_retry_after_pauses_the_whole_account(bob, accounts, drain, fresh_sandbox):
+    first, second = submitted(drain, bob, "sb-apiframe", 2)
+    fresh_sandbox.queue_fault("429", "apiframe", "poll")  # the sandbox sends Retry-After: 1
+    before = len(polls(fresh_sandbox, "apiframe"))
+    poller = engine.Poller(4)
+    try:
+        Generation.objects.filter(pk=first.pk).update(next_poll_at=timezone.now())
+        engine.poll_batch(list(Generation.objects.due().select_related("account")), poller)
+        account = ProviderAccount.objects.get(slug="sb-apiframe")
+        assert account.paused_until > timezone.now() + timedelta(seconds=0.8)
+
+        # The other job falls due 0.05 s later: nothing goes to Apiframe until the second has passed.
+        Generation.objects.filter(pk=second.pk).update(next_poll_at=timezone.now())
+        engine.poll_batch(list(Generation.objects.due().select_related("account")), poller)
+    finally:
+        poller.close()
+    assert len(polls(fresh_sandbox, "apiframe")) == before + 1
+    second.refresh_from_db()
+    assert second.next_poll_at >= account.paused_until
+
+
+def test_a_replayed_webhook_buys_no_more_polls_than_the_budget(bob, accounts, drain, fresh_sandbox):
+    fresh_sandbox.set_latency(30, 30)  # the job stays pending while the webhook is replayed
+    (job,) = submitted(drain, bob, "sb-apiframe", 1)
+    account = ProviderAccount.objects.get(slug="sb-apiframe")
+    ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=account.budget_spent() + 3)
+    before = len(polls(fresh_sandbox, "apiframe"))
+    for _ in range(20):
+        job.refresh_from_db()
+        engine.webhook_hint(job)
+    assert len(polls(fresh_sandbox, "apiframe")) - before == 3
+
+
+def test_provider_set_takes_a_budget(accounts):
+    out = StringIO()
+    call_command("provider", "set", "sb-vtrix", "--max-rpm", "30", stdout=out)
+    assert "30 requests/min" in out.getvalue()
+    assert ProviderAccount.objects.get(slug="sb-vtrix").budget == 30
+    call_command("provider", "set", "sb-vtrix", "--max-rpm", "0", stdout=StringIO())
+    assert ProviderAccount.objects.get(slug="sb-vtrix").max_rpm is None  # back to the kind's default
+    listed = StringIO()
+    call_command("provider", "list", stdout=listed)
+    assert "sb-vtrix\tvtrix" in listed.getvalue() and "120/min" in listed.getvalue()
+
+
+def test_the_admin_sets_a_budget_and_sees_it(client, alice, accounts):
+    client.force_login(alice)
+    account = accounts["pixeldojo"]
+    response = client.post(
+        f"/admin/generations/provideraccount/{account.pk}/change/",
+        {
+            "slug": account.slug,
+            "kind": account.kind,
+            "base_url": account.base_url,
+            "api_key": "",
+            "enabled": "on",
+            "priority": "2",
+            "max_rpm": "45",
+            "result_hosts": "",
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    account.refresh_from_db()
+    assert account.max_rpm == 45 and account.api_key == KEYS["pixeldojo"]
+    page = client.get("/admin/generations/provideraccount/").content.decode()
+    assert "45" in page and "120 (default)" in page
+
+
+def test_an_unknown_rate_limit_error_is_not_a_health_failure(accounts):
+    account = accounts["apiframe"]
+    engine.record_health(
+        account, [ProviderError(ProviderError.RATE_LIMITED, "slow down", retry_after=2)], 0.1
+    )
+    account.refresh_from_db()
+    assert account.breaker_failures == 0 and account.paused_until > timezone.now()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_takers_never_overspend_the_budget(accounts):
+    # Each thread has its own connection and transaction, as two sweepers in two clusters would.
+    ProviderAccount.objects.filter(slug="sb-vtrix").update(max_rpm=20)
+    barrier = threading.Barrier(8)
+    granted: list[int] = []
+
+    def take() -> None:
+        try:
+            account = ProviderAccount.objects.get(slug="sb-vtrix")
+            barrier.wait()
+            for _ in range(3):
+                granted.append(account.take_requests(2))
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=take) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert sum(granted) == 20
+    assert ProviderAccount.objects.get(slug="sb-vtrix").budget_spent() == 20
