@@ -234,11 +234,21 @@ def test_ones_uploads_are_listed_and_deleted_unless_a_running_job_uses_them(page
         bob, accounts["apiframe"], status="running", params={"reference_urls": [f"upload:{upload.pk}"]}
     )
 
+    # Delete asks first (hx-confirm): declined, nothing is sent and the upload stays.
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    delete.click()
+    page.wait_for_function("!document.querySelector('.htmx-request')")
+    assert asked and asked[0].startswith("Delete this uploaded file (96×64 PNG)?")
+    assert Reference.objects.filter(pk=upload.pk).exists() and delete.is_visible()
+
+    page.once("dialog", lambda dialog: dialog.accept())
     delete.click()
     page.get_by_role("alert").filter(has_text=f"Job #{job.pk} is still running with this upload").wait_for()
     assert Reference.objects.filter(pk=upload.pk).exists()
 
     Generation.objects.filter(pk=job.pk).update(status="succeeded")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete upload").click()
     page.locator("#your-uploads").filter(has_text="Upload deleted").wait_for()
     assert not Reference.objects.filter(pk=upload.pk).exists()
