@@ -169,7 +169,10 @@ class Scope:
         if self.model:
             rows = rows.filter(model=self.model)
         if self.provider:
-            rows = rows.filter(account__slug=self.provider)
+            # The account's id as a value (a scalar subquery), not a join: PostgreSQL joined, then sorted
+            # every image of the account, where with a value it reads (account, created_at, id) in order.
+            account = ProviderAccount.objects.filter(slug=self.provider).order_by().values("pk")[:1]
+            rows = rows.filter(account=Subquery(account))
         if self.start:
             rows = rows.filter(created_at__gte=start_of(self.start))
         if self.end:
