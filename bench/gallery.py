@@ -34,12 +34,21 @@ HX = {"HTTP_HX_REQUEST": "true"}
 
 
 def endpoints(have: Callable[[str], bool]) -> list[Endpoint]:
-    """What exists now: the API always; each page or fragment when its URL name is there."""
+    """What exists now: the API always; each page or fragment when its URL name is there.
+
+    Each list is asked for something that fills a whole page at every size, so that the sizes compare like
+    with like: a search word or filter that finds 8 rows at 1,000 images and a full page at 100,000 measures
+    the cost of 42 more rows, not of a bigger history (the table's "rows" column shows it). The seeded
+    prompts are "<Adjective> <subject> <place>, <style>, #<n>" (seed_images): "the sea" (by the sea: a
+    tenth of the jobs, 74 at 1,000 images) for two words, not "fox dusk" (a two-hundredth: 8); "at" (at dusk,
+    at sunrise: a fifth of the prompts, 49 at 1,000) for the history's rarer word, not "lighthouse" (8);
+    and a date range combined with a member, model, provider or format spans the past quarter, not
+    11 days, so each of them still fills the gallery's 40 cards at 1,000 images."""
     found = [
         Endpoint("API list, first page", "/api/v1/generations", api=True),
         Endpoint("API list, deep cursor", "/api/v1/generations?cursor={deep_cursor}", api=True),
         Endpoint("API ?q= common word", "/api/v1/generations?q=in", api=True),
-        Endpoint("API ?q= two words", "/api/v1/generations?q=fox+dusk", api=True),
+        Endpoint("API ?q= two words", "/api/v1/generations?q=the+sea", api=True),
         Endpoint("API ?q= no match", "/api/v1/generations?q=zebra", api=True),
         Endpoint("API ?mine=1", "/api/v1/generations?mine=1", api=True),
         Endpoint("API ?mine=1 deep cursor", "/api/v1/generations?mine=1&cursor={deep_cursor}", api=True),
@@ -81,6 +90,28 @@ def endpoints(have: Callable[[str], bool]) -> list[Endpoint]:
             Endpoint(
                 "gallery past year, deep page (htmx)", "/gallery?from={year_ago}&before={deep_by_time}", HX
             ),
+            # A date range with another filter: each needs its own (filter, created_at, id) index.
+            Endpoint(
+                "gallery past quarter + member (htmx)",
+                "/gallery?from={quarter_ago}&member={member_id}",
+                results,
+            ),
+            Endpoint(
+                "gallery past quarter + model (htmx)", "/gallery?from={quarter_ago}&model=flux-plus", results
+            ),
+            Endpoint(
+                "gallery past quarter + provider (htmx)",
+                "/gallery?from={quarter_ago}&provider=bench-vtrix",
+                results,
+            ),
+            Endpoint(
+                "gallery past quarter + format (htmx)", "/gallery?from={quarter_ago}&format=webp", results
+            ),
+            Endpoint(
+                "gallery past quarter + format, deeper (htmx)",
+                "/gallery?from={quarter_ago}&format=webp&before={quarter_webp_next}",
+                HX,
+            ),
         ]
     if have("lightbox"):
         found.append(Endpoint("lightbox (htmx)", "/gallery/images/{image}", HX))
@@ -88,10 +119,21 @@ def endpoints(have: Callable[[str], bool]) -> list[Endpoint]:
         found += [
             Endpoint("history page", "/history/"),
             Endpoint("history ?q= common word", "/history/?q=in"),
-            Endpoint("history ?q= rarer word", "/history/?q=lighthouse"),
+            Endpoint("history ?q= rarer word", "/history/?q=at"),
             Endpoint("history next page", "/history/?before={history}"),
         ]
     return found
+
+
+def rows_in(response, endpoint: Endpoint) -> int | None:
+    """How many rows a list answered with (generations, gallery cards, history prompts); None for the rest."""
+    if response.status_code != 200:
+        return None
+    if endpoint.api:
+        return len(response.json()["results"])
+    html = response.content.decode()
+    found = html.count('<figure class="tile"') + html.count('<li class="prompt-row"')
+    return found or None
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -125,6 +167,7 @@ class GalleryBench:
         self.log = log
         self.times: dict[str, dict[int, list[float]]] = {}
         self.counts: dict[str, dict[int, tuple[int, int]]] = {}
+        self.rows: dict[str, dict[int, int | None]] = {}
         self.order: list[str] = []
         self.seconds_seeding = 0.0
         self.copies: dict[int, str] = {}
@@ -226,6 +269,10 @@ class GalleryBench:
             created_at__gte=timezone.make_aware(datetime.combine(half_year, clock.min)),
             created_at__lt=timezone.make_aware(datetime.combine(half_year + timedelta(days=11), clock.min)),
         )
+        quarter = (now - timedelta(days=91)).date()
+        webp_in_quarter = by_time.filter(
+            format="webp", created_at__gte=timezone.make_aware(datetime.combine(quarter, clock.min))
+        )
         return {
             "deep": deep,
             "deep_cursor": base64.urlsafe_b64encode(str(deep_job).encode()).decode(),
@@ -241,6 +288,8 @@ class GalleryBench:
             "half_year_next": in_range[in_range.count() // 4],
             "year_ago": (now - timedelta(days=366)).date().isoformat(),
             "deep_by_time": by_time[Image.objects.count() // 2],
+            "quarter_ago": quarter.isoformat(),
+            "quarter_webp_next": webp_in_quarter[webp_in_quarter.count() // 2],
         }
 
     def measure(self, endpoint: Endpoint, size: int, count: int) -> None:
@@ -259,6 +308,7 @@ class GalleryBench:
             with CaptureQueriesContext(connection) as queries:
                 response = client.get(path, **endpoint.headers)
             self.counts[endpoint.name][size] = (response.status_code, len(queries))
+            self.rows.setdefault(endpoint.name, {})[size] = rows_in(response, endpoint)
 
     def run(self, user) -> None:
         from django.db import connection
@@ -305,6 +355,7 @@ class GalleryBench:
         sizes = " / ".join(f"{s // 1000}k" for s in self.sizes)
         columns = [
             "endpoint",
+            f"rows {sizes}",
             f"queries {sizes}",
             f"p50 ms {sizes}",
             f"p95 ms {sizes}",
@@ -326,6 +377,9 @@ class GalleryBench:
             rows.append(
                 [
                     name + (f" (HTTP {at[bad[0]].status})" if bad else ""),
+                    " / ".join(
+                        str(self.rows[name][s] if self.rows[name][s] is not None else "-") for s in self.sizes
+                    ),
                     " / ".join(str(at[s].queries) for s in self.sizes),
                     " / ".join(f"{at[s].p50 * 1000:.1f}" for s in self.sizes),
                     " / ".join(f"{at[s].p95 * 1000:.1f}" for s in self.sizes),

@@ -19,7 +19,6 @@ from urllib.parse import urlencode
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.db import IntegrityError, transaction
 from django.db.models import CharField, Count, Exists, OuterRef, Q, Subquery, Value
 from django.db.models.signals import post_delete, post_save
@@ -48,6 +47,7 @@ from .models import (
     Prompt,
     ProviderAccount,
 )
+from .shared import SharedList
 
 PAGE = 40
 MAX_SELECTED = 1000  # ids one bulk action reads; a zip holds at most FLUXWEB_ZIP_MAX_IMAGES of them
@@ -171,7 +171,10 @@ class Scope:
         if self.model:
             rows = rows.filter(model=self.model)
         if self.provider:
-            rows = rows.filter(account__slug=self.provider)
+            # The account's id as a value (a scalar subquery), not a join: PostgreSQL joined, then sorted
+            # every image of the account, where with a value it reads (account, created_at, id) in order.
+            account = ProviderAccount.objects.filter(slug=self.provider).order_by().values("pk")[:1]
+            rows = rows.filter(account=Subquery(account))
         if self.start:
             rows = rows.filter(created_at__gte=start_of(self.start))
         if self.end:
@@ -217,31 +220,16 @@ class Option:
     name: str
 
 
-OPTIONS_KEY = "fluxweb:gallery:options"
-OPTIONS_SECONDS = 60
-
-
 def filter_options() -> dict[str, list[Option]]:
-    """The members, provider accounts and collections the filters, the view tabs and the lightbox offer.
-    Cached, so that a gallery page is its cards' one query (issue 8: <= 3 with the session and the user);
-    any save or delete of those rows forgets the cache (`forget_options`), and another process's copy
-    lives at most OPTIONS_SECONDS."""
-    found = cache.get(OPTIONS_KEY)
-    if found is None:
-        found = load_options()
-        cache.set(OPTIONS_KEY, found, OPTIONS_SECONDS)
-    return found
+    """The members, provider accounts and collections the filters, the view tabs and the lightbox offer,
+    from the cache every process shares (shared.SharedList), so that a gallery page is its cards' one
+    query (issue 8: <= 3 with the session and the user). Any save or delete of those rows, in any process,
+    makes every process load them again."""
+    return OPTIONS.get()
 
 
 def forget_options(**kwargs) -> None:
-    cache.delete(OPTIONS_KEY)
-
-
-for sender in (Collection, ProviderAccount, get_user_model()):
-    post_save.connect(forget_options, sender=sender, dispatch_uid=f"gallery-options-save-{sender.__name__}")
-    post_delete.connect(
-        forget_options, sender=sender, dispatch_uid=f"gallery-options-delete-{sender.__name__}"
-    )
+    OPTIONS.forget()
 
 
 def load_options() -> dict[str, list[Option]]:
@@ -270,6 +258,14 @@ def load_options() -> dict[str, list[Option]]:
     for options in found.values():
         options.sort(key=lambda o: (o.name.lower(), o.pk))
     return found
+
+
+OPTIONS = SharedList("gallery:options", load_options)
+for sender in (Collection, ProviderAccount, get_user_model()):
+    post_save.connect(forget_options, sender=sender, dispatch_uid=f"gallery-options-save-{sender.__name__}")
+    post_delete.connect(
+        forget_options, sender=sender, dispatch_uid=f"gallery-options-delete-{sender.__name__}"
+    )
 
 
 def priced(images: list) -> list:

@@ -4,10 +4,12 @@ of history, with its use count, last use, who used it and its newest image, in o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from django.db.models import Aggregate, CharField, OuterRef, Subquery
 from django.shortcuts import render
+from django.urls import reverse
 from django.views.decorators.http import require_GET
 
 from .forms import parse_id
@@ -35,6 +37,16 @@ class Names(Aggregate):
             template="%(function)s(%(distinct)s%(expressions)s::text, ',')",
             **extra_context,
         )
+
+
+SENTINEL = 918273645
+
+
+def address(name: str) -> Callable[[int], str]:
+    """The address of the URL `name` for any id, reversed once for a page instead of once a row: three
+    `{% url %}` tags a row were a quarter of the history page's time (40 rows)."""
+    before, _, after = reverse(name, args=[SENTINEL]).partition(str(SENTINEL))
+    return lambda pk: f"{before}{int(pk)}{after}"
 
 
 def history_cursor(value) -> tuple[datetime, int] | None:
@@ -76,8 +88,14 @@ def history(request):
     prompts = list(rows[: PAGE + 1])
     more = len(prompts) > PAGE
     prompts = prompts[:PAGE]
+    lightbox, thumbnail = address("lightbox"), address("image-thumbnail")
+    use = reverse("studio") + "?use_prompt="
     for prompt in prompts:
         prompt.users = sorted(set((prompt.user_names or "").split(",")) - {""}, key=str.lower)
+        prompt.use_url = f"{use}{prompt.pk}"
+        if prompt.newest_image:
+            prompt.image_url = lightbox(prompt.newest_image)
+            prompt.thumbnail_url = thumbnail(prompt.newest_image)
     last = prompts[-1] if more else None
     context = {
         "q": q,

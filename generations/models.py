@@ -708,6 +708,12 @@ class Image(models.Model):
             models.Index(fields=["format", "-id"], name="image_format_id"),
             # A date range's keyset (ImageQuerySet.by_time): its pages start inside the range.
             models.Index(fields=["-created_at", "-id"], name="image_created_id"),
+            # A date range with a member, model, provider or format: without these, SQLite and PostgreSQL
+            # took the filter's (x, -id) index and sorted every match in the range (issue 8).
+            models.Index(fields=["user", "-created_at", "-id"], name="image_user_created_id"),
+            models.Index(fields=["model", "-created_at", "-id"], name="image_model_created_id"),
+            models.Index(fields=["account", "-created_at", "-id"], name="image_account_created_id"),
+            models.Index(fields=["format", "-created_at", "-id"], name="image_format_created_id"),
             # A search's page (newest): the matching visible images' ids straight from the index, no row reads.
             models.Index(fields=["prompt", "-id"], condition=Q(deleted_at=None), name="image_prompt_visible"),
         ]

@@ -59,7 +59,7 @@ def make(request, generation_request, provider: str | None, key: str):
         raise Unsupported(exc.refusal.message) from None
 
 
-def action_done(request, jobs: list, text: str) -> HttpResponse:
+def action_done(request, jobs: list, text: str, compare_url: str = "") -> HttpResponse:
     if not request.htmx:
         messages.success(request, text)
         return HttpResponseRedirect(reverse("studio"))
@@ -67,7 +67,7 @@ def action_done(request, jobs: list, text: str) -> HttpResponse:
     response = render(
         request,
         "generations/lightbox.html#made",
-        {"jobs": jobs, "text": text, "on_studio": scope.embed},
+        {"jobs": jobs, "text": text, "on_studio": scope.embed, "compare_url": compare_url},
     )
     trigger_client_event(response, "jobs-created", {"jobs": [job.pk for job in jobs]})
     return trigger_client_event(no_store(response), "credits-changed")
@@ -161,9 +161,16 @@ def compare_providers(request, pk: int):
     Generation.objects.filter(pk__in=[job.pk for job in jobs], user=request.user, comparison="").update(
         comparison=token
     )
+    url = reverse("compare", args=[token])
+    if request.htmx and Scope.from_query(request.POST).embed:
+        # On the studio the jobs join "Your jobs" live (jobs-created) and the page stays; the comparison is
+        # a link away. Elsewhere the compare page opens.
+        text = f"Comparing on {len(jobs)} provider account{'s' if len(jobs) != 1 else ''}."
+        if problems:
+            text += " Not sent to " + "; ".join(problems) + "."
+        return action_done(request, jobs, text, compare_url=url)
     for problem in problems:
         messages.warning(request, f"Not sent to {problem}")
-    url = reverse("compare", args=[token])
     response = HttpResponseClientRedirect(url) if request.htmx else HttpResponseRedirect(url)
     if not request.htmx:
         return response

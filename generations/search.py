@@ -8,9 +8,11 @@ means anything.
 - SQLite: an external-content FTS5 table `generations_prompt_fts` over `generations_prompt.text`, kept by
   triggers (migration 0006); the query matches it and takes the rowids.
   https://www.sqlite.org/fts5.html#external_content_tables
-- PostgreSQL: `to_tsvector('simple', text)` with a GIN index on that very expression (migration 0006),
-  matched by a tsquery of quoted prefix-capable lexemes. `simple` neither stems nor drops stop words, so
-  both databases find the same prompts.
+- PostgreSQL: the stored column `search_document`, generated as `to_tsvector('simple', text)`, with a GIN
+  index of its own (migration 0013, replacing 0006's index on the expression), matched by a tsquery of
+  quoted prefix-capable lexemes. Stored, because a plan that walks the prompts in the history's order tests
+  each row, and testing the expression built each row's tsvector again from its text. `simple` neither
+  stems nor drops stop words, so both databases find the same prompts.
   https://www.postgresql.org/docs/current/textsearch-tables.html#TEXTSEARCH-TABLES-INDEX
 """
 
@@ -19,10 +21,11 @@ from __future__ import annotations
 import re
 
 from django.db import connections
-from django.db.models import QuerySet
+from django.db.models import F, Func, QuerySet
 from django.db.models.expressions import RawSQL
 
 FTS_TABLE = "generations_prompt_fts"
+DOCUMENT = "search_document"  # PostgreSQL
 CONFIG = "simple"
 MAX_WORDS = 16
 WORD = re.compile(r"\w+")
@@ -59,15 +62,32 @@ def prompts(rows: QuerySet, text: str) -> QuerySet:
         result._prompt_search = (rows, matching)  # for PromptQuerySet.recent (recent_prompts)
         return result
     if vendor == "postgresql":
-        from django.contrib.postgres.search import SearchQuery, SearchVector
+        from django.contrib.postgres.search import SearchQuery
 
-        return rows.annotate(_document=SearchVector("text", config=CONFIG)).filter(
+        return rows.alias(_document=Document()).filter(
             _document=SearchQuery(tsquery(found), config=CONFIG, search_type="raw")
         )
     # Any other database: every word as a substring (correct, not indexed).
     for word in found:
         rows = rows.filter(text__icontains=word)
     return rows
+
+
+class Document(Func):
+    """The prompt table's stored tsvector column (PostgreSQL only, made by migration 0013, so no model
+    field), under whatever alias the query gives the table (`U0` in a subquery): compiled from the text
+    column's reference, the column's name swapped."""
+
+    def __init__(self) -> None:
+        from django.contrib.postgres.search import SearchVectorField
+
+        super().__init__(F("text"), output_field=SearchVectorField())
+
+    def as_sql(self, compiler, connection, **extra_context):
+        sql, params = compiler.compile(self.source_expressions[0])
+        table, _, column = sql.rpartition(".")
+        assert column == connection.ops.quote_name("text"), sql
+        return f"{table}.{connection.ops.quote_name(DOCUMENT)}", params
 
 
 def fts5_rowids(found: list[str]) -> RawSQL:

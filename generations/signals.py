@@ -5,7 +5,6 @@ the studio's cached list of them."""
 from __future__ import annotations
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
@@ -21,6 +20,6 @@ def open_credit_account(sender, instance, created: bool, raw: bool = False, **kw
 @receiver(post_save, sender=ProviderAccount, dispatch_uid="fluxweb-studio-accounts-save")
 @receiver(post_delete, sender=ProviderAccount, dispatch_uid="fluxweb-studio-accounts-delete")
 def forget_accounts(sender, **kwargs) -> None:
-    from .views import ACCOUNTS_KEY
+    from .views import ACCOUNTS
 
-    cache.delete(ACCOUNTS_KEY)
+    ACCOUNTS.forget()

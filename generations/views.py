@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 from django.contrib import messages
-from django.core.cache import cache
 from django.http import Http404, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.template.loader import render_to_string
@@ -33,6 +32,7 @@ from .forms import (
 from .login import login_required
 from .models import Generation, Image, LedgerEntry, ProviderAccount, Reference
 from .providers import GenerationRequest, ProviderError, Unsupported
+from .shared import SharedList
 
 JOBS_SHOWN = 12
 WATCHED_MOST = 50  # the cards one poll looks at; a page shows 12 at a time
@@ -42,20 +42,20 @@ SHOWN_FIELDS = ("prompt", "model", "provider", "n", "seed", "aspect_ratio", "meg
 SHOWN_FIELDS += ("safety_tolerance", "references")
 
 
-ACCOUNTS_KEY = "fluxweb:studio:accounts"
-ACCOUNTS_SECONDS = 60
+def load_accounts() -> list:
+    return list(ProviderAccount.objects.filter(enabled=True).exclude(api_key_encrypted=""))
+
+
+ACCOUNTS = SharedList("studio:accounts", load_accounts)
 
 
 def enabled_accounts() -> list:
-    """The enabled provider accounts with a key, cached: the studio page renders its options without a
-    query (issue 8 asks <= 3 with the session and the user). Any save or delete of an account forgets the
-    cache (signals.forget_accounts); another process's copy lives at most ACCOUNTS_SECONDS. The create
-    reads the database, so a stale copy can show an option, never use an account."""
-    accounts = cache.get(ACCOUNTS_KEY)
-    if accounts is None:
-        accounts = list(ProviderAccount.objects.filter(enabled=True).exclude(api_key_encrypted=""))
-        cache.set(ACCOUNTS_KEY, accounts, ACCOUNTS_SECONDS)
-    return accounts
+    """The enabled provider accounts with a key, from the cache every process shares (shared.SharedList):
+    the studio page renders its options without a query (issue 8 asks <= 3 with the session and the user).
+    Any save or delete of an account, in any process, makes every process load them again
+    (signals.forget_accounts). The create reads the database, so a stale copy could show an option, never
+    use an account."""
+    return ACCOUNTS.get()
 
 
 def accounts_serving(model: str) -> list:

@@ -22,3 +22,7 @@ from fluxweb.settings import *  # noqa: E402, F403
 
 # Hashing each persona's password with the production hasher costs ~0.6 s a test.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+# Each test process keeps its own cache: tests clear it (on Redis, clear() empties the whole database,
+# the broker's queues included), and xdist workers each have a database of their own.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}

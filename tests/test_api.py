@@ -565,3 +565,51 @@ def test_it_lists_ones_uploads_with_the_storage_they_take_and_deletes_them(bob, 
     assert not Reference.objects.filter(pk=mine).exists() and len(reference_files()) == len(files_before) - 1
     assert client.get("/api/v1/references").json()["storage"]["used"] == 0
     assert client.delete(f"/api/v1/references/{mine}").status_code == 404
+
+
+def test_a_list_page_builds_nothing_per_job_and_reads_only_what_it_shows(bob, accounts, monkeypatch):
+    """A page of 50 spent as long converting columns it never showed (a job's leases and provider
+    addresses, the user's password hash, the account's key) and building a QuerySet per job for its images
+    as it did making its JSON: the page loads the payload's fields, its images go to a list, and the work
+    per page does not grow with the jobs on it."""
+    from django.db import connection
+    from django.db.models.query import QuerySet
+    from django.test.utils import CaptureQueriesContext
+
+    client = api(bob)
+    built = []
+    init = QuerySet.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(1)
+        init(self, *args, **kwargs)
+
+    def querysets_built() -> int:
+        built.clear()
+        monkeypatch.setattr(QuerySet, "__init__", counting)
+        try:
+            assert client.get("/api/v1/generations").status_code == 200
+        finally:
+            monkeypatch.setattr(QuerySet, "__init__", init)
+        return len(built)
+
+    row_image(make_generation(bob, accounts["apiframe"], status="succeeded"))
+    client.get("/api/v1/generations")  # the token's first use writes
+    few = querysets_built()
+    for i in range(20):
+        row_image(make_generation(bob, accounts["apiframe"], f"prompt {i}", status="succeeded"))
+    assert querysets_built() == few
+    with CaptureQueriesContext(connection) as queries:
+        listed = client.get("/api/v1/generations").json()["results"]
+    sql = " ".join(q["sql"] for q in queries.captured_queries if "apitoken" not in q["sql"])  # not the token
+    for column in ("password", "api_key_encrypted", "image_urls", "webhook_token", "lease_until"):
+        assert f'"{column}"' not in sql
+    assert (
+        len(listed) == 21
+        and set(listed[0]) >= CONTRACT_FIELDS
+        and set(listed[0]["images"][0]) == IMAGE_FIELDS
+    )
+    assert (
+        listed[0]["images"][0]["url"]
+        == f"http://testserver/api/v1/images/{listed[0]['images'][0]['id']}/file"
+    )

@@ -4,6 +4,7 @@ by one `comparison` key and shown side by side with each one's cost and time, un
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -56,6 +57,27 @@ def test_compare_twice_with_one_form_makes_one_set(bob, image, accounts):
     second = client.post(f"/images/{image.pk}/compare", {"idempotency_key": "a" * 32}, **HX)
     assert first["HX-Redirect"] == second["HX-Redirect"]
     assert Generation.objects.exclude(comparison="").count() == 3
+
+
+def test_compare_on_the_studio_stays_and_its_jobs_join_your_jobs(bob, image, accounts):
+    """From the studio's lightbox the jobs go to "Your jobs" live (jobs-created) instead of leaving the page;
+    the comparison is a link in the lightbox's status."""
+    data = {"idempotency_key": "s" * 32, "embed": "studio"}
+    response = logged_in(bob).post(f"/images/{image.pk}/compare", data, **HX)
+    html = response.content.decode()
+    assert response.status_code == 200 and "HX-Redirect" not in response
+    jobs = Generation.objects.exclude(comparison="")
+    made = json.loads(response["HX-Trigger"])["jobs-created"]["jobs"]
+    assert sorted(made) == sorted(jobs.values_list("pk", flat=True)) and len(made) == 3
+    assert "credits-changed" in response["HX-Trigger"]
+    assert 'id="lightbox-status"' in html and "Comparing on 3 provider accounts" in html
+    assert f'href="/compare/{jobs[0].comparison}">See them side by side</a>' in html
+
+
+def test_the_studios_lightbox_sends_compare_with_embed(bob, image, accounts):
+    html = logged_in(bob).get(f"/gallery/images/{image.pk}?embed=studio", **HX).content.decode()
+    form = re.search(r'<form[^>]*action="/images/\d+/compare".*?</form>', html, re.S).group(0)
+    assert '<input type="hidden" name="embed" value="studio">' in form
 
 
 def test_compare_says_which_accounts_refused(carol, image, accounts):

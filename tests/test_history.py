@@ -136,3 +136,34 @@ def test_a_search_pages_in_last_use_order_across_pages_with_no_duplicate_or_gap(
         response = client.get(f"/history/?q=lighth&before={cursor}", **HX)
         shown, pages = shown + rows(response), pages + 1
     assert pages == 3 and shown == expected
+
+
+def test_a_page_reverses_each_address_once_not_once_a_row(bob, accounts, monkeypatch):
+    """Three {% url %} tags a row were a quarter of the page's time at 40 rows: each address is reversed
+    once for the page (history.address) and formatted per row."""
+    import django.urls
+    from django.urls import reverse
+
+    client = logged_in(bob)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return reverse(*args, **kwargs)
+
+    monkeypatch.setattr(django.urls, "reverse", counting)  # what {% url %} imports when it renders
+    monkeypatch.setattr(history, "reverse", counting, raising=False)
+
+    def reversed_for_a_page() -> int:
+        calls.clear()
+        assert client.get("/history/").status_code == 200
+        return len(calls)
+
+    image = make_image(bob, accounts["apiframe"], "prompt zero")
+    few = reversed_for_a_page()
+    for i in range(30):
+        make_image(bob, accounts["apiframe"], f"prompt {i}")
+    assert reversed_for_a_page() == few
+    html = client.get("/history/").content.decode()
+    assert f'href="/gallery/images/{image.pk}"' in html and f'src="/images/{image.pk}/thumbnail"' in html
+    assert f'href="/?use_prompt={image.prompt_id}"' in html

@@ -144,8 +144,30 @@ def test_the_query_is_answered_from_the_full_text_index(prompts):
     if connection.vendor == "sqlite":
         assert "generations_prompt_fts VIRTUAL TABLE INDEX" in plan
     else:
-        assert "generations_prompt_text_fts" in plan
+        assert "generations_prompt_document" in plan  # the stored column's GIN index (migration 0013)
     assert "LIKE" not in sql.upper()
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="PostgreSQL's stored search column")
+def test_postgresql_tests_each_prompt_against_its_stored_document_not_a_rebuilt_one(bob, prompts):
+    """Walking the history in order tests each prompt; that reads the stored tsvector (a generated column,
+    kept by PostgreSQL through edits) instead of running to_tsvector on its text per row."""
+    history = Prompt.objects.search("lighth").recent(40)
+    sql, params = history.query.sql_with_params()
+    assert '"search_document" @@' in sql and "to_tsvector" not in sql
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_bitmapscan = off")  # the walk in order, as at 100,000 prompts
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute("EXPLAIN " + sql, params)
+        plan = " ".join(str(row) for row in cursor.fetchall())
+    assert "search_document @@" in plan and "to_tsvector" not in plan
+    edited = prompts[PROMPTS[3]]
+    Prompt.objects.filter(pk=edited.pk).update(text="Watercolour wolf")
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT search_document::text FROM generations_prompt WHERE id = %s", [edited.pk])
+        assert cursor.fetchone()[0] == "'watercolour':1 'wolf':2"
+    # Through a subquery too (the table is aliased there): the gallery's and the API's search.
+    assert [g.prompt.text for g in Generation.objects.search("wolf")] == []
 
 
 def test_the_api_lists_by_q_with_full_text_search(bob, prompts):

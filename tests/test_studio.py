@@ -606,6 +606,19 @@ def test_the_reference_fieldset_lists_ones_uploads_each_with_delete(bob, carol, 
     assert not os.path.exists(path)
 
 
+def test_it_asks_before_deleting_an_upload(bob, accounts):
+    """Delete upload removes the file for good: htmx asks first (hx-confirm: window.confirm, no inline
+    script), and the button keeps its accessible name."""
+    client = logged_in(bob)
+    upload = uploaded(client)
+    listed = client.get("/studio/uploads", **HX).content.decode()
+    button = re.search(r'<button[^>]*aria-label="Delete upload"[^>]*>', listed).group(0)
+    assert f'hx-post="/studio/uploads/{upload.pk}/delete"' in button
+    assert re.search(
+        r'hx-confirm="Delete this uploaded file \(\d+×\d+ PNG\)\? It cannot be undone\."', button
+    )
+
+
 def test_an_upload_a_running_job_uses_is_not_deleted(bob, carol, accounts):
     client = logged_in(bob)
     upload = uploaded(client)

@@ -7,7 +7,7 @@ import generations.providers
 
 
 class Migration(migrations.Migration):
-    dependencies = [("generations", "0012_image_created_id")]
+    dependencies = [("generations", "0013_range_filter_indexes_and_search_document")]
 
     operations = [
         migrations.AlterField(

@@ -211,6 +211,26 @@ def test_jobs_made_in_the_lightbox_join_your_jobs_and_finish_there(page, bob, ac
     assert polls
 
 
+def test_compare_providers_on_the_studio_puts_its_jobs_in_your_jobs_live(page, bob, accounts):
+    from tests.test_access import make_image, make_job
+
+    source = make_image(
+        make_job(bob, accounts["apiframe"], "a paper boat on a quiet lake", status="succeeded", seed=7)
+    )
+    log_in(page, "bob", "pw-bob-123")
+    page.locator(f"#image-{source.pk} a.open").click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_role("button", name="Compare providers").click()
+    dialog.locator("#lightbox-status").filter(has_text="Comparing on 3 provider accounts").wait_for()
+    jobs = list(Generation.objects.exclude(comparison="").values_list("pk", "comparison"))
+    assert len(jobs) == 3
+    for pk, _ in jobs:  # each card arrives without a reload, as the studio's jobs-created asks for it
+        page.locator(f"#jobs #job-{pk}").wait_for()
+    assert "/compare/" not in page.url  # the studio stayed
+    link = dialog.get_by_role("link", name="See them side by side")
+    assert link.get_attribute("href") == f"/compare/{jobs[0][1]}"
+
+
 def test_ones_uploads_are_listed_and_deleted_unless_a_running_job_uses_them(page, bob, accounts, tmp_path):
     from PIL import Image as PILImage
 
@@ -234,11 +254,21 @@ def test_ones_uploads_are_listed_and_deleted_unless_a_running_job_uses_them(page
         bob, accounts["apiframe"], status="running", params={"reference_urls": [f"upload:{upload.pk}"]}
     )
 
+    # Delete asks first (hx-confirm): declined, nothing is sent and the upload stays.
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.dismiss()))
+    delete.click()
+    page.wait_for_function("!document.querySelector('.htmx-request')")
+    assert asked and asked[0].startswith("Delete this uploaded file (96×64 PNG)?")
+    assert Reference.objects.filter(pk=upload.pk).exists() and delete.is_visible()
+
+    page.once("dialog", lambda dialog: dialog.accept())
     delete.click()
     page.get_by_role("alert").filter(has_text=f"Job #{job.pk} is still running with this upload").wait_for()
     assert Reference.objects.filter(pk=upload.pk).exists()
 
     Generation.objects.filter(pk=job.pk).update(status="succeeded")
+    page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete upload").click()
     page.locator("#your-uploads").filter(has_text="Upload deleted").wait_for()
     assert not Reference.objects.filter(pk=upload.pk).exists()
