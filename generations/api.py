@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Prefetch, Subquery
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
+from django.utils.http import content_disposition_header
 from django.views.decorators.csrf import csrf_exempt
 
 from . import credits, engine, media
@@ -327,9 +328,17 @@ def serve_image(image: Image, variant: str) -> HttpResponse:
     else:
         response = FileResponse(field.open("rb"), content_type=content_type)
     response["Cache-Control"] = "private, max-age=86400"
-    response["Content-Disposition"] = (
-        f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
-    )
+    extension = "jpg" if variant == "thumbnail" or image.format == "jpeg" else image.format
+    suffix = "-thumbnail" if variant == "thumbnail" else ""
+    return as_media(response, f"fluxweb-{image.generation_id}-{image.index}{suffix}.{extension}")
+
+
+def as_media(response: HttpResponse, filename: str, *, attachment: bool = False) -> HttpResponse:
+    """Every media response: the browser keeps to the declared type (nosniff, said here too because a web
+    server sending the file for X-Accel-Redirect keeps only some of our headers) and gets a file name it
+    cannot misread (quoted, or RFC 5987-encoded where it is not plain ASCII)."""
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = content_disposition_header(attachment, filename)
     return response
 
 

@@ -33,7 +33,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import trigger_client_event
 
 from . import archive
-from .api import serve_image
+from .api import as_media, serve_image
 from .catalog import NAMES, model_ids
 from .forms import is_text, parse_id
 from .login import login_required
@@ -406,17 +406,13 @@ def download(request, pk: int):
     """The original as stored, our metadata embedded (sent like any image, by the web server when
     FLUXWEB_SENDFILE_HEADER is set), or with `?metadata=0` the same bytes without our metadata."""
     image = visible_image(pk)
-    attachment = f'attachment; filename="{archive.file_name(image)}"'
     if request.GET.get("metadata") != "0":
-        response = serve_image(image, "file")
-        response["Content-Disposition"] = attachment
-        return response
+        return as_media(serve_image(image, "file"), archive.file_name(image), attachment=True)
     with image.file.open("rb") as source:
         data = archive.strip_metadata(source.read(), image.format)
     response = HttpResponse(data, content_type=image.content_type)
-    response["Content-Disposition"] = attachment
     response["Cache-Control"] = "private, no-store"
-    return response
+    return as_media(response, archive.file_name(image), attachment=True)
 
 
 # -- favorites ------------------------------------------------------------------------------------------------
@@ -631,7 +627,7 @@ def zip_download(request, ids: list[int]) -> HttpResponse:
         return refuse(request, "None of the selected images exists any more.", status=404)
     response = StreamingHttpResponse(archive.zip_stream(images), content_type="application/zip")
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
-    response["Content-Disposition"] = f'attachment; filename="fluxweb-{stamp}-{len(images)}-images.zip"'
+    as_media(response, f"fluxweb-{stamp}-{len(images)}-images.zip", attachment=True)
     response["Cache-Control"] = "private, no-store"
     return response
 

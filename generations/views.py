@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import trigger_client_event
 
 from . import credits, engine, gallery, media
-from .api import serve_image, upload_in_use
+from .api import as_media, serve_image, upload_in_use
 from .catalog import NAMES, model_ids
 from .estimate import Estimate, estimate
 from .forms import (
@@ -782,7 +782,7 @@ def reference_upload(request, token: str):
     upload = get_object_or_404(Reference, pk=pk)
     response = FileResponse(upload.file.open("rb"), content_type=f"image/{upload.format}")
     response["Cache-Control"] = "private, max-age=3600"
-    return response
+    return as_media(response, f"fluxweb-reference-{upload.pk}.{upload.format}")
 
 
 @require_GET
