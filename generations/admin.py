@@ -3,6 +3,7 @@ from decimal import Decimal, InvalidOperation
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, Q, Sum
 from django.shortcuts import redirect, render
@@ -41,6 +42,14 @@ class ProviderAccountForm(forms.ModelForm):
         model = ProviderAccount
         fields = ["slug", "kind", "base_url", "api_key", "enabled", "priority", "monthly_spend_cap"]
 
+    def clean(self):
+        cleaned = super().clean()
+        has_key = bool(cleaned.get("api_key")) or (self.instance.pk is not None and self.instance.has_key)
+        if cleaned.get("enabled") and not has_key:
+            # Saved enabled with no key, the account was offered to members and every job on it failed.
+            self.add_error("enabled", "An account needs an API key before it can be enabled.")
+        return cleaned
+
     def save(self, commit=True):
         account = super().save(commit=False)
         if self.cleaned_data.get("api_key"):
@@ -68,7 +77,9 @@ class ProviderAccountAdmin(admin.ModelAdmin):
 
     @admin.display(description="key")
     def key_hint(self, account):
-        return f"…{account.key_last4}" if account.has_key else "not set"
+        if not account.has_key:
+            return "not set"
+        return f"…{account.key_last4}" if account.key_last4 else "set"  # a short key shows nothing of itself
 
     @admin.display(description="charged this month")
     def spent_this_month(self, account):
@@ -110,6 +121,9 @@ class EventInline(admin.TabularInline):
     can_delete = False
     readonly_fields = ["at", "what", "detail"]
 
+    def has_add_permission(self, request, obj=None):
+        return False  # the timeline is what happened; no one adds to it by hand
+
 
 @admin.register(Generation)
 class GenerationAdmin(admin.ModelAdmin):
@@ -140,7 +154,10 @@ class GenerationAdmin(admin.ModelAdmin):
 
     def usage_view(self, request):
         """Spend this month per user and per provider account, FluxWeb's charge beside what the provider
-        reported (Vtrix in USD, Apiframe and PixelDojo in their own credits)."""
+        reported (Vtrix in USD, Apiframe and PixelDojo in their own credits). Everyone's spend: for those who
+        may read the ledger, not any staff member."""
+        if not request.user.has_perm("generations.view_ledgerentry"):
+            raise PermissionDenied
         start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
         month = Generation.objects.filter(created_at__gte=start)
         images = dict(
@@ -224,6 +241,7 @@ class CreditAccountAdmin(admin.ModelAdmin):
         form = GrantForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
+            moved = 0
             for account in queryset.select_related("user"):
                 try:
                     if amount > 0:
@@ -232,9 +250,10 @@ class CreditAccountAdmin(admin.ModelAdmin):
                         credits.adjust(account.user, amount, admin=request.user, note=note)
                 except ValueError as error:
                     self.message_user(request, str(error), messages.ERROR)
-            self.message_user(
-                request, f"{amount:+} credits for {queryset.count()} user(s).", messages.SUCCESS
-            )
+                else:
+                    moved += 1
+            if moved:  # a refusal alone must not read as done
+                self.message_user(request, f"{amount:+} credits for {moved} user(s).", messages.SUCCESS)
             return redirect(request.get_full_path())
         return render(
             request,
@@ -278,8 +297,26 @@ class QuotaAdmin(admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
+    """Adding a token issues one (only its digest is kept) and shows it once, as `apitoken create` does; a
+    plain save stored an empty digest, and a second one broke the unique digest with a 500."""
+
     list_display = ["prefix", "user", "name", "created_at", "last_used_at"]
     readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        issued, token = ApiToken.issue(obj.user, name=obj.name)
+        obj.pk, obj.digest, obj.prefix = issued.pk, issued.digest, issued.prefix
+        obj._state.adding = False
+        self.message_user(
+            request,
+            f"Token for {obj.user}, shown this once (only its digest is kept): {token}",
+            messages.WARNING,
+        )
 
 
 admin.site.register(Prompt, search_fields=["text"], list_display=["__str__", "uses", "last_used_at"])

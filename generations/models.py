@@ -204,7 +204,8 @@ class ProviderAccount(models.Model):
 
     def set_api_key(self, key: str) -> None:
         self.api_key_encrypted = crypto.encrypt(key)
-        self.key_last4 = key[-4:]
+        # The last four characters as a hint, only where they are a small part of the key (issue 10, bug 2).
+        self.key_last4 = key[-4:] if len(key) >= 12 else ""
 
     @property
     def api_key(self) -> str:
