@@ -10,7 +10,9 @@ from django.conf import settings
 from django.core.cache import cache
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
-from django_q.signals import post_spawn
+from django_q.signals import post_spawn, pre_execute
+
+from fluxweb import logs
 
 from .models import CreditAccount, ProviderAccount
 
@@ -41,3 +43,7 @@ def stop_worker_on_signal(sender, proc_name: str, **kwargs) -> None:
 
     signal.signal(signal.SIGTERM, exit_now)
     signal.signal(signal.SIGINT, exit_now)
+
+
+# Every log line a submit or ingest task writes carries its generation id (FLUXWEB_LOG_FORMAT=json).
+pre_execute.connect(logs.task_started, dispatch_uid="fluxweb-log-generation")
