@@ -82,6 +82,10 @@ if not SECRET_KEY:
 if SECRET_KEY == DEV_SECRET_KEY and not DEBUG:
     raise ImproperlyConfigured("Refusing to start with the development secret key while DJANGO_DEBUG is off.")
 
+# Rotating the secret: the new one in DJANGO_SECRET_KEY, the old one here until sessions and signed links made
+# with it have expired (docs/operations.md).
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", "")
+
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 
 DATA_DIR = Path(os.environ.get("FLUXWEB_DATA_DIR", BASE_DIR / "var")).resolve()

@@ -82,6 +82,11 @@ def test_it_reads_the_https_variables(monkeypatch, tmp_path):
     assert chosen["SECURE_HSTS_SECONDS"] == 600 and not chosen["SECURE_SSL_REDIRECT"]
 
 
+def test_it_keeps_an_old_secret_key_as_a_fallback_while_rotating(monkeypatch, tmp_path):
+    loaded = load(monkeypatch, tmp_path, DJANGO_SECRET_KEY_FALLBACKS="o" * 50)
+    assert loaded["SECRET_KEY_FALLBACKS"] == ["o" * 50]
+
+
 # -- Content-Security-Policy -----------------------------------------------------------------------------------
 def test_it_sends_a_strict_content_security_policy(client, bob):
     client.force_login(bob)
