@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # bin/run keeps its own SQLite database: the PostgreSQL pass would only run the same thing again.
+    pytest.mark.skipif(bool(os.environ.get("DATABASE_URL")), reason="bin/run's own SQLite: SQLite pass only"),
+]
+BOUND = 10  # seconds from the signal until every process is gone; the original bug took over 60
 
 
 def free_port() -> int:
@@ -76,7 +81,7 @@ def run_command(tmp_path):
         ["bin/run"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     base = f"http://127.0.0.1:{web}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while True:
         try:
             if get(f"{base}/login/").status == 200:
@@ -144,10 +149,10 @@ def test_it_stops_web_worker_and_sandbox_on_a_signal_to_its_group(run_command, s
 
     os.killpg(process.pid, signum)
     signalled = time.monotonic()
-    while time.monotonic() - signalled < 8 and any(map(running, started | {process.pid})):
+    while time.monotonic() - signalled < BOUND and any(map(running, started | {process.pid})):
         time.sleep(0.1)
 
     assert not [pid for pid in started if running(pid)], f"left behind after {signum.name}"
     assert process.wait(timeout=1) is not None
     print(f"stopped in {time.monotonic() - signalled:.1f} s")
-    assert time.monotonic() - signalled < 8
+    assert time.monotonic() - signalled < BOUND
