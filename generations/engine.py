@@ -28,6 +28,7 @@ from . import credits, crypto, media
 from .models import Generation, Lease, Prompt, ProviderAccount, digest
 from .providers import GenerationRequest, Outcome, ProviderError, Unsupported
 from .providers import http as provider_http
+from .signals import WorkerStop
 
 log = logging.getLogger(__name__)
 
@@ -538,6 +539,9 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     reaped_at = 0.0
     try:
         while True:
+            if WorkerStop.stopping:  # the worker was told to stop: the next cluster sweeps at once
+                release_lease(holder)
+                return polls
             if time.monotonic() - reaped_at >= REAP_EVERY:
                 reap(kick=False)
                 reaped_at = time.monotonic()

@@ -91,12 +91,11 @@ def run_command(tmp_path):
         assert process.poll() is None, (tmp_path / "run.log").read_text()
         assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
         time.sleep(0.3)
+    children = descendants(process.pid)  # each in a group of its own, which outlives a failed test's bash
     yield process, base, env
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-    for pid in descendants(process.pid):
+    for group in {process.pid, *children, *descendants(process.pid)}:
         try:
-            os.killpg(pid, signal.SIGKILL)
+            os.killpg(group, signal.SIGKILL)
         except OSError:
             pass
     log.close()

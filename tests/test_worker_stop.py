@@ -1,14 +1,17 @@
-"""A django-q2 worker told to stop (issue 10, bug 1): idle or sweeping, it leaves at once; running a submit or
-a download, it finishes that task and starts no other."""
+"""A django-q2 worker told to stop (issue 10, bug 1): the sweeper ends at its next tick and lets its lease
+go, a submit or download finishes, and a task fetched afterwards does nothing; the worker itself stays to take the
+cluster's STOP (a worker gone early left the cluster's stop waiting for good on its full task queue)."""
 
 from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
-from generations import signals, tasks
+from generations import engine, signals, tasks
+from generations.models import Lease
 
 
 @pytest.fixture
@@ -18,30 +21,56 @@ def worker_handlers():
     yield
     for signum, handler in saved.items():
         signal.signal(signum, handler)
-    signals.WorkerStop.stopping, signals.WorkerStop.task = False, None
-
-
-def started(func) -> None:
-    signals.refuse_tasks_once_stopping(sender="django_q", func=func, task={"args": ()})
+    signals.WorkerStop.stopping = False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_an_idle_worker_leaves_at_once(worker_handlers, signum):
-    with pytest.raises(SystemExit):
-        os.kill(os.getpid(), signum)
-
-
-def test_a_sweeping_worker_leaves_at_once(worker_handlers):
-    started(tasks.sweep)
-    with pytest.raises(SystemExit):
-        os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_a_submitting_worker_finishes_its_task_and_starts_no_other(worker_handlers):
-    started(tasks.submit)
-    os.kill(os.getpid(), signal.SIGINT)  # no exit in the middle of the provider call
+def test_an_idle_or_busy_worker_notes_the_stop_and_goes_on(worker_handlers, signum):
+    os.kill(os.getpid(), signum)  # no exception: a submit or download running finishes
     assert signals.WorkerStop.stopping
 
-    signals.forget_the_task(sender="django_q", func=tasks.submit, task={})
-    with pytest.raises(SystemExit):
-        started(tasks.ingest)  # a task fetched before the stop stays in the broker
+
+def test_the_sweeper_ends_at_its_next_tick_and_lets_its_lease_go(
+    worker_handlers, db, running_job, monkeypatch
+):
+    polls = []
+
+    def poll(due, poller):
+        polls.append(len(due))
+        os.kill(os.getpid(), signal.SIGINT)  # while polling: the batch is written back first
+        return len(due)
+
+    monkeypatch.setattr(engine, "poll_batch", poll)
+    started = time.monotonic()
+
+    assert engine.sweep(seconds=30) == 1
+
+    assert polls == [1] and time.monotonic() - started < 5
+    lease = Lease.objects.get(name="sweeper")
+    assert lease.expires_at <= engine.timezone.now()  # released: the next cluster sweeps at once
+
+
+def test_tasks_fetched_after_the_stop_do_nothing(worker_handlers, db, monkeypatch):
+    called = []
+    for name in ("submit", "ingest", "sweep", "reap"):
+        monkeypatch.setattr(engine, name, lambda *args, name=name: called.append(name))
+    os.kill(os.getpid(), signal.SIGINT)
+
+    tasks.submit(1), tasks.ingest(1), tasks.sweep(), tasks.reap()
+
+    assert called == []
+
+
+@pytest.fixture
+def running_job(bob, accounts):
+    from generations.models import Generation, Prompt
+
+    return Generation.objects.create(
+        user=bob,
+        prompt=Prompt.remember("a lighthouse", bob),
+        model="flux-2-max",
+        account=accounts["apiframe"],
+        status="running",
+        provider_job_id="job-1",
+        next_poll_at=engine.timezone.now(),
+    )
