@@ -145,6 +145,7 @@ AXES_FAILURE_LIMIT = env_int("FLUXWEB_LOGIN_FAILURE_LIMIT", 5)
 AXES_COOLOFF_TIME = timedelta(minutes=env_int("FLUXWEB_LOGIN_COOLOFF_MINUTES", 15))
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_CLIENT_IP_CALLABLE = "fluxweb.proxy.client_ip"
 FLUXWEB_TRUSTED_PROXIES = env_list("FLUXWEB_TRUSTED_PROXIES", "")
 

@@ -128,6 +128,7 @@ def test_thirty_wrong_passwords_lock_the_right_one_out(client, dave):
 
     assert response.status_code == 429
     assert not logged_in(client)
+    assert "Too many wrong passwords" in response.content.decode()  # a page saying why and for how long
 
 
 def test_it_counts_wrong_passwords_per_client_behind_a_trusted_proxy(settings, dave):
