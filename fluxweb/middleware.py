@@ -6,12 +6,18 @@
 - A Content-Length that is not a number, or a path or query string holding a NUL character (PostgreSQL refuses it in
   text, as a 500) is a 400.
 - No error leaves /api/ without the JSON shape: a 400 from a suspicious request, a 500, whatever answered it.
+- SQLite's "database is locked" is never a 500 (DatabaseBusyMiddleware).
 """
 
 from __future__ import annotations
 
+import logging
+import random
+import time
+
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError, connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.html import escape
 from django.views import defaults
@@ -119,6 +125,63 @@ class RequestLimitsMiddleware:
             if header in response:
                 converted[header] = response[header]
         return converted
+
+
+log = logging.getLogger("generations.busy")
+# Pauses before each retry of a request that found SQLite's one write lock taken past the busy timeout.
+RETRY_PAUSES = (0.1, 0.3, 0.8, 1.5)
+# Views that may run twice: a provider's webhook is only a hint to poll, checked against the job's state.
+REPEATABLE_VIEWS = {"webhook"}
+
+
+def is_locked(error: BaseException) -> bool:
+    return isinstance(error, OperationalError) and "locked" in str(error) and connection.vendor == "sqlite"
+
+
+def repeatable(request: HttpRequest) -> bool:
+    """A request that changes nothing, a webhook, or an API create carrying an Idempotency-Key (a second
+    run returns the first job): running it again after a rolled-back attempt is safe."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return True
+    match = request.resolver_match
+    if match is not None and match.url_name in REPEATABLE_VIEWS:
+        return True
+    return is_api(request) and request.method == "POST" and bool(request.headers.get("Idempotency-Key"))
+
+
+def busy(request: HttpRequest) -> HttpResponse:
+    message = "FluxWeb is busy right now and did not finish the request. Try again in a moment."
+    response = api_error(503, "busy", message) if is_api(request) else page(503, "Busy", message)
+    response["Retry-After"] = "2"
+    return response
+
+
+class DatabaseBusyMiddleware:
+    """SQLite has one write lock; a writer waits the busy timeout (20 s) for it and then fails with
+    "database is locked" (issue 10, bug 4: 2 creates and 2 webhooks answered 500 under 30 clients). A request
+    safe to repeat is run again after a short jittered pause; any other answers 503 with Retry-After, its
+    transaction rolled back. PostgreSQL waits on row locks instead and never gets here."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not is_locked(exception):
+            return None
+        match = request.resolver_match
+        if match is not None and repeatable(request):
+            for pause in RETRY_PAUSES:
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                try:
+                    return match.func(request, *match.args, **match.kwargs)
+                except OperationalError as error:
+                    if not is_locked(error):
+                        raise
+        log.warning("%s %s: the database stayed locked; answered 503", request.method, request.path)
+        return busy(request)
 
 
 def handler400(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

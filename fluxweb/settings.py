@@ -4,6 +4,7 @@ import base64
 import hashlib
 import os
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -82,6 +83,10 @@ if not SECRET_KEY:
 if SECRET_KEY == DEV_SECRET_KEY and not DEBUG:
     raise ImproperlyConfigured("Refusing to start with the development secret key while DJANGO_DEBUG is off.")
 
+# Rotating the secret: the new one in DJANGO_SECRET_KEY, the old one here until sessions and signed links made
+# with it have expired (docs/operations.md).
+SECRET_KEY_FALLBACKS = env_list("DJANGO_SECRET_KEY_FALLBACKS", "")
+
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1")
 
 DATA_DIR = Path(os.environ.get("FLUXWEB_DATA_DIR", BASE_DIR / "var")).resolve()
@@ -108,6 +113,7 @@ INSTALLED_APPS = [
     "django_htmx",
     "template_partials",
     "django_q",
+    "axes",
     "generations",
     "accounts",
 ]
@@ -116,14 +122,38 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "fluxweb.middleware.RequestLimitsMiddleware",
+    "fluxweb.middleware.DatabaseBusyMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into its 429 answer.
+    "axes.middleware.AxesMiddleware",
 ]
+
+# Login throttling (django-axes): a username tried from one address with FLUXWEB_LOGIN_FAILURE_LIMIT wrong
+# passwords is refused, the right one included, for FLUXWEB_LOGIN_COOLOFF_MINUTES. The address is the
+# connection's, or behind FLUXWEB_TRUSTED_PROXIES the one the proxy saw (fluxweb/proxy.py): else every
+# member would share the proxy's address, and a client could name any address it likes.
+# Axes first, then ModelBackend with each request's user loaded together with its role (accounts/backends.py),
+# then sign-in with OpenID Connect. Sessions made before ProfileBackend name the old backend, so people log
+# in once more after that upgrade.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "accounts.backends.ProfileBackend",
+    "accounts.oidc.Backend",
+]
+AXES_FAILURE_LIMIT = env_int("FLUXWEB_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("FLUXWEB_LOGIN_COOLOFF_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_CLIENT_IP_CALLABLE = "fluxweb.proxy.client_ip"
+FLUXWEB_TRUSTED_PROXIES = env_list("FLUXWEB_TRUSTED_PROXIES", "")
 
 ROOT_URLCONF = "fluxweb.urls"
 WSGI_APPLICATION = "fluxweb.wsgi.application"
@@ -152,9 +182,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
 ]
-# ModelBackend, with each request's user loaded together with its role (accounts/backends.py). Sessions made
-# before this backend name the old one, so people log in once more after the upgrade.
-AUTHENTICATION_BACKENDS = ["accounts.backends.ProfileBackend", "accounts.oidc.Backend"]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "studio"
 LOGOUT_REDIRECT_URL = "login"
@@ -228,9 +255,43 @@ if FLUXWEB_SENDFILE_HEADER not in ("", "X-Accel-Redirect", "X-Sendfile"):
     )
 # -- media storage -- end -------------------------------------------------------------------------------------
 
+# HTTPS (check --deploy): an https FLUXWEB_SITE_URL turns on secure cookies, the redirect to https and HSTS.
+# Behind a proxy that ends TLS, FLUXWEB_PROXY_SSL_HEADER names the header it sets to "https" (nginx:
+# X-Forwarded-Proto); without it Django sees plain http and the redirect would loop.
+HTTPS = SITE_URL.startswith("https://")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SITE_URL.startswith("https://")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = HTTPS
+SECURE_SSL_REDIRECT = env_bool("FLUXWEB_SSL_REDIRECT", HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain http
+SECURE_HSTS_SECONDS = env_int("FLUXWEB_HSTS_SECONDS", 31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("FLUXWEB_HSTS_INCLUDE_SUBDOMAINS", True)
+SECURE_HSTS_PRELOAD = env_bool("FLUXWEB_HSTS_PRELOAD", False)
+if not SECURE_HSTS_PRELOAD:
+    # Asking browsers to hard-code the domain is its owner's decision, not a default (security.W021).
+    SILENCED_SYSTEM_CHECKS = ["security.W021"]
+if os.environ.get("FLUXWEB_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + os.environ["FLUXWEB_PROXY_SSL_HEADER"].upper().replace("-", "_"),
+        "https",
+    )
+
+# Content-Security-Policy (django-csp; Django 5.2 has no SECURE_CSP): scripts, styles, images and requests
+# from this site only. Templates carry no inline script, style or event handler, and htmx runs without eval.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 # Money: integer credits; one credit is worth this many US dollars (providers.md section 8).
 FLUXWEB_CREDIT_USD = os.environ.get("FLUXWEB_CREDIT_USD", "0.001")
@@ -289,12 +350,26 @@ else:
         }
     }
 
+# FLUXWEB_LOG_FORMAT=json: one JSON object per line, with the generation id (fluxweb/logs.py); else plain text.
+LOG_FORMAT = os.environ.get("FLUXWEB_LOG_FORMAT", "text")
+if LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"FLUXWEB_LOG_FORMAT must be text or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"generation": {"()": "fluxweb.logs.GenerationFilter"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "fluxweb.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["generation"]},
+    },
+    "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {
-        "generations": {"handlers": ["console"], "level": os.environ.get("FLUXWEB_LOG_LEVEL", "INFO")},
+        "generations": {"level": os.environ.get("FLUXWEB_LOG_LEVEL", "INFO")},
+        # django-q2 adds a handler of its own only where none is configured: ours, in the chosen format.
+        "django-q": {"level": "INFO"},
         # httpx logs request lines at INFO; keep it quiet so nothing near a key reaches the log.
         "httpx": {"level": "WARNING"},
     },

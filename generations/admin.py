@@ -54,6 +54,14 @@ class ProviderAccountForm(forms.ModelForm):
             "result_hosts",
         ]
 
+    def clean(self):
+        cleaned = super().clean()
+        has_key = bool(cleaned.get("api_key")) or (self.instance.pk is not None and self.instance.has_key)
+        if cleaned.get("enabled") and not has_key:
+            # Saved enabled with no key, the account was offered to members and every job on it failed.
+            self.add_error("enabled", "An account needs an API key before it can be enabled.")
+        return cleaned
+
     def save(self, commit=True):
         account = super().save(commit=False)
         if self.cleaned_data.get("api_key"):
@@ -95,7 +103,9 @@ class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
 
     @admin.display(description="key")
     def key_hint(self, account):
-        return f"…{account.key_last4}" if account.has_key else "not set"
+        if not account.has_key:
+            return "not set"
+        return f"…{account.key_last4}" if account.key_last4 else "set"  # a short key shows nothing of itself
 
     @admin.display(description="charged this month")
     def spent_this_month(self, account):
@@ -201,6 +211,9 @@ class EventInline(admin.TabularInline):
     can_delete = False
     readonly_fields = ["at", "what", "detail"]
 
+    def has_add_permission(self, request, obj=None):
+        return False  # the timeline is what happened; no one adds to it by hand
+
 
 @admin.register(Generation)
 class GenerationAdmin(admin.ModelAdmin):
@@ -233,7 +246,8 @@ class GenerationAdmin(admin.ModelAdmin):
         """Spend per day by member, provider account and model over a chosen range (the last 30 days by
         default), FluxWeb's charge beside what the provider reported, differences flagged; `?format=csv`
         gives the same rows as a file."""
-        if not request.user.has_perm("generations.view_generation"):
+        # Everyone's spend: for those who may read the ledger, not any staff member.
+        if not request.user.has_perm("generations.view_ledgerentry"):
             raise PermissionDenied
         try:
             start, end = usage.parse_range(request.GET)
@@ -306,6 +320,7 @@ class CreditAccountAdmin(admin.ModelAdmin):
         form = GrantForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
+            moved = 0
             for account in queryset.select_related("user"):
                 try:
                     if amount > 0:
@@ -314,9 +329,10 @@ class CreditAccountAdmin(admin.ModelAdmin):
                         credits.adjust(account.user, amount, admin=request.user, note=note)
                 except ValueError as error:
                     self.message_user(request, str(error), messages.ERROR)
-            self.message_user(
-                request, f"{amount:+} credits for {queryset.count()} user(s).", messages.SUCCESS
-            )
+                else:
+                    moved += 1
+            if moved:  # a refusal alone must not read as done
+                self.message_user(request, f"{amount:+} credits for {moved} user(s).", messages.SUCCESS)
             return redirect(request.get_full_path())
         return render(
             request,
@@ -361,8 +377,26 @@ class QuotaAdmin(AuditedAdmin, admin.ModelAdmin):
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
+    """Adding a token issues one (only its digest is kept) and shows it once, as `apitoken create` does; a
+    plain save stored an empty digest, and a second one broke the unique digest with a 500."""
+
     list_display = ["prefix", "user", "name", "created_at", "last_used_at"]
     readonly_fields = ["prefix", "digest", "created_at", "last_used_at"]
+
+    def get_fields(self, request, obj=None):
+        return ["user", "name"] if obj is None else ["user", "name", *self.readonly_fields]
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            return super().save_model(request, obj, form, change)
+        issued, token = ApiToken.issue(obj.user, name=obj.name)
+        obj.pk, obj.digest, obj.prefix = issued.pk, issued.digest, issued.prefix
+        obj._state.adding = False
+        self.message_user(
+            request,
+            f"Token for {obj.user}, shown this once (only its digest is kept): {token}",
+            messages.WARNING,
+        )
 
 
 admin.site.register(Prompt, search_fields=["text"], list_display=["__str__", "uses", "last_used_at"])

@@ -349,8 +349,10 @@ def serve_image(image: Image, variant: str, redirect: bool = True) -> HttpRespon
     """The bytes, after the caller's access was checked, from disk or a bucket (`media.serve`)."""
     field = image.thumbnail if variant == "thumbnail" else image.file
     content_type = "image/jpeg" if variant == "thumbnail" else image.content_type
-    disposition = f'inline; filename="fluxweb-{image.generation_id}-{image.index}.{image.format}"'
-    return media.serve(field, content_type, disposition, redirect=redirect)
+    extension = "jpg" if variant == "thumbnail" or image.format == "jpeg" else image.format
+    suffix = "-thumbnail" if variant == "thumbnail" else ""
+    filename = f"fluxweb-{image.generation_id}-{image.index}{suffix}.{extension}"
+    return media.serve(field, content_type, filename, redirect=redirect)
 
 
 def reference_payload(reference: Reference) -> dict:

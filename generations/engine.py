@@ -31,6 +31,7 @@ from . import credits, crypto, media
 from .models import Generation, Lease, Prompt, ProviderAccount, digest
 from .providers import PROVIDERS, GenerationRequest, Outcome, ProviderError, Unsupported
 from .providers import http as provider_http
+from .signals import WorkerStop
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,37 @@ def request_digest(request: GenerationRequest, slug: str | None) -> str:
     return digest(repr((request, slug or "")))
 
 
+# Pauses before a create tries again after SQLite's write lock outlasted its busy timeout (issue 10, bug 4).
+LOCKED_RETRY_PAUSES = (0.1, 0.3, 0.8, 1.5)
+
+
 def create(
     user, request: GenerationRequest, *, provider: str | None = None, idempotency_key: str = ""
 ) -> tuple[Generation, bool]:
     """Validate, price, hold credits, check quotas and save in one transaction; enqueue the submit on
-    commit. Returns (generation, created): a repeated idempotency key returns the first generation."""
+    commit. Returns (generation, created): a repeated idempotency key returns the first generation.
+    A transaction that found the database locked rolled back whole, so it is tried again."""
+    for pause in (*LOCKED_RETRY_PAUSES, None):
+        try:
+            return create_once(user, request, provider=provider, idempotency_key=idempotency_key)
+        except IntegrityError:
+            raise
+        except DatabaseError as error:
+            if pause is not None and "locked" in str(error):
+                time.sleep(pause * random.uniform(0.5, 1.5))
+                continue
+            # The transaction rolled back, so no job and no hold exist.
+            log.warning("create for %s rolled back", user, exc_info=True)
+            raise CreateError(
+                credits.Refusal(
+                    "busy", "FluxWeb is busy right now; nothing was charged. Try again.", status=503
+                )
+            ) from None
+
+
+def create_once(
+    user, request: GenerationRequest, *, provider: str | None, idempotency_key: str
+) -> tuple[Generation, bool]:
     fingerprint = request_digest(request, provider)
     if idempotency_key:
         existing = Generation.objects.filter(user=user, idempotency_key=idempotency_key).first()
@@ -184,12 +211,6 @@ def create(
         if existing is None:
             raise
         return replay(existing, fingerprint), False
-    except DatabaseError:
-        # "database is locked" and the like: the transaction rolled back, so no job and no hold exist.
-        log.warning("create for %s rolled back", user, exc_info=True)
-        raise CreateError(
-            credits.Refusal("busy", "FluxWeb is busy right now; nothing was charged. Try again.", status=503)
-        ) from None
     return generation, True
 
 
@@ -709,6 +730,9 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     lease.start()
     try:
         while True:
+            if WorkerStop.stopping:  # the worker was told to stop: the next cluster sweeps at once
+                lease.release()
+                return polls
             if time.monotonic() - checked_at >= LEASE_SECONDS / 4:
                 checked_at = time.monotonic()
                 if not lease.still_held():

@@ -405,15 +405,13 @@ def download(request, pk: int):
     FLUXWEB_SENDFILE_HEADER is set), or with `?metadata=0` the same bytes without our metadata. With no
     `metadata` asked for, the person's setting decides (accounts: "Downloads keep the embedded metadata")."""
     image = visible_image(pk)
-    attachment = f'attachment; filename="{archive.file_name(image)}"'
     wanted = request.GET.get("metadata")
     if wanted != "0" and (wanted is not None or keeps_metadata(request.user)):
-        return media.serve(image.file, image.content_type, attachment)
+        return media.serve(image.file, image.content_type, archive.file_name(image), attachment=True)
     data = archive.strip_metadata(media.read_bytes(image.file), image.format)
     response = HttpResponse(data, content_type=image.content_type)
-    response["Content-Disposition"] = attachment
     response["Cache-Control"] = "private, no-store"
-    return response
+    return media.as_media(response, archive.file_name(image), attachment=True)
 
 
 # -- favorites ------------------------------------------------------------------------------------------------
@@ -635,7 +633,7 @@ def zip_download(request, ids: list[int]) -> HttpResponse:
         return refuse(request, "None of the selected images exists any more.", status=404)
     response = StreamingHttpResponse(archive.zip_stream(images), content_type="application/zip")
     stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
-    response["Content-Disposition"] = f'attachment; filename="fluxweb-{stamp}-{len(images)}-images.zip"'
+    media.as_media(response, f"fluxweb-{stamp}-{len(images)}-images.zip", attachment=True)
     response["Cache-Control"] = "private, no-store"
     return response
 

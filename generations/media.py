@@ -30,6 +30,7 @@ from django.conf import settings
 from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.utils.http import content_disposition_header
 from PIL import Image as PILImage
 
 from .providers import PROVIDERS, ProviderError
@@ -475,11 +476,14 @@ def signed_url(field, content_type: str, disposition: str) -> str:
     )
 
 
-def serve(field, content_type: str, disposition: str, redirect: bool = True) -> HttpResponse:
+def serve(
+    field, content_type: str, filename: str, *, attachment: bool = False, redirect: bool = True
+) -> HttpResponse:
     """The response for a stored file whose access the caller has already checked. On disk: the bytes, or
     FLUXWEB_SENDFILE_HEADER for the web server to send them. In a bucket: a redirect to a short-lived signed
     URL (the bucket stays private), X-Accel-Redirect to nginx's internal `/_s3/` location proxying that URL,
     or, with `redirect=False` (a provider fetching a reference may not follow one), the bytes streamed."""
+    disposition = content_disposition_header(attachment, filename)
     header = settings.FLUXWEB_SENDFILE_HEADER
     cache = CACHE
     if on_disk(field):
@@ -503,7 +507,15 @@ def serve(field, content_type: str, disposition: str, redirect: bool = True) -> 
         response = StreamingHttpResponse(read_chunks(field), content_type=content_type)
         response["Content-Length"] = str(field.storage.size(field.name))
     response["Cache-Control"] = cache
-    response["Content-Disposition"] = disposition
+    return as_media(response, filename, attachment=attachment)
+
+
+def as_media(response: HttpResponse, filename: str, *, attachment: bool = False) -> HttpResponse:
+    """Every media response: the browser keeps to the declared type (nosniff, said here too because a web
+    server sending the file for X-Accel-Redirect keeps only some of our headers) and gets a file name it
+    cannot misread (quoted, or RFC 5987-encoded where it is not plain ASCII)."""
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Disposition"] = content_disposition_header(attachment, filename)
     return response
 
 

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connections, models, transaction
+from django.db import OperationalError, connections, models, transaction
 from django.db.models import F, Q, Subquery, Sum
 from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
@@ -345,7 +345,8 @@ class ProviderAccount(models.Model):
 
     def set_api_key(self, key: str) -> None:
         self.api_key_encrypted = crypto.encrypt(key)
-        self.key_last4 = key[-4:]
+        # The last four characters as a hint, only where they are a small part of the key (issue 10, bug 2).
+        self.key_last4 = key[-4:] if len(key) >= 12 else ""
 
     @property
     def api_key(self) -> str:
@@ -979,7 +980,10 @@ class ApiToken(models.Model):
         if found is None:
             return None
         if found.last_used_at is None or timezone.now() - found.last_used_at > timedelta(minutes=5):
-            cls.objects.filter(pk=found.pk).update(last_used_at=timezone.now())
+            try:
+                cls.objects.filter(pk=found.pk).update(last_used_at=timezone.now())
+            except OperationalError:  # bookkeeping: a busy database must not refuse the request
+                pass
         return found.user
 
 

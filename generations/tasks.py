@@ -1,19 +1,23 @@
-"""django-q2 entry points: thin, taking ids, calling the engine."""
+"""django-q2 entry points: thin, taking ids, calling the engine. A task fetched after its worker was told to
+stop does nothing: the reaper re-drives the job (signals.WorkerStop)."""
 
 from . import engine
+from .signals import WorkerStop
 
 
 def submit(generation_id: int) -> None:
-    engine.submit(generation_id)
+    if not WorkerStop.stopping:
+        engine.submit(generation_id)
 
 
 def sweep() -> int:
-    return engine.sweep()
+    return 0 if WorkerStop.stopping else engine.sweep()
 
 
 def ingest(generation_id: int) -> None:
-    engine.ingest(generation_id)
+    if not WorkerStop.stopping:
+        engine.ingest(generation_id)
 
 
 def reap() -> int:
-    return engine.reap()
+    return 0 if WorkerStop.stopping else engine.reap()

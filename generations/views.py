@@ -797,8 +797,8 @@ def reference_upload(request, token: str):
     if pk is None:
         raise Http404
     upload = get_object_or_404(Reference, pk=pk)
-    disposition = f'inline; filename="reference-{upload.pk}.{upload.format}"'
-    return media.serve(upload.file, f"image/{upload.format}", disposition, redirect=False)
+    filename = f"fluxweb-reference-{upload.pk}.{upload.format}"
+    return media.serve(upload.file, f"image/{upload.format}", filename, redirect=False)
 
 
 @require_GET

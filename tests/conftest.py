@@ -204,3 +204,12 @@ def reply(status: int, body, headers=None) -> Reply:
     """A provider reply from a dict, a string or raw bytes."""
     raw = body if isinstance(body, bytes) else (body if isinstance(body, str) else json.dumps(body)).encode()
     return Reply(status, headers or {}, raw)
+
+
+def password_logs_in(username: str, password: str) -> bool:
+    """Whether these credentials sign in, asked the way the login form asks: with a request, which
+    django-axes needs to count failures per address (the test client's login() passes none)."""
+    from django.contrib.auth import authenticate
+    from django.test import RequestFactory
+
+    return authenticate(RequestFactory().post("/login/"), username=username, password=password) is not None

@@ -17,6 +17,8 @@ from accounts.models import AuditEntry, Invitation
 from generations import credits
 from generations.models import Quota
 
+from .conftest import password_logs_in
+
 JOIN = {"username": "fay", "password1": "pw-fay-12345", "password2": "pw-fay-12345"}
 
 
@@ -125,8 +127,8 @@ def test_a_password_is_reset_by_an_emailed_link(bob):
         form.redirect_chain[-1][0], {"new_password1": "new-pw-bob-456", "new_password2": "new-pw-bob-456"}
     )
     assert done.status_code == 302 and done["Location"] == "/account/password-reset/done"
-    assert Client().login(username="bob", password="new-pw-bob-456")
-    assert not Client().login(username="bob", password="pw-bob-123")
+    assert password_logs_in("bob", "new-pw-bob-456")
+    assert not password_logs_in("bob", "pw-bob-123")
     used = client.get(link, follow=True)
     assert "already been used or has expired" in used.content.decode()
 

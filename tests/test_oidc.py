@@ -21,6 +21,8 @@ from accounts.access import role_of
 from accounts.models import AuditEntry, Profile
 from generations import credits
 
+from .conftest import password_logs_in
+
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "idp-pass-123"
 CALLBACK = "/account/oidc/callback/"
@@ -192,7 +194,7 @@ def test_local_passwords_can_be_turned_off(sign_in_with_idp, settings, bob):
     page = client.get("/login/").content.decode()
     assert "Sign in with Corp ID" in page and 'name="password"' not in page
     assert client.post("/login/", {"username": "bob", "password": "pw-bob-123"}).status_code == 403
-    assert not Client().login(username="bob", password="pw-bob-123")
+    assert not password_logs_in("bob", "pw-bob-123")
     assert client.get("/account/password-reset/").status_code == 404
     assert sign_in(client, sign_in_with_idp, "ida")["Location"] == "/"
 

@@ -11,6 +11,8 @@ from accounts.access import role_of
 from accounts.models import AuditEntry, Invitation
 from generations.models import CreditAccount
 
+from .conftest import password_logs_in
+
 
 def run(*args) -> str:
     out, err = StringIO(), StringIO()
@@ -29,7 +31,7 @@ def test_it_adds_a_member_by_default_with_a_credit_account(db):
     assert "dana: created as member" in output
     assert role_of(dana) == "member" and dana.email == "dana@example.com" and not dana.is_staff
     assert CreditAccount.objects.filter(user=dana).exists()
-    assert Client().login(username="dana", password="pw-dana-123")
+    assert password_logs_in("dana", "pw-dana-123")
     assert AuditEntry.objects.get(action="user.add").actor_name == "manage.py user"
 
 

@@ -35,11 +35,11 @@ def browser():
 
 
 def open_page(browser, live_server, **options):
-    """A fresh context (its own cookies) and page on the live server; `options` go to the context."""
-    context = browser.new_context(
-        base_url=live_server.url,
-        **({"viewport": {"width": 1280, "height": 900}, "accept_downloads": True} | options),
-    )
+    """A fresh context (its own cookies) and page on the live server; `options` go to the context.
+    Playwright's wait_for_function evaluates its predicate with eval in the page, which FluxWeb's
+    Content-Security-Policy forbids: these contexts bypass it, and test_csp.py checks the pages under it."""
+    defaults = {"viewport": {"width": 1280, "height": 900}, "accept_downloads": True, "bypass_csp": True}
+    context = browser.new_context(base_url=live_server.url, **(defaults | options))
     page = context.new_page()
     page.set_default_timeout(15000)
     return context, page
