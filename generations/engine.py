@@ -151,7 +151,10 @@ def create(
             log.warning("create for %s rolled back", user, exc_info=True)
             raise CreateError(
                 credits.Refusal(
-                    "busy", "FluxWeb is busy right now; nothing was charged. Try again.", status=503
+                    "busy",
+                    "FluxWeb is busy right now; nothing was charged. Try again.",
+                    status=503,
+                    retry_after=2,
                 )
             ) from None
 

