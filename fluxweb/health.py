@@ -46,7 +46,7 @@ def check_broker() -> dict:
 
 
 def check_sweeper(now=None) -> dict:
-    from generations import engine
+    from generations import sweeper
     from generations.models import Generation, Lease
 
     now = now or timezone.now()
@@ -59,7 +59,7 @@ def check_sweeper(now=None) -> dict:
     if lease is not None:
         # A held lease was renewed LEASE_SECONDS before it expires; a released one at its expiry.
         beat = (
-            lease.expires_at - timedelta(seconds=engine.LEASE_SECONDS)
+            lease.expires_at - timedelta(seconds=sweeper.LEASE_SECONDS)
             if lease.expires_at > now
             else lease.expires_at
         )

@@ -1,4 +1,4 @@
-"""The generation lifecycle: create, submit, sweep (the one async poller), ingest, finish, cancel.
+"""The generation lifecycle with money: create, submit, ingest, finish, fail, cancel.
 
 Tasks, views, the API and webhooks all call these functions. The job row is the source of truth and the
 queue only a wake-up call: every step is idempotent, claims its work with a conditional UPDATE, and can be
@@ -7,14 +7,9 @@ re-run after a crash or a duplicate delivery without moving money twice.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import random
 import re
-import secrets
-import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -22,40 +17,28 @@ from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
-from . import credits, crypto, media
-from .models import Generation, Lease, Prompt, ProviderAccount, digest
-from .providers import PROVIDERS, GenerationRequest, Outcome, ProviderError, Unsupported
+from . import cadence, catalog, credits, crypto, media, sweeper
+from .models import Generation, Prompt, ProviderAccount, digest
+from .providers import PROVIDERS, GenerationRequest, ProviderError, Unsupported
 from .providers import http as provider_http
-from .signals import WorkerStop
 
 log = logging.getLogger(__name__)
 
 MAX_SUBMIT_ATTEMPTS = 4
-SWEEP_SECONDS = 50  # one sweep task's lifetime; well under Q_CLUSTER["timeout"], which is under "retry"
-# The sweeper's lease, renewed by a heartbeat thread every LEASE_SECONDS / 4 whatever a poll round costs: a
-# sweeper killed with its cluster (SIGKILL, OOM) frees the sweep within LEASE_SECONDS (issue 10: with 75 s,
-# renewed only between rounds, a dead cluster's lease kept every job unpolled past a minute).
-LEASE_SECONDS = 20
-SWEEP_TICK = 0.2  # how often an idle sweeper looks for newly due jobs: one indexed query
 # A task working on a job (a submit, a download) holds it for TASK_LEASE_SECONDS and renews that every
 # HEARTBEAT_SECONDS while its network call runs, however long the call (MaxAPI holds a submit until the image
 # is made). A killed worker stops renewing, so the reaper finds its job within a lease.
 TASK_LEASE_SECONDS = 30
 HEARTBEAT_SECONDS = 10
-# A job that no task has taken this long after it was queued (or re-driven) is queued again: the Redis broker
-# loses the tasks of a killed worker, and a failed task is acknowledged. The claims make a repeat harmless.
-STALE_SECONDS = 30
-REAP_EVERY = 1.0  # how often a running sweeper reaps; a django-q2 schedule reaps every minute besides
 MAX_INGEST_ATTEMPTS = 3
 INGEST_RETRY_PAUSE = 2.0  # seconds before the second download try, doubling after
 # A download that the provider finished before the deadline may still be saved this long after it.
 INGEST_GRACE_SECONDS = 120
-MAX_MALFORMED_POLLS = 3  # unreadable poll replies in a row before the job fails with that reason
 
 
 class CreateError(Exception):
@@ -64,63 +47,6 @@ class CreateError(Exception):
     def __init__(self, refusal: credits.Refusal):
         super().__init__(refusal.message)
         self.refusal = refusal
-
-
-# -- choosing a provider ----------------------------------------------------------------------------------
-def accounts_serving(model: str) -> list[ProviderAccount]:
-    return [
-        account
-        for account in ProviderAccount.objects.filter(enabled=True).exclude(api_key_encrypted="")
-        if model in account.adapter_class.models
-    ]
-
-
-def choose_account(request: GenerationRequest, slug: str | None) -> tuple[ProviderAccount, credits.Quote]:
-    """The named account, or the enabled accounts that serve the request by priority, then price."""
-    if slug:
-        account = ProviderAccount.objects.filter(slug=slug).first()
-        if account is None or not account.enabled or not account.has_key:
-            raise credits.Refusal(
-                "unknown_provider",
-                f"There is no enabled provider account {slug!r}.",
-                status=400,
-                field="provider",
-            )
-        if account.breaker_state() == "open":
-            # Fail fast, credits untouched: the account failed its last calls (reliability.md 8.14).
-            raise credits.Refusal(
-                "provider_unavailable",
-                f"The {slug} provider account is failing right now; try again in a minute, "
-                "or choose another provider.",
-                status=503,
-                field="provider",
-            )
-        candidates = [account]
-    else:
-        candidates = accounts_serving(request.model)
-        if not candidates:
-            raise credits.Refusal(
-                "no_provider",
-                f"No enabled provider account serves {request.model}; ask an admin.",
-                status=400,
-                field="model",
-            )
-        # "Best available" skips an account whose circuit breaker is open, unless every one is open.
-        candidates = [a for a in candidates if a.breaker_state() != "open"] or candidates
-    refusals: list[Unsupported] = []
-    choices = []
-    for account in candidates:
-        try:
-            account.adapter_class("", "").validate(request)
-        except Unsupported as exc:
-            refusals.append(exc)
-            continue
-        choices.append((account.priority, credits.quote(account.kind, request), account))
-    if not choices:
-        first = refusals[0]
-        raise credits.Refusal("unsupported", first.message, status=400, field=first.field)
-    _, price, account = min(choices, key=lambda c: (c[0], c[1].total, c[2].slug))
-    return account, price
 
 
 # -- create -------------------------------------------------------------------------------------------------
@@ -168,7 +94,7 @@ def create_once(
         if existing:
             return replay(existing, fingerprint), False
     try:
-        account, price = choose_account(request, provider)
+        account, price = catalog.choose_account(request, provider)
         if request.seed is None and account.adapter_class.models[request.model].seed:
             # Pick the seed ourselves so every image can be re-run exactly.
             request = replace(request, seed=random.randrange(2**31))
@@ -413,7 +339,7 @@ def submit(generation_id: int) -> None:
             return
         if error.permanent:
             fail(generation, error.code, error.message)
-        elif error.code == ProviderError.MALFORMED and generation.attempts >= MAX_MALFORMED_POLLS:
+        elif error.code == ProviderError.MALFORMED and generation.attempts >= sweeper.MAX_MALFORMED_POLLS:
             fail(
                 generation,
                 error.code,
@@ -451,10 +377,12 @@ def submit(generation_id: int) -> None:
         fail(generation, outcome.error.code, outcome.error.message)
         return
     # Store the provider's job id before anything waits on it: a worker killed now loses nothing.
-    generation.mark_submitted(outcome.job_id, outcome.poll_url or "", first_poll_delay(generation.account))
+    generation.mark_submitted(
+        outcome.job_id, outcome.poll_url or "", cadence.first_poll_delay(generation.account)
+    )
     if outcome.cost:
         Generation.objects.filter(pk=generation.pk).update(provider_cost=outcome.cost)
-    transaction.on_commit(kick_sweeper)
+    transaction.on_commit(sweeper.kick_sweeper)
 
 
 def postpone_submit(generation: Generation, until, why: str) -> None:
@@ -467,7 +395,7 @@ def postpone_submit(generation: Generation, until, why: str) -> None:
         generation.events.create(
             what="submit waits", detail=f"{generation.account.slug}: {why} ({wait:.1f} s)"
         )
-        transaction.on_commit(kick_sweeper)
+        transaction.on_commit(sweeper.kick_sweeper)
 
 
 # -- failover and health (issue 9.4) ------------------------------------------------------------------------
@@ -522,7 +450,7 @@ def move_on(generation: Generation, reason: str) -> bool:
     units = reference_credits // old_input if old_input else len(request.reference_urls)
     priced = replace(request, reference_megapixels=(float(units),) if units else ())
     choices = []
-    for account in accounts_serving(generation.model):
+    for account in catalog.accounts_serving(generation.model):
         if account.pk in tried or account.breaker_state() == "open":
             continue
         try:
@@ -589,7 +517,7 @@ def retry_submit(generation: Generation, error: ProviderError) -> None:
         lease_until=None,
     )
     generation.events.create(what="submit retry", detail=f"{message} (again in {delay:.1f} s)")
-    kick_sweeper()
+    sweeper.kick_sweeper()
 
 
 def webhook_url(generation: Generation) -> str:
@@ -597,464 +525,12 @@ def webhook_url(generation: Generation) -> str:
 
 
 # -- polling cadence -----------------------------------------------------------------------------------------
-def expected_latency(account: ProviderAccount) -> tuple[float, float] | None:
-    """(low, high): the 10th and 90th percentile of this account's last 20 submit-to-done times, or None
-    before it has finished three jobs."""
-    durations = sorted(
-        (done - started).total_seconds()
-        for started, done in Generation.objects.filter(account=account, provider_done_at__isnull=False)
-        .order_by("-id")
-        .values_list("started_at", "provider_done_at")[:20]
-        if started and done
-    )
-    if len(durations) < 3:
-        return None
-    return durations[len(durations) // 10], durations[min(len(durations) - 1, len(durations) * 9 // 10)]
-
-
-def first_poll_delay(account: ProviderAccount) -> float:
-    history = expected_latency(account)
-    # Without history, look early: the first answer usually carries progress to time the rest by.
-    delay = max(0.5, history[0] - 0.2) if history else 1.0
-    return max(account.adapter_class.min_poll_interval, delay)
-
-
-def next_poll_delay(
-    generation: Generation, progress: float | None, history: tuple[float, float] | None
-) -> float:
-    """When to ask again: just after the provider's own progress says it will be done; else through the
-    spread of recent completion times; else backing off. Low detection lag AND few provider calls. Never
-    sooner than the provider's minimum poll interval (its adapter's `min_poll_interval`)."""
-    floor = generation.account.adapter_class.min_poll_interval
-    elapsed = (timezone.now() - (generation.started_at or generation.created_at)).total_seconds()
-    if progress is not None and 0.05 <= progress < 1:
-        remaining = elapsed / progress - elapsed
-        return max(floor, min(5.0, remaining))
-    if history:
-        low, high = history
-        if elapsed < low:
-            return max(floor, low - elapsed)
-        if elapsed < high * 1.2:
-            return max(floor, 0.3)
-        return max(floor, min(5.0, 0.5 + elapsed * 0.1))
-    return max(floor, min(5.0, max(0.5, elapsed * 0.3)))
 
 
 # -- the sweeper -----------------------------------------------------------------------------------------------
-def kick_sweeper() -> None:
-    """Start a sweep unless one is running; it picks up every due job."""
-    lease = Lease.objects.filter(name="sweeper").first()
-    if lease is None or lease.expires_at <= timezone.now():
-        enqueue("sweep")
-
-
-def acquire_lease(holder: str) -> bool:
-    now = timezone.now()
-    expires = now + timedelta(seconds=LEASE_SECONDS)
-    if Lease.objects.filter(Q(expires_at__lte=now) | Q(holder=holder), name="sweeper").update(
-        holder=holder, expires_at=expires
-    ):
-        return True
-    try:
-        with transaction.atomic():
-            Lease.objects.create(name="sweeper", holder=holder, expires_at=expires)
-        return True
-    except IntegrityError:
-        return False
-
-
-def release_lease(holder: str) -> None:
-    # Dated a lease period back, so a heartbeat renewal already on its way finds it over and leaves it.
-    Lease.objects.filter(name="sweeper", holder=holder).update(
-        expires_at=timezone.now() - timedelta(seconds=LEASE_SECONDS)
-    )
-
-
-def lease_holder() -> str:
-    """Who holds the sweeper lease: host and process, so an operator (or a test) can tell which one."""
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
-
-
-class Heartbeat:
-    """The sweeper's lease, renewed from a thread of its own every LEASE_SECONDS / 4 while held, so a long
-    poll round never lets it lapse while the sweeper lives, and a dead sweeper's lapses within LEASE_SECONDS.
-    A renewal extends only a lease still live: a released one (dated in the past) stays released."""
-
-    def __init__(self, holder: str):
-        self.holder = holder
-        self.held = False
-        self.stop = threading.Event()
-
-    def acquire(self) -> bool:
-        self.held = acquire_lease(self.holder)
-        return self.held
-
-    def release(self) -> None:
-        self.held = False
-        release_lease(self.holder)
-
-    def still_held(self) -> bool:
-        """False once another sweeper holds the lease (ours lapsed: the database was out of reach)."""
-        return Lease.objects.filter(
-            name="sweeper", holder=self.holder, expires_at__gt=timezone.now()
-        ).exists()
-
-    def run(self) -> None:
-        try:
-            while not self.stop.wait(LEASE_SECONDS / 4):
-                if not self.held:
-                    continue
-                now = timezone.now()
-                try:
-                    Lease.objects.filter(name="sweeper", holder=self.holder, expires_at__gt=now).update(
-                        expires_at=now + timedelta(seconds=LEASE_SECONDS)
-                    )
-                except DatabaseError:
-                    log.warning("could not renew the sweeper lease", exc_info=True)
-        finally:
-            connection.close()
-
-    def start(self) -> None:
-        threading.Thread(target=self.run, name="fluxweb-sweeper-lease", daemon=True).start()
-
-
-def sweep(seconds: float = SWEEP_SECONDS) -> int:
-    """Poll every due in-flight job concurrently, write results back, and look again every tick (a new
-    submit or a webhook can make a job due at any moment); for at most `seconds`, then hand over to a fresh
-    task if work remains. Returns the number of polls made."""
-    lease = Heartbeat(lease_holder())
-    if not lease.acquire():
-        return 0
-    polls = 0
-    started = time.monotonic()
-    poller = Poller(settings.FLUXWEB_POLL_CONCURRENCY)
-    reaped_at = 0.0
-    checked_at = time.monotonic()
-    lease.start()
-    try:
-        while True:
-            if WorkerStop.stopping:  # the worker was told to stop: the next cluster sweeps at once
-                lease.release()
-                return polls
-            if time.monotonic() - checked_at >= LEASE_SECONDS / 4:
-                checked_at = time.monotonic()
-                if not lease.still_held():
-                    log.warning("the sweeper lease passed to another sweeper; this one stops")
-                    return polls
-            if time.monotonic() - reaped_at >= REAP_EVERY:
-                reap(kick=False)
-                reaped_at = time.monotonic()
-            resubmit_due()
-            due = list(Generation.objects.due().select_related("account")[:500])
-            if due:
-                polls += poll_batch(due, poller)
-            wait = seconds_until_next()
-            if wait is None:
-                lease.release()
-                # A job submitted between our last look and the release found the lease held; look again.
-                if seconds_until_next() is None or not lease.acquire():
-                    return polls
-                continue
-            now = time.monotonic()
-            if now - started > seconds:
-                lease.release()
-                enqueue("sweep")
-                return polls
-            time.sleep(min(SWEEP_TICK, max(0.02, wait)))
-    except BaseException:
-        lease.release()
-        raise
-    finally:
-        lease.stop.set()
-        poller.close()
-
-
-def seconds_until_next() -> float | None:
-    """Until the next poll or retry is due or a task's lease runs out; None when nothing waits on either."""
-    in_flight = Generation.objects.filter(status__in=Generation.IN_FLIGHT)
-    times = [
-        in_flight.filter(**{f"{field}__isnull": False}).order_by(field).values_list(field, flat=True).first()
-        for field in ("next_poll_at", "lease_until")
-    ]
-    times = [t for t in times if t is not None]
-    if not times:
-        return None
-    return max(0.0, (min(times) - timezone.now()).total_seconds())
-
-
-def resubmit_due(now=None) -> int:
-    """Queue the submit of every queued job whose retry time has come or whose submit lease ran out."""
-    now = now or timezone.now()
-    moved = 0
-    for pk in Generation.objects.filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
-        status=Generation.Status.QUEUED,
-        next_poll_at__lte=now,
-    ).values_list("pk", flat=True)[:100]:
-        # Clear the retry time first: the next loop will not enqueue it again, and the submit task's claim
-        # (which takes a job whose next_poll_at is empty or past) still succeeds.
-        Generation.objects.filter(pk=pk, status=Generation.Status.QUEUED).update(
-            next_poll_at=None, lease_until=None, redriven_at=now
-        )
-        enqueue_safely("submit", pk)
-        moved += 1
-    return moved
 
 
 # -- the reaper ----------------------------------------------------------------------------------------------
-def reap(now=None, *, kick: bool = True) -> int:
-    """Find every in-flight job that no task will move, and move it from the database: a job past its
-    deadline with no live task ends, fully refunded; a queued job whose submit task was lost is queued again
-    (the submit claim sends it at most once, and a submit that died mid-call is resent only where the
-    provider deduplicates); a finished job whose download task died or was lost is downloaded again, up to
-    MAX_INGEST_ATTEMPTS times; a running job with nothing due is polled. Runs in the sweeper every
-    REAP_EVERY seconds and from a django-q2 schedule every minute. Returns how many jobs it moved."""
-    now = now or timezone.now()
-    stale = now - timedelta(seconds=STALE_SECONDS)
-    free = Q(lease_until__isnull=True) | Q(lease_until__lte=now)
-    downloading = Q(
-        status=Generation.Status.RUNNING,
-        next_poll_at__isnull=True,
-        provider_done_at__isnull=False,
-        refused_host="",  # waiting for an admin: downloaded again only when one allows the host
-    )
-    moved = 0
-    for generation in (
-        Generation.objects.in_flight().filter(free, deadline_at__lte=now).select_related("account")[:200]
-    ):
-        in_grace = now < generation.deadline_at + timedelta(seconds=INGEST_GRACE_SECONDS)
-        if (
-            generation.provider_done_at is not None
-            and generation.status == Generation.Status.RUNNING
-            and not generation.refused_host
-            and in_grace
-            and generation.ingest_attempts < MAX_INGEST_ATTEMPTS
-        ):
-            continue  # the provider finished in time: its download is re-driven below
-        if generation.refused_host:
-            message = (
-                f"The provider finished, but its files are on {generation.refused_host}, a host no admin "
-                "allowed in time. Your credits are back."
-            )
-            code = "result_host_refused"
-        elif generation.provider_done_at is not None:
-            message = "The images could not be downloaded in time. Your credits are back."
-            code = "download_failed"
-        else:
-            message = "The provider did not finish in time. Your credits are back."
-            code = ProviderError.TIMEOUT
-        moved += fail(generation, code, message)
-    moved += resubmit_due(now)
-    lost_submits = Generation.objects.filter(
-        free,
-        Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, created_at__lte=stale),
-        status=Generation.Status.QUEUED,
-        next_poll_at__isnull=True,
-    )
-    for pk in lost_submits.values_list("pk", flat=True)[:200]:
-        if Generation.objects.filter(
-            pk=pk, status=Generation.Status.QUEUED, next_poll_at__isnull=True
-        ).update(redriven_at=now):
-            log.warning("generation %s: its submit was never taken; queued again", pk)
-            enqueue_safely("submit", pk)
-            moved += 1
-    lost_ingests = Generation.objects.filter(downloading).filter(
-        Q(lease_until__lte=now)
-        | Q(
-            Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, provider_done_at__lte=stale),
-            lease_until__isnull=True,
-        )
-    )
-    for pk, lease in lost_ingests.values_list("pk", "lease_until")[:200]:
-        if Generation.objects.filter(downloading, pk=pk, lease_until=lease).update(
-            lease_until=None, redriven_at=now
-        ):
-            log.warning("generation %s: its download stopped or was lost; downloading again", pk)
-            Generation.objects.get(pk=pk).events.create(what="download again", detail="the last try stopped")
-            enqueue_safely("ingest", pk)
-            moved += 1
-    # Running, not polled, nothing downloading: only a crash between two writes leaves this. Poll it.
-    moved += (
-        Generation.objects.filter(
-            status=Generation.Status.RUNNING, next_poll_at__isnull=True, provider_done_at__isnull=True
-        )
-        .exclude(provider_job_id="")
-        .update(next_poll_at=now)
-    )
-    if kick and (moved or Generation.objects.due(now).exists()):
-        kick_sweeper()
-    return moved
-
-
-class Poller:
-    """One event loop and one AsyncClient for a whole sweep, so connections and TLS set-up are reused from
-    round to round (a client costs ~18 ms to build, performance.md). Each round polls every due job at
-    once, bounded by a semaphore (httpx degrades past ~10 in flight). Network inside the loop, ORM outside."""
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.loop = asyncio.new_event_loop()
-        self.client = None
-
-    def poll(self, calls: list) -> list:
-        return self.loop.run_until_complete(self.round(calls))
-
-    async def round(self, calls: list) -> list:
-        if self.client is None:
-            self.client = provider_http.async_client(self.limit)
-        semaphore = asyncio.Semaphore(self.limit)
-        self.seconds = [0.0] * len(calls)  # each call's time on the wire, for the account's latency
-
-        async def one(index, adapter, call):
-            async with semaphore:
-                started = time.monotonic()
-                try:
-                    return adapter.parse_poll(await provider_http.send_async(self.client, adapter, call))
-                except ProviderError as error:
-                    return error
-                except Exception:
-                    # One job's unreadable reply is that job's problem, never the whole round's.
-                    log.exception("%s: unreadable poll reply", adapter.label)
-                    return unreadable(adapter)
-                finally:
-                    self.seconds[index] = time.monotonic() - started
-
-        return await asyncio.gather(*(one(i, adapter, call) for i, (adapter, call) in enumerate(calls)))
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.loop.run_until_complete(self.client.aclose())
-        self.loop.close()
-
-
-def likely_done_first(generation: Generation) -> tuple:
-    """Within one account the jobs share one distribution of completion times (`expected_latency`), so the
-    one furthest along (by the provider's progress, then by time since submit) is the likeliest done."""
-    return (-(generation.progress or 0.0), generation.started_at or generation.created_at, generation.pk)
-
-
-def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
-    """The due jobs each account's request budget lets us poll now: its queued submits keep their share
-    first, then the jobs likeliest done. The rest wait, without a poll counted, until the budget has room
-    (or a 429's pause ends), so the sweeper does not spin on them."""
-    now = now or timezone.now()
-    by_account: dict[int, list[Generation]] = {}
-    for generation in due:
-        by_account.setdefault(generation.account_id, []).append(generation)
-    allowed = []
-    for jobs in by_account.values():
-        account = jobs[0].account
-        jobs.sort(key=likely_done_first)
-        submits = Generation.objects.awaiting_submit(account, now).count()
-        granted = account.take_requests(len(jobs), keep=submits, now=now)
-        allowed += jobs[:granted]
-        if granted < len(jobs):
-            later = max(account.budget_free_at(now), now + timedelta(seconds=SWEEP_TICK))
-            Generation.objects.filter(
-                pk__in=[g.pk for g in jobs[granted:]], status=Generation.Status.RUNNING, next_poll_at__lte=now
-            ).update(next_poll_at=later)
-    return allowed
-
-
-def poll_batch(due: list[Generation], poller: Poller) -> int:
-    due = spend_budgets(due)
-    if not due:
-        return 0
-    adapters = {}
-    for account in {g.account_id: g.account for g in due}.values():
-        try:
-            adapters[account.pk] = account.adapter()
-        except crypto.KeyUnavailable as error:
-            log.error("provider account %s: %s", account.slug, error)
-    for generation in [g for g in due if g.account_id not in adapters]:
-        # One account with an unreadable key must not stop polling for the others.
-        fail(
-            generation,
-            ProviderError.AUTH,
-            f"The {generation.account.slug} provider account is misconfigured: "
-            "its API key cannot be decrypted. Your credits are back.",
-        )
-    calls, polled = [], []
-    for generation in due:
-        if generation.account_id not in adapters:
-            continue
-        adapter = adapters[generation.account_id]
-        try:
-            calls.append(
-                (adapter, adapter.build_poll(generation.provider_job_id, generation.poll_url or None))
-            )
-            polled.append(generation)
-        except Exception:
-            log.exception("generation %s: cannot build its poll", generation.pk)
-            apply_poll(generation, unreadable(adapter), None)
-    results = poller.poll(calls)
-    seconds = getattr(poller, "seconds", [None] * len(results))
-    for account_id in {g.account_id for g in polled}:
-        mine = [i for i, g in enumerate(polled) if g.account_id == account_id]
-        wire = [seconds[i] for i in mine if seconds[i] is not None]
-        record_health(
-            polled[mine[0]].account, [results[i] for i in mine], sum(wire) / len(wire) if wire else None
-        )
-    histories = {}
-    for generation, result in zip(polled, results, strict=True):
-        try:
-            if generation.account_id not in histories:
-                histories[generation.account_id] = expected_latency(generation.account)
-            apply_poll(generation, result, histories[generation.account_id])
-        except Exception:
-            # Writing one job's result failed (a locked database, say): poll it again soon, go on.
-            log.exception("generation %s: could not record its poll", generation.pk)
-    return len(calls)
-
-
-def unreadable(adapter) -> ProviderError:
-    return ProviderError(ProviderError.MALFORMED, f"{adapter.label} sent a reply FluxWeb could not read.")
-
-
-def apply_poll(
-    generation: Generation, result: Outcome | ProviderError, history: tuple[float, float] | None
-) -> None:
-    if isinstance(result, ProviderError):
-        if result.permanent:
-            fail(generation, result.code, result.message)
-        elif result.code == ProviderError.MALFORMED and generation.poll_errors + 1 >= MAX_MALFORMED_POLLS:
-            fail(
-                generation,
-                result.code,
-                f"{result.message} It did so {MAX_MALFORMED_POLLS} times in a row. Your credits are back.",
-            )
-        else:
-            generation.schedule_poll(2.0 if result.retry_after is None else result.retry_after)
-            if result.code == ProviderError.MALFORMED:
-                Generation.objects.filter(pk=generation.pk).update(poll_errors=F("poll_errors") + 1)
-        return
-    if generation.poll_errors:
-        Generation.objects.filter(pk=generation.pk).update(poll_errors=0)
-    if result.state == "pending":
-        generation.schedule_poll(next_poll_delay(generation, result.progress, history))
-        if result.progress is not None:
-            Generation.objects.filter(pk=generation.pk).update(progress=result.progress)
-        return
-    if result.state == "failed":
-        fail(generation, result.error.code, result.error.message)
-        return
-    provider_done(generation, result)
-
-
-def provider_done(generation: Generation, outcome: Outcome) -> None:
-    """The provider has the images: stop polling and hand the download to the ingest task, once."""
-    won = Generation.objects.filter(
-        pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False
-    ).update(
-        next_poll_at=None,
-        image_urls=list(outcome.image_urls),
-        provider_done_at=timezone.now(),
-        progress=1.0,
-        **({"provider_cost": outcome.cost} if outcome.cost else {}),
-    )
-    if won:
-        generation.events.create(what="provider done", detail=f"{len(outcome.image_urls)} image(s) ready")
-        enqueue_safely("ingest", generation.pk)
 
 
 # -- ingest -------------------------------------------------------------------------------------------------------
@@ -1154,7 +630,7 @@ def finish(generation: Generation, saved: list[media.Saved], problem: media.Medi
                 generation.events.create(
                     what="download retry", detail=f"{problem.message} (again in {pause:.0f} s)"
                 )
-                kick_sweeper()
+                sweeper.kick_sweeper()
             return
         fail(
             generation,
@@ -1257,36 +733,3 @@ def cancel_refusal(generation: Generation) -> str:
 
 
 # -- webhooks -------------------------------------------------------------------------------------------------------
-def webhook_hint(generation: Generation) -> None:
-    """A verified webhook says the job changed: ask the provider now, in this request, rather than trust
-    the body (reliability.md 3). If that poll fails, the job is due for the sweeper at once."""
-    generation.events.create(what="webhook", detail="provider notified us; polling now")
-    Generation.objects.filter(
-        pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False
-    ).update(next_poll_at=timezone.now())
-    generation.refresh_from_db()
-    if generation.status != Generation.Status.RUNNING or generation.next_poll_at is None:
-        return
-    if not generation.account.take_requests(1):
-        # The poll counts against the account's budget like any other (a replayed webhook buys nothing):
-        # the job is due now, and the sweeper polls it when the budget has room.
-        kick_sweeper()
-        return
-    try:
-        adapter = generation.account.adapter()
-        result = adapter.parse_poll(
-            provider_http.send(
-                adapter, adapter.build_poll(generation.provider_job_id, generation.poll_url or None)
-            )
-        )
-    except ProviderError as error:
-        result = error
-    except crypto.KeyUnavailable:
-        kick_sweeper()
-        return
-    except Exception:
-        log.exception("generation %s: unreadable poll reply after a webhook", generation.pk)
-        result = unreadable(generation.account.adapter_class)
-    record_health(generation.account, [result], None)
-    apply_poll(generation, result, expected_latency(generation.account))
-    kick_sweeper()

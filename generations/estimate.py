@@ -1,5 +1,5 @@
 """What a create would cost and whether it would be refused, without holding or counting anything: the
-studio's live price. It runs the create's own choice of account and price (`engine.choose_account`) and the
+studio's live price. It runs the create's own choice of account and price (`catalog.choose_account`) and the
 quota checks of `credits.hold_quotas` read-only, so the price shown is the hold and a refusal is known before
 the button is pressed."""
 
@@ -11,7 +11,7 @@ from datetime import datetime
 from django.db.models import Q
 from django.utils import timezone
 
-from . import credits, engine
+from . import catalog, credits
 from .models import Generation, ProviderAccount, Usage
 from .providers import GenerationRequest
 
@@ -36,7 +36,7 @@ class Estimate:
 def estimate(user, request: GenerationRequest, provider: str | None) -> Estimate:
     available = credits.account_for(user).available
     try:
-        account, price = engine.choose_account(request, provider or None)
+        account, price = catalog.choose_account(request, provider or None)
     except credits.Refusal as refusal:
         return Estimate(available, problem=refusal.message, field=refusal.field)
     refusal = quota_refusal(user, account, request.n, price.total, timezone.now())

@@ -7,7 +7,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Sum
 
-from . import engine, media
+from . import catalog, media
 from .catalog import NAMES, model_ids
 from .models import Generation, Image, Reference
 from .providers import GenerationRequest, Unsupported
@@ -114,7 +114,7 @@ class GenerationForm(forms.Form):
         if model and n > 1 and not self.has_error("n"):
             # The field's own bound (10) is no provider's: name the limit of the accounts this form can use,
             # and the account the user picked, never one they did not.
-            accounts = engine.accounts_serving(model)
+            accounts = catalog.accounts_serving(model)
             picked = data.get("provider")
             chosen = [a for a in accounts if a.slug == picked] if picked else accounts
             if chosen:

@@ -19,7 +19,7 @@ from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
 from accounts.access import members_only
 
-from . import archive, engine
+from . import archive, catalog, engine
 from .forms import clean_idempotency_key, parse_id
 from .gallery import Scope, no_store, visible_image
 from .login import login_required
@@ -146,7 +146,7 @@ def compare_providers(request, pk: int):
     except Unsupported as exc:
         return action_refused(request, exc.message)
     jobs, problems = [], []
-    for account in engine.accounts_serving(generation.model):
+    for account in catalog.accounts_serving(generation.model):
         spec = account.adapter_class.models[generation.model]
         wanted = base if spec.seed else replace(base, seed=None)
         try:

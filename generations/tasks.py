@@ -1,7 +1,7 @@
 """django-q2 entry points: thin, taking ids, calling the engine. A task fetched after its worker was told to
 stop does nothing: the reaper re-drives the job (signals.WorkerStop)."""
 
-from . import engine
+from . import engine, sweeper
 from .signals import WorkerStop
 
 
@@ -11,7 +11,7 @@ def submit(generation_id: int) -> None:
 
 
 def sweep() -> int:
-    return 0 if WorkerStop.stopping else engine.sweep()
+    return 0 if WorkerStop.stopping else sweeper.sweep()
 
 
 def ingest(generation_id: int) -> None:
@@ -20,4 +20,4 @@ def ingest(generation_id: int) -> None:
 
 
 def reap() -> int:
-    return 0 if WorkerStop.stopping else engine.reap()
+    return 0 if WorkerStop.stopping else sweeper.reap()

@@ -16,7 +16,7 @@ from django_htmx.http import trigger_client_event
 from accounts.access import members_only, profile_of
 from accounts.models import Role
 
-from . import credits, engine, gallery, media
+from . import cadence, credits, engine, gallery, media
 from .api import serve_image, upload_in_use
 from .catalog import NAMES, model_ids
 from .estimate import Estimate, estimate
@@ -59,7 +59,7 @@ def enabled_accounts() -> list:
 
 
 def accounts_serving(model: str) -> list:
-    """engine.accounts_serving, from the cached accounts."""
+    """catalog.accounts_serving, from the cached accounts."""
     return [account for account in enabled_accounts() if model in account.adapter_class.models]
 
 
@@ -132,7 +132,7 @@ def picked_references(values, user) -> tuple[list[Image], list[Reference]]:
 
 
 def best_for(model: str, accounts: list, values: dict):
-    """The account "Best available" would name for these values: engine.choose_account's first pick (by
+    """The account "Best available" would name for these values: catalog.choose_account's first pick (by
     priority) among the accounts that take the request, from the cached accounts and without a query. It
     is a first guess (references are not counted here): the quote names the account for certain, and sends
     that account's options when it is another (`quote`)."""
@@ -275,7 +275,7 @@ def reason(job: Generation) -> str:
 def eta(job: Generation, latencies: dict) -> tuple[float, float] | None:
     """(low, high) seconds this account usually takes, from its recent jobs (one query per account)."""
     if job.account_id not in latencies:
-        latencies[job.account_id] = engine.expected_latency(job.account)
+        latencies[job.account_id] = cadence.expected_latency(job.account)
     return latencies[job.account_id]
 
 

@@ -5,7 +5,7 @@ from django.http import HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from . import engine
+from . import sweeper
 from .models import Generation
 
 MAX_BODY = 1024 * 1024
@@ -27,5 +27,5 @@ def receive(request, token: str):
     if not generation.account.adapter().verify_webhook(request.headers, body):
         return HttpResponse("bad signature", status=401)
     if not generation.is_terminal:
-        engine.webhook_hint(generation)
+        sweeper.webhook_hint(generation)
     return HttpResponse(status=204)

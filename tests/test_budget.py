@@ -11,7 +11,7 @@ from django.core.management import call_command
 from django.db import connection
 from django.utils import timezone
 
-from generations import engine
+from generations import engine, sweeper
 from generations.models import BudgetSpend, Generation, ProviderAccount, default_max_rpm
 from generations.providers import Adapter, Bfl, GenerationRequest, ProviderError
 
@@ -92,7 +92,7 @@ def test_the_sweeper_keeps_the_submits_share_then_polls_the_likeliest_done(bob, 
     ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=account.budget_spent() + 2 + 2)
 
     due = list(Generation.objects.due(now).select_related("account"))
-    allowed = engine.spend_budgets(due, now)
+    allowed = sweeper.spend_budgets(due, now)
 
     # Two requests left for polls after the two waiting submits: the job at 90 %, then the one at 20 %.
     assert [g.pk for g in allowed] == [running[1].pk, running[0].pk]
@@ -123,16 +123,16 @@ def test_a_429_with_retry_after_pauses_the_whole_account(bob, accounts, drain, f
     first, second = submitted(drain, bob, "sb-apiframe", 2)
     fresh_sandbox.queue_fault("429", "apiframe", "poll")  # the sandbox sends Retry-After: 1
     before = len(polls(fresh_sandbox, "apiframe"))
-    poller = engine.Poller(4)
+    poller = sweeper.Poller(4)
     try:
         Generation.objects.filter(pk=first.pk).update(next_poll_at=timezone.now())
-        engine.poll_batch(list(Generation.objects.due().select_related("account")), poller)
+        sweeper.poll_batch(list(Generation.objects.due().select_related("account")), poller)
         account = ProviderAccount.objects.get(slug="sb-apiframe")
         assert account.paused_until > timezone.now() + timedelta(seconds=0.8)
 
         # The other job falls due 0.05 s later: nothing goes to Apiframe until the second has passed.
         Generation.objects.filter(pk=second.pk).update(next_poll_at=timezone.now())
-        engine.poll_batch(list(Generation.objects.due().select_related("account")), poller)
+        sweeper.poll_batch(list(Generation.objects.due().select_related("account")), poller)
     finally:
         poller.close()
     assert len(polls(fresh_sandbox, "apiframe")) == before + 1
@@ -148,7 +148,7 @@ def test_a_replayed_webhook_buys_no_more_polls_than_the_budget(bob, accounts, dr
     before = len(polls(fresh_sandbox, "apiframe"))
     for _ in range(20):
         job.refresh_from_db()
-        engine.webhook_hint(job)
+        sweeper.webhook_hint(job)
     assert len(polls(fresh_sandbox, "apiframe")) - before == 3
 
 

@@ -10,7 +10,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.migrations.loader import MigrationLoader
 from django.db.models import F
 
-from generations import credits, engine
+from generations import credits, engine, sweeper
 from generations.models import CreditAccount, Generation, LedgerEntry, Price, Usage
 from generations.providers import GenerationRequest
 from tests.conftest import saved_files
@@ -220,7 +220,7 @@ def test_it_refunds_exactly_what_was_held(bob, accounts, end):
         assert engine.cancel(generation, bob)
     elif end == "timeout":
         Generation.objects.filter(pk=generation.pk).update(deadline_at=F("created_at"))
-        engine.reap()
+        sweeper.reap()
     else:
         engine.finish(running(generation), saved_files(0), None)
     generation.refresh_from_db()

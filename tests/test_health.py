@@ -20,7 +20,7 @@ from django.db import OperationalError
 from django.utils import timezone
 
 from fluxweb import health, logs
-from generations import engine
+from generations import engine, sweeper
 from generations.models import Generation, Lease, Prompt
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def beat(seconds_ago: float) -> None:
     renewed = timezone.now() - timedelta(seconds=seconds_ago)
     Lease.objects.update_or_create(
         name="sweeper",
-        defaults={"holder": "w1", "expires_at": renewed + timedelta(seconds=engine.LEASE_SECONDS)},
+        defaults={"holder": "w1", "expires_at": renewed + timedelta(seconds=sweeper.LEASE_SECONDS)},
     )
 
 
@@ -66,14 +66,14 @@ def test_it_names_no_secret(client, db):
 
 def test_it_reports_the_sweeper_heartbeat_while_jobs_are_in_flight(client, running_job):
     beat(seconds_ago=5)
-    sweeper = client.get("/healthz").json()["checks"]["sweeper"]
-    assert sweeper["ok"] and sweeper["in_flight"] == 1 and 4 <= sweeper["heartbeat_age"] <= 10
+    check = client.get("/healthz").json()["checks"]["sweeper"]
+    assert check["ok"] and check["in_flight"] == 1 and 4 <= check["heartbeat_age"] <= 10
 
 
 @pytest.mark.parametrize("lease", ["stale", "none"])
 def test_it_answers_503_when_no_worker_polls_jobs_in_flight(client, running_job, lease):
     if lease == "stale":
-        beat(seconds_ago=health.STALE_SECONDS + engine.LEASE_SECONDS + 10)
+        beat(seconds_ago=health.STALE_SECONDS + sweeper.LEASE_SECONDS + 10)
 
     response = client.get("/healthz")
 

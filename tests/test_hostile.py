@@ -190,7 +190,7 @@ def test_a_hostile_provider_ends_its_own_job_exactly_and_no_other(fault, kind, h
 def test_a_provider_whose_every_submit_reply_is_garbled_fails_the_job_before_its_deadline(
     hostile, bob, drain, settings
 ):
-    # Three garbled replies end it (engine.MAX_MALFORMED_POLLS), resent after 1-2 s and 2-4 s: well inside 10 s.
+    # Three garbled replies end it (sweeper.MAX_MALFORMED_POLLS), resent after 1-2 s and 2-4 s: well inside 10 s.
     settings.FLUXWEB_JOB_DEADLINE = 10
     hostile.set_faults({"apiframe.submit.wrong_types": 1.0})
     bad, good = create(bob, "apiframe"), create(bob, "vtrix")

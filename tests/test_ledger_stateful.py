@@ -1,5 +1,5 @@
 """The ledger as a Hypothesis state machine: random sequences of creates (with and without idempotency
-keys), submits, provider results claimed through `engine.provider_done`, downloads run by the real
+keys), submits, provider results claimed through `sweeper.provider_done`, downloads run by the real
 `engine.ingest` (each image delivered, expired, broken or not an image; retried after a pause), failures,
 timeouts, the deadline reaper, cancels, duplicate webhooks and redelivered tasks, grants and admin
 adjustments. After every step the books must balance, every hold must end exactly once, no image may be
@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 )
 from PIL import Image as PILImage
 
-from generations import credits, engine, media
+from generations import credits, engine, media, sweeper
 from generations.models import CreditAccount, Generation, Image, LedgerEntry
 from generations.providers import GenerationRequest, ProviderError
 from generations.providers.base import Outcome
@@ -225,7 +225,7 @@ class Ledger(RuleBasedStateMachine):
         queued or ended job cannot be claimed."""
         job = self.expected[pk]
         urls = [f"https://temp.pixeldojo.ai/r/{pk}-{i}-{d}.png" for i, d in enumerate(deliveries)]
-        engine.provider_done(self.generation(pk), Outcome(state="succeeded", image_urls=tuple(urls)))
+        sweeper.provider_done(self.generation(pk), Outcome(state="succeeded", image_urls=tuple(urls)))
         if job["status"] != "running" or job["done"]:
             return multiple()
         job.update(done=True, urls=urls)
@@ -284,7 +284,7 @@ class Ledger(RuleBasedStateMachine):
         ends, refunded, except a download still within its grace and its tries."""
         Generation.objects.filter(pk=pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
         self.expected[pk]["late"] = True
-        engine.reap(kick=False)
+        sweeper.reap(kick=False)
         for other, job in self.expected.items():
             if not job["late"] or not self.in_flight(other) or job["leased"]:
                 continue

@@ -10,7 +10,7 @@ from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from generations import catalog, credits, engine, usage
+from generations import cadence, catalog, credits, engine, usage
 from generations.models import Generation, Price, Prompt, ProviderAccount
 from generations.providers import PROVIDERS, Adapter, Apiframe, Bfl, MaxApi, Vtrix, kind_choices
 from generations.providers.base import MEGAPIXEL
@@ -147,14 +147,14 @@ def test_the_poll_cadence_never_polls_sooner_than_the_adapter_allows(two_account
     apiframe = running(two_accounts["apiframe"], bob, 4.9)
     bfl = running(two_accounts["bfl"], bob, 4.9)
     history = (4.0, 6.0)  # inside the spread of recent completions: the fastest polls
-    assert engine.next_poll_delay(apiframe, None, history) == pytest.approx(0.3)
-    assert engine.next_poll_delay(bfl, None, history) == pytest.approx(Bfl.min_poll_interval) == 0.5
-    assert engine.next_poll_delay(bfl, 0.99, None) == 0.5  # progress says done any moment
+    assert cadence.next_poll_delay(apiframe, None, history) == pytest.approx(0.3)
+    assert cadence.next_poll_delay(bfl, None, history) == pytest.approx(Bfl.min_poll_interval) == 0.5
+    assert cadence.next_poll_delay(bfl, 0.99, None) == 0.5  # progress says done any moment
     monkeypatch.setattr(Apiframe, "min_poll_interval", 2.0)
-    assert engine.next_poll_delay(apiframe, 0.99, None) == 2.0
-    assert engine.next_poll_delay(apiframe, None, None) == 2.0
-    assert engine.first_poll_delay(two_accounts["apiframe"]) == 2.0
-    assert engine.first_poll_delay(two_accounts["bfl"]) == 1.0  # no history: look after a second
+    assert cadence.next_poll_delay(apiframe, 0.99, None) == 2.0
+    assert cadence.next_poll_delay(apiframe, None, None) == 2.0
+    assert cadence.first_poll_delay(two_accounts["apiframe"]) == 2.0
+    assert cadence.first_poll_delay(two_accounts["bfl"]) == 1.0  # no history: look after a second
 
 
 def test_a_key_in_an_adapter_s_shape_is_masked_in_error_texts(fake_provider):

@@ -10,7 +10,7 @@ import pytest
 from django.db import OperationalError, connection, transaction
 from django.utils import timezone
 
-from generations import credits, engine, media
+from generations import credits, engine, media, sweeper
 from generations.models import Generation, Image, LedgerEntry
 from generations.providers import GenerationRequest, Outcome
 from tests.conftest import KEYS, saved_files
@@ -20,7 +20,7 @@ from tests.conftest import KEYS, saved_files
 def quick(monkeypatch):
     """Retries and reaper passes at test speed; the rules are the same."""
     monkeypatch.setattr(engine, "INGEST_RETRY_PAUSE", 0.02)
-    monkeypatch.setattr(engine, "REAP_EVERY", 0.02)
+    monkeypatch.setattr(sweeper, "REAP_EVERY", 0.02)
 
 
 def request(**overrides) -> GenerationRequest:
@@ -48,7 +48,7 @@ def provider_done(bob, drain, slug: str = "sb-vtrix", **overrides) -> Generation
     generation, _ = engine.create(bob, request(**overrides), provider=slug)
     drain.queue.clear()
     engine.submit(generation.pk)
-    engine.sweep(seconds=5)
+    sweeper.sweep(seconds=5)
     generation.refresh_from_db()
     assert generation.provider_done_at is not None, generation.events.values_list("what", "detail")
     assert ("ingest", (generation.pk,)) in drain.queue
@@ -158,9 +158,9 @@ def test_a_download_whose_worker_died_is_downloaded_again_once_its_lease_runs_ou
     Generation.objects.filter(pk=generation.pk).update(
         lease_until=now + timedelta(seconds=engine.TASK_LEASE_SECONDS), ingest_attempts=1
     )
-    assert engine.reap() == 0 and drain.queue == []  # the lease is live: someone is on it
+    assert sweeper.reap() == 0 and drain.queue == []  # the lease is live: someone is on it
     Generation.objects.filter(pk=generation.pk).update(lease_until=now - timedelta(seconds=1))
-    assert engine.reap() == 1
+    assert sweeper.reap() == 1
     assert ("ingest", (generation.pk,)) in drain.queue
     drain()
     generation.refresh_from_db()
@@ -172,11 +172,11 @@ def test_a_download_whose_worker_died_is_downloaded_again_once_its_lease_runs_ou
 def test_a_lost_download_task_is_queued_again_once(bob, accounts, drain):
     """The Redis broker loses a killed worker's queued task; a failed task is acknowledged, not redelivered."""
     generation = provider_done(bob, drain)
-    assert engine.reap() == 0  # just handed over: the ingest task may still be in the queue
-    stale = timezone.now() - timedelta(seconds=engine.STALE_SECONDS + 1)
+    assert sweeper.reap() == 0  # just handed over: the ingest task may still be in the queue
+    stale = timezone.now() - timedelta(seconds=sweeper.STALE_SECONDS + 1)
     Generation.objects.filter(pk=generation.pk).update(provider_done_at=stale)
-    assert engine.reap() == 1
-    assert engine.reap() == 0  # not again until STALE_SECONDS pass
+    assert sweeper.reap() == 1
+    assert sweeper.reap() == 0  # not again until STALE_SECONDS pass
     assert [t for t in drain.queue if t[0] == "ingest"] == [("ingest", (generation.pk,))]
     drain()
     generation.refresh_from_db()
@@ -188,7 +188,7 @@ def test_a_download_that_keeps_dying_ends_refunded(bob, accounts, drain):
     Generation.objects.filter(pk=generation.pk).update(
         ingest_attempts=engine.MAX_INGEST_ATTEMPTS, lease_until=timezone.now() - timedelta(seconds=1)
     )
-    engine.reap()
+    sweeper.reap()
     drain()
     assert_refunded(generation, "download_failed")
 
@@ -199,7 +199,7 @@ def test_a_download_pending_past_the_deadline_is_not_held_forever(bob, accounts,
     generation = provider_done(bob, drain)
     past = timezone.now() - timedelta(seconds=engine.INGEST_GRACE_SECONDS + 1)
     Generation.objects.filter(pk=generation.pk).update(deadline_at=past)
-    engine.reap()
+    sweeper.reap()
     assert_refunded(generation, "download_failed")
     assert "could not be downloaded in time" in generation.error_message
 
@@ -236,11 +236,11 @@ def test_a_submit_lost_with_its_worker_is_found_within_a_lease(bob, accounts, dr
     # What a claimed submit looks like when its worker is killed mid-call (the provider never saw it).
     lease = now + timedelta(seconds=engine.TASK_LEASE_SECONDS)
     Generation.objects.filter(pk=generation.pk).update(attempts=1, next_poll_at=lease, lease_until=lease)
-    assert engine.reap() == 0 and drain.queue == []
+    assert sweeper.reap() == 0 and drain.queue == []
     Generation.objects.filter(pk=generation.pk).update(
         next_poll_at=now - timedelta(seconds=1), lease_until=now - timedelta(seconds=1)
     )
-    engine.reap()
+    sweeper.reap()
     assert ("submit", (generation.pk,)) in drain.queue
     drain()
     # Vtrix cannot tell a repeat from a new paid job: not resent, refunded.
@@ -260,7 +260,7 @@ def test_a_submit_lost_on_apiframe_is_resent_under_the_same_key(bob, accounts, d
     drain.queue.clear()
     past = timezone.now() - timedelta(seconds=1)
     Generation.objects.filter(pk=other.pk).update(attempts=1, next_poll_at=past, lease_until=past)
-    engine.reap()
+    sweeper.reap()
     drain()
     other.refresh_from_db()
     assert other.status == "succeeded", other.error_message
@@ -319,7 +319,7 @@ def test_one_unreadable_poll_reply_fails_only_its_own_job(bob, accounts, drain, 
     assert good.status == "succeeded"
     assert_refunded(bad, "malformed_response")
     assert "could not read" in bad.error_message and "lower" not in bad.error_message
-    assert bad.polls == engine.MAX_MALFORMED_POLLS - 1
+    assert bad.polls == sweeper.MAX_MALFORMED_POLLS - 1
 
 
 def test_a_readable_reply_resets_the_count_of_unreadable_ones(bob, accounts, drain):
@@ -327,14 +327,14 @@ def test_a_readable_reply_resets_the_count_of_unreadable_ones(bob, accounts, dra
     drain.queue.clear()
     engine.submit(generation.pk)
     generation.refresh_from_db()
-    unreadable = engine.unreadable(generation.account.adapter_class)
-    for _ in range(engine.MAX_MALFORMED_POLLS - 1):
-        engine.apply_poll(generation, unreadable, None)
+    unreadable = sweeper.unreadable(generation.account.adapter_class)
+    for _ in range(sweeper.MAX_MALFORMED_POLLS - 1):
+        sweeper.apply_poll(generation, unreadable, None)
         generation.refresh_from_db()
-    engine.apply_poll(generation, Outcome(state="pending", progress=0.5), None)
+    sweeper.apply_poll(generation, Outcome(state="pending", progress=0.5), None)
     generation.refresh_from_db()
     assert generation.poll_errors == 0
-    engine.apply_poll(generation, unreadable, None)
+    sweeper.apply_poll(generation, unreadable, None)
     generation.refresh_from_db()
     assert generation.status == "running"
 
@@ -400,11 +400,11 @@ def test_on_another_broker_a_lost_enqueue_is_repaired_by_the_reaper(
         drain()
     assert created and Generation.objects.get(pk=generation.pk).status == "queued"
     monkeypatch.setattr(engine, "enqueue", lambda name, *args: sent.append((name, args)))
-    assert engine.reap() == 0  # young: its task may still arrive
-    stale = timezone.now() - timedelta(seconds=engine.STALE_SECONDS + 1)
+    assert sweeper.reap() == 0  # young: its task may still arrive
+    stale = timezone.now() - timedelta(seconds=sweeper.STALE_SECONDS + 1)
     Generation.objects.filter(pk=generation.pk).update(created_at=stale)
-    assert engine.reap() == 1
-    assert engine.reap() == 0  # once per STALE_SECONDS
+    assert sweeper.reap() == 1
+    assert sweeper.reap() == 0  # once per STALE_SECONDS
     assert [task for task in sent if task[0] == "submit"] == [("submit", (generation.pk,))]
 
 
@@ -461,8 +461,8 @@ def test_provider_done_hands_the_download_over_once(bob, accounts, drain):
     engine.submit(generation.pk)
     generation.refresh_from_db()
     outcome = Outcome(state="succeeded", image_urls=("http://127.0.0.1:1/x.png",))
-    engine.provider_done(generation, outcome)
-    engine.provider_done(generation, outcome)  # a duplicate webhook, a second poll
+    sweeper.provider_done(generation, outcome)
+    sweeper.provider_done(generation, outcome)  # a duplicate webhook, a second poll
     assert drain.queue == [("ingest", (generation.pk,))]
 
 
@@ -503,13 +503,13 @@ def test_two_sweepers_never_run_at_once(bob, accounts, drain, fresh_sandbox):
     drain.queue.clear()
     engine.submit(generation.pk)
     Generation.objects.filter(pk=generation.pk).update(next_poll_at=timezone.now())
-    assert engine.acquire_lease("first")
-    assert not engine.acquire_lease("second")
+    assert sweeper.acquire_lease("first")
+    assert not sweeper.acquire_lease("second")
     polls_before = len([r for r in fresh_sandbox.requests if r.method == "GET"])
-    assert engine.sweep(seconds=1) == 0  # the lease is held elsewhere: no poll
+    assert sweeper.sweep(seconds=1) == 0  # the lease is held elsewhere: no poll
     assert len([r for r in fresh_sandbox.requests if r.method == "GET"]) == polls_before
-    engine.release_lease("first")
-    assert engine.acquire_lease("second")
+    sweeper.release_lease("first")
+    assert sweeper.acquire_lease("second")
 
 
 # -- the books: reconcile sees what the defects left behind -----------------------------------------------------

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from generations import credits, engine
+from generations import credits, engine, sweeper
 from generations import tasks as task_module
 from generations.models import Generation, Image, LedgerEntry
 from generations.providers import GenerationRequest
@@ -291,7 +291,7 @@ def provider_done(user, kind: str, queue: TaskQueue, **overrides) -> Generation:
     engine.submit(generation.pk)
     generation.refresh_from_db()
     assert generation.status == "running", generation.error_message
-    engine.webhook_hint(generation)  # the sandbox (latency 0) has finished: one poll, and it is done
+    sweeper.webhook_hint(generation)  # the sandbox (latency 0) has finished: one poll, and it is done
     generation.refresh_from_db()
     assert generation.provider_done_at is not None
     return generation
@@ -307,15 +307,15 @@ def scheduler_tick(queue) -> None:
 # -- 5: exactly-once settle under duplicate completion ------------------------------------------------------------
 def poll_now(pk: int) -> int:
     """The sweeper's poll of one due job, as `sweep` does it (its own event loop and client)."""
-    poller = engine.Poller(4)
+    poller = sweeper.Poller(4)
     try:
-        return engine.poll_batch(list(Generation.objects.filter(pk=pk).select_related("account")), poller)
+        return sweeper.poll_batch(list(Generation.objects.filter(pk=pk).select_related("account")), poller)
     finally:
         poller.close()
 
 
 def webhook(pk: int) -> None:
-    engine.webhook_hint(Generation.objects.select_related("account").get(pk=pk))
+    sweeper.webhook_hint(Generation.objects.select_related("account").get(pk=pk))
 
 
 @pytest.mark.postgres
@@ -472,7 +472,7 @@ def test_7_an_apiframe_submit_killed_after_accept_is_resent_with_the_same_key_an
         (job,) = provider_jobs(fresh_sandbox, "apiframe")  # the provider made one job
         assert generation.provider_job_id == job.id
 
-        engine.sweep(seconds=5)
+        sweeper.sweep(seconds=5)
         queue.run()
 
     generation.refresh_from_db()
@@ -562,7 +562,7 @@ def test_8_sigkill_of_the_cluster_mid_download_then_a_restart_completes_the_job_
     stall.release.set()  # the sandbox side of the dead connection ends; later fetches are answered at once
 
     cluster.start()
-    assert engine.reap(kick=False) == 0  # the dead task's lease still stands: nothing re-drives it yet
+    assert sweeper.reap(kick=False) == 0  # the dead task's lease still stands: nothing re-drives it yet
     generation.refresh_from_db()
     assert (generation.status, generation.ingest_attempts, generation.images.count()) == ("running", 1, 0)
     assert files_on_disk(media_root) == set()
@@ -695,7 +695,7 @@ def test_16_two_sweepers_at_once_poll_each_job_once_per_period(bob, accounts, fr
         generation.refresh_from_db()
         assert generation.status == "running", generation.error_message
 
-    results = in_threads(lambda: engine.sweep(seconds=10), lambda: engine.sweep(seconds=10))
+    results = in_threads(lambda: sweeper.sweep(seconds=10), lambda: sweeper.sweep(seconds=10))
 
     assert all(isinstance(r, int) for r in results), results
     assert sorted(results)[0] == 0, f"both sweepers polled: {results}"
@@ -799,7 +799,7 @@ def test_16_after_a_ten_minute_outage_each_schedule_fires_once_and_the_reaper_mo
 
         for name, args in moved:
             getattr(task_module, name)(*args)
-        engine.sweep(seconds=5)
+        sweeper.sweep(seconds=5)
         queue.run()
 
     for generation in (lost_submit, lost_ingest, overdue):

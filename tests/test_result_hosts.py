@@ -12,7 +12,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from generations import credits, engine
+from generations import credits, engine, sweeper
 from generations.models import Generation, ProviderAccount
 from generations.providers import GenerationRequest
 
@@ -21,13 +21,13 @@ from generations.providers import GenerationRequest
 def new_host(monkeypatch):
     """The provider moves its result files to a host FluxWeb does not know: the sandbox's own files, named
     `localhost` instead of the account's `127.0.0.1` (loopback either way)."""
-    original = engine.provider_done
+    original = sweeper.provider_done
 
     def moved(generation, outcome):
         urls = tuple(url.replace("//127.0.0.1:", "//localhost:") for url in outcome.image_urls)
         original(generation, replace(outcome, image_urls=urls))
 
-    monkeypatch.setattr(engine, "provider_done", moved)
+    monkeypatch.setattr(sweeper, "provider_done", moved)
 
 
 def waiting_job(bob, drain) -> Generation:
@@ -50,7 +50,7 @@ def test_a_refused_host_is_never_refunded_silently_the_job_waits_for_an_admin(
         "reserve"
     ]  # no refund while the provider charged
     assert job.events.filter(what="waiting for an admin", detail__contains="localhost").exists()
-    engine.reap()  # the reaper leaves it be before its deadline
+    sweeper.reap()  # the reaper leaves it be before its deadline
     job.refresh_from_db()
     assert job.status == "running" and job.refused_host == "localhost"
 
@@ -98,7 +98,7 @@ def test_left_alone_it_fails_at_the_deadline_refunded_and_counted_as_paid_withou
 ):
     job = waiting_job(bob, drain)
     with time_machine.travel(job.deadline_at + timedelta(seconds=1)):
-        engine.reap()
+        sweeper.reap()
     job.refresh_from_db()
     assert job.status == "failed" and job.error_code == "result_host_refused"
     assert "localhost" in job.error_message

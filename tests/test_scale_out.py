@@ -65,34 +65,34 @@ print("TOKEN", ApiToken.issue(bob, "scale-out")[1])
 # -- the sweeper's lease: fast tests of what the 2x2 run below proves on real processes -------------------------
 @pytest.mark.django_db(transaction=True)
 def test_the_sweeper_lease_is_renewed_from_its_own_thread_while_a_round_runs(monkeypatch):
-    from generations import engine
+    from generations import sweeper
 
-    monkeypatch.setattr(engine, "LEASE_SECONDS", 0.8)
-    lease = engine.Heartbeat(engine.lease_holder())
+    monkeypatch.setattr(sweeper, "LEASE_SECONDS", 0.8)
+    lease = sweeper.Heartbeat(sweeper.lease_holder())
     assert lease.acquire()
     lease.start()
     try:
         time.sleep(2.5)  # three lease periods: the main thread never renewed it (a long poll round)
-        assert not engine.acquire_lease("another sweeper")
+        assert not sweeper.acquire_lease("another sweeper")
         lease.release()
-        assert engine.acquire_lease("another sweeper")
+        assert sweeper.acquire_lease("another sweeper")
     finally:
         lease.stop.set()
 
 
 @pytest.mark.django_db(transaction=True)
 def test_a_late_heartbeat_never_revives_a_released_lease(monkeypatch):
-    from generations import engine
+    from generations import sweeper
 
-    monkeypatch.setattr(engine, "LEASE_SECONDS", 0.8)
-    lease = engine.Heartbeat(engine.lease_holder())
+    monkeypatch.setattr(sweeper, "LEASE_SECONDS", 0.8)
+    lease = sweeper.Heartbeat(sweeper.lease_holder())
     assert lease.acquire()
     lease.release()
     lease.held = True  # the heartbeat read "held" just before the release
     lease.start()
     try:
         time.sleep(0.5)
-        assert engine.acquire_lease("another sweeper")
+        assert sweeper.acquire_lease("another sweeper")
     finally:
         lease.stop.set()
 
@@ -105,10 +105,10 @@ def test_a_sweeper_whose_lease_passed_to_another_stops(monkeypatch, bob, account
 
     from django.utils import timezone
 
-    from generations import engine
+    from generations import sweeper
     from generations.models import Generation, Lease, Prompt
 
-    monkeypatch.setattr(engine, "LEASE_SECONDS", 0.8)
+    monkeypatch.setattr(sweeper, "LEASE_SECONDS", 0.8)
     Generation.objects.create(
         user=bob,
         prompt=Prompt.remember("a kite", bob),
@@ -119,22 +119,22 @@ def test_a_sweeper_whose_lease_passed_to_another_stops(monkeypatch, bob, account
         next_poll_at=timezone.now() + timedelta(minutes=5),  # in flight, nothing due: the sweeper waits
     )
     done = []
-    sweeper = threading.Thread(target=lambda: done.append(engine.sweep(seconds=20)))
-    sweeper.start()
+    thread = threading.Thread(target=lambda: done.append(sweeper.sweep(seconds=20)))
+    thread.start()
     wait_until(lambda: Lease.objects.filter(expires_at__gt=timezone.now()).exists(), 5, "the sweeper's lease")
     started = time.monotonic()
     Lease.objects.update(holder="another sweeper", expires_at=timezone.now() + timedelta(minutes=1))
-    sweeper.join(10)
+    thread.join(10)
     assert done == [0] and time.monotonic() - started < 2
     assert Lease.objects.get().holder == "another sweeper"  # and it left the other's lease alone
 
 
 def test_the_sweeper_lease_names_its_host_and_process():
-    from generations import engine
+    from generations import sweeper
 
-    host, pid, _ = engine.lease_holder().split(":")
+    host, pid, _ = sweeper.lease_holder().split(":")
     assert (host, pid) == (socket.gethostname()[:40], str(os.getpid()))
-    assert engine.LEASE_SECONDS <= 20  # a killed sweeper's jobs wait at most this before another takes over
+    assert sweeper.LEASE_SECONDS <= 20  # a killed sweeper's jobs wait at most this before another takes over
 
 
 def unavailable(reason: str):

@@ -21,7 +21,7 @@ from django.utils import timezone
 from django.utils.module_loading import import_string
 
 from fluxweb.settings import database_from_url
-from generations import credits, crypto, engine
+from generations import credits, crypto, engine, sweeper
 from generations.models import Generation, LedgerEntry, ProviderAccount
 from generations.providers import PROVIDERS, GenerationRequest
 
@@ -211,7 +211,7 @@ def test_it_gives_every_task_room_under_the_timeout():
     """The longest a task can legitimately take must fit in `timeout`, or django-q kills it mid-call."""
     timeout = django_settings.Q_CLUSTER["timeout"]
     read = engine.provider_http.TIMEOUT.read
-    assert engine.SWEEP_SECONDS + read < timeout  # the last poll round of a sweep
+    assert sweeper.SWEEP_SECONDS + read < timeout  # the last poll round of a sweep
     for adapter in PROVIDERS.values():
         assert engine.synchronous_timeout(adapter) + 5 < timeout  # one submit call, plus database work
 
@@ -378,6 +378,6 @@ def test_it_keeps_polling_other_accounts_when_one_key_is_unreadable(
     Generation.objects.filter(pk=ok.pk).update(next_poll_at=timezone.now())
     submitted = len(fresh_sandbox.requests)
 
-    engine.sweep(seconds=0.5)
+    sweeper.sweep(seconds=0.5)
 
     assert any(r.provider == "apiframe" and r.method == "GET" for r in fresh_sandbox.requests[submitted:])

@@ -14,7 +14,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils import timezone
 
-from generations import engine
+from generations import engine, sweeper
 from generations.models import Generation, Prompt
 from generations.providers import GenerationRequest
 from generations.providers.sandbox import apiframe_signature
@@ -309,7 +309,7 @@ def test_it_finishes_a_job_sooner_when_the_webhook_arrives(
     assert first_poll_in > 30
 
     wait_for(lambda: generation.events.filter(what="webhook").exists(), timeout=15)
-    engine.sweep(seconds=5)
+    sweeper.sweep(seconds=5)
     assert ("ingest", (generation.pk,)) in queued
     engine.ingest(generation.pk)
 

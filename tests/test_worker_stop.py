@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from generations import engine, signals, tasks
+from generations import engine, signals, sweeper, tasks
 from generations.models import Lease
 
 
@@ -40,10 +40,10 @@ def test_the_sweeper_ends_at_its_next_tick_and_lets_its_lease_go(
         os.kill(os.getpid(), signal.SIGINT)  # while polling: the batch is written back first
         return len(due)
 
-    monkeypatch.setattr(engine, "poll_batch", poll)
+    monkeypatch.setattr(sweeper, "poll_batch", poll)
     started = time.monotonic()
 
-    assert engine.sweep(seconds=30) == 1
+    assert sweeper.sweep(seconds=30) == 1
 
     assert polls == [1] and time.monotonic() - started < 5
     lease = Lease.objects.get(name="sweeper")
@@ -52,8 +52,8 @@ def test_the_sweeper_ends_at_its_next_tick_and_lets_its_lease_go(
 
 def test_tasks_fetched_after_the_stop_do_nothing(worker_handlers, db, monkeypatch):
     called = []
-    for name in ("submit", "ingest", "sweep", "reap"):
-        monkeypatch.setattr(engine, name, lambda *args, name=name: called.append(name))
+    for module, name in ((engine, "submit"), (engine, "ingest"), (sweeper, "sweep"), (sweeper, "reap")):
+        monkeypatch.setattr(module, name, lambda *args, name=name: called.append(name))
     os.kill(os.getpid(), signal.SIGINT)
 
     tasks.submit(1), tasks.ingest(1), tasks.sweep(), tasks.reap()

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from django.test import Client
 
-from generations import engine
+from generations import cadence, sweeper
 from generations.models import ApiToken, Generation, ProviderAccount
 
 from .base import Emulator
@@ -59,8 +59,8 @@ def fast_engine(monkeypatch, sweep_slice: float = 0.3, first_poll: float = 0.1) 
     in short slices so a job that never ends fails an assertion instead of sleeping 50 s."""
     from generations import tasks
 
-    monkeypatch.setattr(engine, "first_poll_delay", lambda account: first_poll)
-    monkeypatch.setattr(tasks, "sweep", lambda: engine.sweep(seconds=sweep_slice))
+    monkeypatch.setattr(cadence, "first_poll_delay", lambda account: first_poll)
+    monkeypatch.setattr(tasks, "sweep", lambda: sweeper.sweep(seconds=sweep_slice))
 
 
 def run(drain, *pks: int, budget: float = 15.0, stop=None) -> list[str]:
