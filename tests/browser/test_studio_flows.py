@@ -39,7 +39,7 @@ def test_it_generates_watches_the_card_finish_with_one_poll_and_a_toast(page, bo
 
     page.get_by_role("button", name="Generate").click()
     page.locator("#form-status").filter(has_text="its card is at the top").wait_for()
-    assert page.locator("#jobs-empty").count() == 0
+    assert page.locator("#jobs-empty").is_hidden()
     card = page.locator("#jobs article.job").first
     card.locator(".images img").wait_for(timeout=30000)
     assert card.get_attribute("data-status") == "succeeded"
