@@ -9,6 +9,16 @@
     return document.getElementById("lightbox");
   }
 
+  // -- filters: folded on a phone until one is in use, so the images come first ----------------------------
+  function foldFilters() {
+    if (!window.matchMedia("(max-width: 40rem)").matches) return;
+    document.querySelectorAll("details.more-filters[open]:not([data-filtered])").forEach(function (details) {
+      details.open = false;
+    });
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", foldFilters);
+  else foldFilters();
+
   // -- the lightbox -----------------------------------------------------------------------------------------
   document.addEventListener("htmx:afterSwap", function (event) {
     var target = event.detail.target;

@@ -418,6 +418,12 @@ def test_a_390_px_phone_scrolls_no_page_sideways(browser, live_server, bob, acco
             page.goto(path)
             assert no_horizontal_scroll(page), path
         page.goto("/gallery")
+        # The images come first on a phone: the filters stay folded until one is in use.
+        assert page.locator("details.more-filters").get_attribute("open") is None
+        assert page.locator("#gallery figure.tile").first.bounding_box()["y"] < 844
+        page.goto("/gallery?model=flux-2-max")
+        assert page.locator("details.more-filters").get_attribute("open") is not None
+        page.goto("/gallery")
         page.locator("#gallery figure.tile a.open").first.click()
         page.get_by_role("dialog").wait_for()
         assert no_horizontal_scroll(page)
