@@ -1,18 +1,34 @@
 """The audit log (issue 11): every admin action on money, quotas, provider accounts, roles and invitations
 says who, when, what, before and after, and the admin shows it read-only."""
 
+import getpass
 from io import StringIO
 
 import pytest
-from django.core.management import call_command
+from cryptography.fernet import Fernet
+from django.conf import settings as django_settings
+from django.core.management import CommandError, call_command
 from django.test import Client
 
+from accounts import audit
 from accounts.models import AuditEntry
+from generations import crypto
 from generations.models import CreditAccount, ProviderAccount, Quota
 
 from .test_admin import PROVIDERS, change_form
 
 AUDIT = "/admin/accounts/auditentry/"
+
+
+def by_command() -> str:
+    """Who a management command's entries name: the OS user running it."""
+    return f"command:{getpass.getuser()}"
+
+
+def run(*args) -> str:
+    out = StringIO()
+    call_command(*args, stdout=out, stderr=StringIO())
+    return out.getvalue()
 
 
 @pytest.fixture
@@ -54,7 +70,132 @@ def test_it_records_a_grant_from_the_admin_with_the_balance_before_and_after(adm
 def test_it_records_a_grant_from_the_command_line(bob):
     call_command("credits", "grant", "bob", "40", "--note", "top-up", stdout=StringIO())
     entry = latest("credits.grant")
-    assert (entry.actor, entry.actor_name, entry.after) == (None, "manage.py", {"balance": 1040})
+    assert (entry.actor, entry.actor_name, entry.before, entry.after, entry.note) == (
+        None,
+        by_command(),
+        {"balance": 1000},
+        {"balance": 1040},
+        "top-up",
+    )
+    run("credits", "grant", "bob", "2")
+    assert latest("credits.grant").note == "granted from the command line"
+
+
+# -- management commands (contract.md): who is the OS user, in the change's own transaction ----------------
+def test_quota_set_records_the_team_default_and_a_users_override_before_and_after(bob):
+    run("quota", "set", "--default", "--concurrent", "3")
+    run("quota", "set", "bob", "--daily-images", "50")
+    run("quota", "set", "bob", "--daily-images", "0", "--monthly-credits", "900")
+    run("quota", "set", "bob", "--monthly-credits", "900")  # no change: no entry
+
+    team, added = AuditEntry.objects.filter(action="quota.add").order_by("id")
+    assert (team.actor, team.actor_name, team.target, team.note) == (
+        None,
+        by_command(),
+        "quota for the team",
+        "quota set",
+    )
+    assert team.before is None and team.after["concurrent"] == 3 and team.after["user_id"] is None
+    assert added.target == "quota for bob" and added.after["daily_images"] == 50
+    changed = AuditEntry.objects.get(action="quota.change")
+    assert (changed.actor_name, changed.note) == (by_command(), "quota set")
+    assert changed.before == added.after
+    assert changed.after == added.after | {"daily_images": None, "monthly_credits": 900}
+
+
+def test_quota_set_and_its_entry_commit_together(bob, monkeypatch):
+    run("quota", "set", "bob", "--concurrent", "2")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the audit log is unwritable")
+
+    monkeypatch.setattr(AuditEntry.objects, "create", broken)
+    with pytest.raises(RuntimeError):
+        run("quota", "set", "bob", "--concurrent", "9")
+    assert Quota.objects.get(user=bob).concurrent == 2  # no change without its entry
+
+
+def test_provider_set_records_an_add_and_a_change_without_the_key(db):
+    run(
+        "provider",
+        "set",
+        "acme",
+        "--kind",
+        "apiframe",
+        "--api-key",
+        "afk_first_secret_1111",
+        "--priority",
+        "5",
+    )
+    run(
+        "provider", "set", "acme", "--priority", "2", "--max-rpm", "30", "--api-key", "afk_second_secret_2222"
+    )
+    run("provider", "set", "acme", "--priority", "2")  # no change: no entry
+
+    added, changed = latest("provider.add"), latest("provider.change")
+    assert (added.actor, added.actor_name, added.target, added.note) == (
+        None,
+        by_command(),
+        "acme",
+        "provider set",
+    )
+    assert added.before is None and added.after["kind"] == "apiframe" and added.after["priority"] == 5
+    assert changed.actor_name == by_command()
+    assert (changed.before["priority"], changed.after["priority"]) == (5, 2)
+    assert (changed.before["max_rpm"], changed.after["max_rpm"]) == (None, 30)
+    assert changed.before["api_key_encrypted"] != changed.after["api_key_encrypted"]  # the key changed...
+    text = str(added.before) + str(added.after) + str(changed.before) + str(changed.after)
+    assert "afk_first_secret_1111" not in text and "afk_second_secret_2222" not in text  # ...unshown
+    assert ProviderAccount.objects.get(slug="acme").api_key_encrypted not in text
+    assert AuditEntry.objects.filter(action__startswith="provider.").count() == 2
+
+
+def test_provider_set_and_its_entry_commit_together(accounts, monkeypatch):
+    monkeypatch.setattr(audit, "record", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        run("provider", "set", "sb-apiframe", "--disable", "--priority", "40")
+    account = ProviderAccount.objects.get(slug="sb-apiframe")
+    assert account.enabled and account.priority == 0
+
+
+def test_provider_rotate_keys_records_each_key_it_re_encrypts(accounts, settings):
+    settings.FERNET_KEYS = [Fernet.generate_key().decode(), django_settings.FERNET_KEYS[0]]
+    crypto.fernet.cache_clear()
+    try:
+        run("provider", "rotate-keys")
+    finally:
+        crypto.fernet.cache_clear()
+    entries = AuditEntry.objects.filter(action="provider.rotate_key").order_by("target")
+    assert [e.target for e in entries] == sorted(a.slug for a in accounts.values())
+    for entry in entries:
+        assert (entry.actor_name, entry.note) == (by_command(), "provider rotate-keys")
+        assert entry.before["api_key_encrypted"] != entry.after["api_key_encrypted"]
+        assert entry.after["api_key_encrypted"].startswith("set (")
+
+
+def test_the_demo_records_its_grants_and_accounts_as_the_os_users(db):
+    run("demo", "--sandbox-url", "http://127.0.0.1:8765")
+    run("demo", "--sandbox-url", "http://127.0.0.1:8765")  # nothing new the second time
+
+    grants = AuditEntry.objects.filter(action="credits.grant").order_by("target")
+    assert [(e.target, e.actor_name, e.after) for e in grants] == [
+        ("alice", by_command(), {"balance": 5000}),
+        ("bob", by_command(), {"balance": 2000}),
+    ]
+    added = AuditEntry.objects.filter(action="provider.add")
+    assert added.count() == ProviderAccount.objects.count() == 5
+    assert {(e.actor_name, e.note) for e in added} == {(by_command(), "demo")}
+    assert all(e.after["api_key_encrypted"].startswith("set (") for e in added)
+    assert not AuditEntry.objects.filter(action="provider.change").exists()
+
+
+def test_a_failed_command_records_nothing(bob):
+    with pytest.raises(CommandError):
+        run("provider", "set", "nokind")
+    with pytest.raises(CommandError):
+        run("quota", "set", "nobody", "--concurrent", "1")
+    assert not AuditEntry.objects.filter(action__startswith=("provider.")).exists()
+    assert not AuditEntry.objects.filter(action__startswith=("quota.")).exists()
 
 
 def test_it_records_quota_changes_and_deletes(admin_client, alice, bob):
