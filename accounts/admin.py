@@ -52,9 +52,12 @@ admin.site.unregister(User)
 
 
 @admin.register(User)
-class TeamUserAdmin(UserAdmin):
+class TeamUserAdmin(audit.AuditedAdmin, UserAdmin):
     """Django's user admin with the role shown and set by actions (each one audited); the staff and
-    superuser flags follow the role, so they are not edited by hand."""
+    superuser flags follow the role, so they are not edited by hand. Adding a user, deleting one and
+    ticking "active" by hand are audited too (user.add / user.change / user.delete)."""
+
+    audit_action = "user"
 
     list_display = ["username", "email", "role", "is_active", "last_login", "date_joined"]
     list_filter = ["profile__role", "is_active"]
@@ -89,6 +92,16 @@ class TeamUserAdmin(UserAdmin):
     @admin.display(ordering="profile__role")
     def role(self, user) -> str:
         return role_of(user)
+
+    def audit_snapshot(self, user) -> dict:
+        """What the audit keeps of a user: access, never the password hash or the names."""
+        return {
+            "role": role_of(user),
+            "is_active": user.is_active,
+            "is_staff": user.is_staff,
+            "is_superuser": user.is_superuser,
+            "email": user.email,
+        }
 
 
 @admin.register(Invitation)

@@ -13,11 +13,12 @@ from django.test import Client
 from accounts import audit
 from accounts.models import AuditEntry
 from generations import crypto
-from generations.models import CreditAccount, ProviderAccount, Quota
+from generations.models import CreditAccount, Price, ProviderAccount, Quota
 
 from .test_admin import PROVIDERS, change_form
 
 AUDIT = "/admin/accounts/auditentry/"
+USERS = "/admin/auth/user/"
 
 
 def by_command() -> str:
@@ -256,3 +257,131 @@ def test_the_admin_shows_the_log_read_only(admin_client, bob):
     assert admin_client.post(f"{AUDIT}{entry.pk}/change/", {"target": "x"}).status_code == 403
     assert admin_client.get(f"{AUDIT}{entry.pk}/delete/").status_code == 403
     assert AuditEntry.objects.get(pk=entry.pk).target == "bob"
+
+
+# -- the admin's other paths ----------------------------------------------------------------------------------
+def change_page_data(response, **overrides) -> dict:
+    """What the browser posts back from an admin change page as it was served (inlines included)."""
+    forms = [response.context["adminform"].form]
+    for inline in response.context["inline_admin_formsets"]:
+        forms += [inline.formset.management_form, *inline.formset.forms]
+    return form_data(forms, _save="Save", **overrides)
+
+
+def form_data(forms, **overrides) -> dict:
+    """The forms' current values as a browser posts them (an unticked box: absent)."""
+    data: dict = {}
+    for form in forms:
+        for name, field in form.fields.items():
+            if field.disabled:
+                continue
+            value = form[name].value()
+            if value is True:
+                data[form.add_prefix(name)] = "on"
+            elif value is not False and value is not None:  # 0 is a value
+                data[form.add_prefix(name)] = value
+    for key, value in overrides.items():
+        if value is False:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+def test_ticking_active_by_hand_on_the_user_page_is_recorded(admin_client, alice, carol):
+    page = admin_client.get(f"{USERS}{carol.pk}/change/")
+    response = admin_client.post(f"{USERS}{carol.pk}/change/", change_page_data(page, is_active=False))
+    assert response.status_code == 302
+    carol.refresh_from_db()
+    assert not carol.is_active
+
+    entry = latest("user.change")
+    assert (entry.actor, entry.target) == (alice, "carol")
+    assert (entry.before["is_active"], entry.after["is_active"]) == (True, False)
+    assert entry.before["role"] == entry.after["role"] == "member"
+    assert (entry.after["is_staff"], entry.after["is_superuser"]) == (False, False)
+
+    page = admin_client.get(f"{USERS}{carol.pk}/change/")
+    admin_client.post(f"{USERS}{carol.pk}/change/", change_page_data(page, is_active="on"))
+    assert (latest("user.change").before["is_active"], latest("user.change").after["is_active"]) == (
+        False,
+        True,
+    )
+    page = admin_client.get(f"{USERS}{carol.pk}/change/")
+    admin_client.post(f"{USERS}{carol.pk}/change/", change_page_data(page, first_name="Carol"))
+    assert AuditEntry.objects.filter(action="user.change").count() == 2  # a name alone is not access
+
+
+def test_adding_and_deleting_a_user_in_the_admin_is_recorded(admin_client, alice):
+    admin_client.post(
+        f"{USERS}add/",
+        {"username": "dora", "password1": "pw-dora-xy-123", "password2": "pw-dora-xy-123", "_save": "Save"},
+    )
+    added = latest("user.add")
+    assert (added.actor, added.target, added.before) == (alice, "dora", None)
+    assert added.after["role"] == "member" and added.after["is_active"] is True
+    assert "password" not in str(added.after)
+
+    dora = added.target
+    pk = type(alice).objects.get(username=dora).pk
+    admin_client.post(USERS, {"action": "delete_selected", "_selected_action": [pk], "post": "yes"})
+    gone = latest("user.delete")
+    assert (gone.target, gone.before["role"], gone.after) == ("dora", "member", None)
+
+
+def test_the_provider_lists_editable_rows_are_recorded(admin_client, alice, accounts):
+    page = admin_client.get(PROVIDERS)
+    formset = page.context["cl"].formset
+    data = form_data([formset.management_form, *formset.forms], _save="Save")
+    row = next(f for f in formset.forms if f.instance.slug == "sb-vtrix")
+    data[row.add_prefix("priority")] = 33
+    data.pop(row.add_prefix("enabled"))
+    assert admin_client.post(PROVIDERS, data).status_code == 302
+
+    entry = latest("provider.change")
+    assert (entry.actor, entry.target) == (alice, "sb-vtrix")
+    assert (entry.before["priority"], entry.after["priority"]) == (1, 33)
+    assert (entry.before["enabled"], entry.after["enabled"]) == (True, False)
+    assert AuditEntry.objects.filter(action="provider.change").count() == 1  # the untouched rows: none
+
+
+def test_prices_are_audited(admin_client, alice):
+    base = "/admin/generations/price/"
+    admin_client.post(
+        f"{base}add/",
+        {
+            "kind": "apiframe",
+            "model": "flux-2-max",
+            "tier": "1MP",
+            "credits": 70,
+            "effective_from_0": "2031-01-02",
+            "effective_from_1": "00:00:00",
+        },
+    )
+    price = Price.objects.get(kind="apiframe", model="flux-2-max", effective_from__year=2031)
+    admin_client.post(
+        f"{base}{price.pk}/change/",
+        {
+            "kind": "apiframe",
+            "model": "flux-2-max",
+            "tier": "1MP",
+            "credits": 90,
+            "effective_from_0": "2031-01-02",
+            "effective_from_1": "00:00:00",
+        },
+    )
+    admin_client.post(f"{base}{price.pk}/delete/", {"post": "yes"})
+    added, changed, deleted = (latest(f"price.{verb}") for verb in ("add", "change", "delete"))
+    assert added.actor == alice and added.after["credits"] == 70
+    assert (changed.before["credits"], changed.after["credits"]) == (70, 90)
+    assert deleted.before["credits"] == 90 and not Price.objects.filter(pk=price.pk).exists()
+
+
+def test_a_credit_account_with_credits_cannot_be_deleted_in_the_admin(admin_client, bob, carol):
+    """Deleting the row took the balance with it, off the ledger and unaudited; credits leave by an adjust."""
+    base = "/admin/generations/creditaccount/"
+    funded = CreditAccount.objects.get(user=bob)
+    assert admin_client.get(f"{base}{funded.pk}/delete/").status_code == 403
+    admin_client.post(base, {"action": "delete_selected", "_selected_action": [funded.pk], "post": "yes"})
+    assert CreditAccount.objects.filter(pk=funded.pk, balance=1000).exists()
+    assert "delete_selected" not in admin_client.get(base).content.decode()
