@@ -146,16 +146,7 @@ class InvitationAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(audit.ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["at", "actor_name", "action", "target", "before", "after", "note"]
     list_filter = ["action", "at"]
     search_fields = ["actor_name", "target", "note"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

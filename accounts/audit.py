@@ -1,6 +1,6 @@
 """The audit log: `record()` one admin action; `by_command()`, under which a management command's changes
 are recorded as the OS user's, in the command's transaction; `AuditedAdmin`, a ModelAdmin mixin that records
-every save and delete of its model with the values before and after."""
+every save and delete of its model with the values before and after; `ReadOnlyAdmin` for logs."""
 
 from __future__ import annotations
 
@@ -110,3 +110,16 @@ class AuditedAdmin:
         super().delete_queryset(request, queryset)
         for label, before in gone:
             record(request.user, f"{self.audit_action}.delete", label, before=before)
+
+
+class ReadOnlyAdmin:
+    """A log in the admin: listed and opened, never added to, changed or deleted."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

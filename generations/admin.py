@@ -11,7 +11,7 @@ from django.utils.html import format_html_join
 from django.utils.http import urlencode
 
 from accounts import audit
-from accounts.audit import AuditedAdmin
+from accounts.audit import AuditedAdmin, ReadOnlyAdmin
 
 from . import credits, engine, usage
 from .models import (
@@ -363,20 +363,11 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(admin.ModelAdmin):
+class LedgerEntryAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["created_at", "user", "kind", "amount", "generation", "admin", "note"]
     list_filter = ["kind", "created_at", ("admin", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__username", "note"]
     list_select_related = ["user", "admin", "generation"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Price)
