@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -73,18 +74,19 @@ class TeamUserAdmin(audit.AuditedAdmin, UserAdmin):
     def approve(self, request, queryset):
         approved = []
         for user in queryset.filter(is_active=False):
-            type(user).objects.filter(pk=user.pk).update(is_active=True)
-            audit.record(
-                request.user,
-                "user.approve",
-                user.get_username(),
-                before={"is_active": False},
-                after={"is_active": True},
-            )
-            if settings.FLUXWEB_NEW_USER_CREDITS > 0:
-                credits.grant(
-                    user, settings.FLUXWEB_NEW_USER_CREDITS, admin=request.user, note="Welcome credits"
+            with transaction.atomic():  # an admin action runs outside the admin's own transaction
+                type(user).objects.filter(pk=user.pk).update(is_active=True)
+                audit.record(
+                    request.user,
+                    "user.approve",
+                    user.get_username(),
+                    before={"is_active": False},
+                    after={"is_active": True},
                 )
+                if settings.FLUXWEB_NEW_USER_CREDITS > 0:
+                    credits.grant(
+                        user, settings.FLUXWEB_NEW_USER_CREDITS, admin=request.user, note="Welcome credits"
+                    )
             approved.append(user.get_username())
         text = f"Approved: {', '.join(approved)}." if approved else "No pending user was selected."
         self.message_user(request, text, messages.SUCCESS)
@@ -134,14 +136,15 @@ class InvitationAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected open invitations")
     def revoke(self, request, queryset):
         for invitation in queryset.open():
-            Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
-            audit.record(
-                request.user,
-                "invitation.revoke",
-                invitation.email,
-                before={"state": "open"},
-                after={"state": "revoked"},
-            )
+            with transaction.atomic():  # an admin action runs outside the admin's own transaction
+                Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
+                audit.record(
+                    request.user,
+                    "invitation.revoke",
+                    invitation.email,
+                    before={"state": "open"},
+                    after={"state": "revoked"},
+                )
         self.message_user(request, "Revoked.", messages.SUCCESS)
 
 

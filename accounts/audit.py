@@ -106,10 +106,11 @@ class AuditedAdmin:
         record(request.user, f"{self.audit_action}.delete", label, before=before)
 
     def delete_queryset(self, request, queryset):
-        gone = [(str(obj), self.audit_snapshot(obj)) for obj in queryset]
-        super().delete_queryset(request, queryset)
-        for label, before in gone:
-            record(request.user, f"{self.audit_action}.delete", label, before=before)
+        with transaction.atomic():  # the "delete selected" action runs outside the admin's transaction
+            gone = [(str(obj), self.audit_snapshot(obj)) for obj in queryset]
+            super().delete_queryset(request, queryset)
+            for label, before in gone:
+                record(request.user, f"{self.audit_action}.delete", label, before=before)
 
 
 class ReadOnlyAdmin:

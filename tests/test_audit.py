@@ -385,3 +385,30 @@ def test_a_credit_account_with_credits_cannot_be_deleted_in_the_admin(admin_clie
     admin_client.post(base, {"action": "delete_selected", "_selected_action": [funded.pk], "post": "yes"})
     assert CreditAccount.objects.filter(pk=funded.pk, balance=1000).exists()
     assert "delete_selected" not in admin_client.get(base).content.decode()
+
+
+def test_admin_actions_commit_with_their_entries_or_not_at_all(admin_client, bob, carol, monkeypatch):
+    """Admin actions run outside the transaction Django gives its add, change and delete pages."""
+    from accounts.models import Invitation
+
+    carol.is_active = False
+    carol.save()
+    invitation, _ = Invitation.issue("ivy@example.com", "member")
+    quota = Quota.objects.create(user=bob, concurrent=2)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the audit log is unwritable")
+
+    monkeypatch.setattr(audit, "record", broken)
+    for url, action, pk in (
+        (USERS, "approve", carol.pk),
+        ("/admin/accounts/invitation/", "revoke", invitation.pk),
+        ("/admin/generations/quota/", "delete_selected", quota.pk),
+    ):
+        with pytest.raises(RuntimeError):
+            admin_client.post(url, {"action": action, "_selected_action": [pk], "post": "yes"})
+    carol.refresh_from_db()
+    invitation.refresh_from_db()
+    assert (
+        not carol.is_active and invitation.revoked_at is None and Quota.objects.filter(pk=quota.pk).exists()
+    )
