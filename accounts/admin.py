@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
 
@@ -52,9 +53,12 @@ admin.site.unregister(User)
 
 
 @admin.register(User)
-class TeamUserAdmin(UserAdmin):
+class TeamUserAdmin(audit.AuditedAdmin, UserAdmin):
     """Django's user admin with the role shown and set by actions (each one audited); the staff and
-    superuser flags follow the role, so they are not edited by hand."""
+    superuser flags follow the role, so they are not edited by hand. Adding a user, deleting one and
+    ticking "active" by hand are audited too (user.add / user.change / user.delete)."""
+
+    audit_action = "user"
 
     list_display = ["username", "email", "role", "is_active", "last_login", "date_joined"]
     list_filter = ["profile__role", "is_active"]
@@ -70,18 +74,19 @@ class TeamUserAdmin(UserAdmin):
     def approve(self, request, queryset):
         approved = []
         for user in queryset.filter(is_active=False):
-            type(user).objects.filter(pk=user.pk).update(is_active=True)
-            audit.record(
-                request.user,
-                "user.approve",
-                user.get_username(),
-                before={"is_active": False},
-                after={"is_active": True},
-            )
-            if settings.FLUXWEB_NEW_USER_CREDITS > 0:
-                credits.grant(
-                    user, settings.FLUXWEB_NEW_USER_CREDITS, admin=request.user, note="Welcome credits"
+            with transaction.atomic():  # an admin action runs outside the admin's own transaction
+                type(user).objects.filter(pk=user.pk).update(is_active=True)
+                audit.record(
+                    request.user,
+                    "user.approve",
+                    user.get_username(),
+                    before={"is_active": False},
+                    after={"is_active": True},
                 )
+                if settings.FLUXWEB_NEW_USER_CREDITS > 0:
+                    credits.grant(
+                        user, settings.FLUXWEB_NEW_USER_CREDITS, admin=request.user, note="Welcome credits"
+                    )
             approved.append(user.get_username())
         text = f"Approved: {', '.join(approved)}." if approved else "No pending user was selected."
         self.message_user(request, text, messages.SUCCESS)
@@ -89,6 +94,16 @@ class TeamUserAdmin(UserAdmin):
     @admin.display(ordering="profile__role")
     def role(self, user) -> str:
         return role_of(user)
+
+    def audit_snapshot(self, user) -> dict:
+        """What the audit keeps of a user: access, never the password hash or the names."""
+        return {
+            "role": role_of(user),
+            "is_active": user.is_active,
+            "is_staff": user.is_staff,
+            "is_superuser": user.is_superuser,
+            "email": user.email,
+        }
 
 
 @admin.register(Invitation)
@@ -121,28 +136,20 @@ class InvitationAdmin(admin.ModelAdmin):
     @admin.action(description="Revoke the selected open invitations")
     def revoke(self, request, queryset):
         for invitation in queryset.open():
-            Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
-            audit.record(
-                request.user,
-                "invitation.revoke",
-                invitation.email,
-                before={"state": "open"},
-                after={"state": "revoked"},
-            )
+            with transaction.atomic():  # an admin action runs outside the admin's own transaction
+                Invitation.objects.filter(pk=invitation.pk).update(revoked_at=timezone.now())
+                audit.record(
+                    request.user,
+                    "invitation.revoke",
+                    invitation.email,
+                    before={"state": "open"},
+                    after={"state": "revoked"},
+                )
         self.message_user(request, "Revoked.", messages.SUCCESS)
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(audit.ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["at", "actor_name", "action", "target", "before", "after", "note"]
     list_filter = ["action", "at"]
     search_fields = ["actor_name", "target", "note"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

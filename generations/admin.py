@@ -10,7 +10,8 @@ from django.utils import timezone
 from django.utils.html import format_html_join
 from django.utils.http import urlencode
 
-from accounts.audit import AuditedAdmin
+from accounts import audit
+from accounts.audit import AuditedAdmin, ReadOnlyAdmin
 
 from . import credits, engine, usage
 from .models import (
@@ -153,7 +154,17 @@ class ProviderAccountAdmin(AuditedAdmin, admin.ModelAdmin):
         generation = get_object_or_404(Generation.objects.select_related("account"), pk=generation_id)
         host = generation.refused_host
         with transaction.atomic():
+            before = generation.account.result_hosts
             moved = bool(host) and engine.allow_host_and_fetch(generation, host)
+            if moved and generation.account.result_hosts != before:
+                audit.record(
+                    request.user,
+                    "provider.change",
+                    generation.account,
+                    before={"result_hosts": before},
+                    after={"result_hosts": generation.account.result_hosts},
+                    note=f"allowed {host} for generation {generation.pk}",
+                )
         if moved:
             self.message_user(
                 request,
@@ -298,6 +309,11 @@ class CreditAccountAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # Credits leave through the ledger (an adjust entry, audited), never with the row: only an empty
+        # account may go (deleting its user takes it along), one at a time.
+        return obj is not None and obj.balance == 0 and obj.reserved == 0
+
     @admin.display(description="charged this month")
     def charged_this_month(self, account):
         start = timezone.now().replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -347,24 +363,16 @@ class CreditAccountAdmin(admin.ModelAdmin):
 
 
 @admin.register(LedgerEntry)
-class LedgerEntryAdmin(admin.ModelAdmin):
+class LedgerEntryAdmin(ReadOnlyAdmin, admin.ModelAdmin):
     list_display = ["created_at", "user", "kind", "amount", "generation", "admin", "note"]
     list_filter = ["kind", "created_at", ("admin", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["user__username", "note"]
     list_select_related = ["user", "admin", "generation"]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(Price)
-class PriceAdmin(admin.ModelAdmin):
+class PriceAdmin(AuditedAdmin, admin.ModelAdmin):
+    audit_action = "price"
     list_display = ["kind", "model", "tier", "credits", "effective_from"]
     list_filter = ["kind", "model"]
 

@@ -12,6 +12,7 @@ import time_machine
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
+from accounts.models import AuditEntry
 from generations import credits, engine, sweeper
 from generations.models import Generation, ProviderAccount
 from generations.providers import GenerationRequest
@@ -76,6 +77,17 @@ def test_one_click_allows_the_host_and_fetches_again(bob, alice, accounts, drain
     assert ProviderAccount.objects.get(slug="sb-apiframe").extra_result_hosts == ("localhost",)
     assert [e.what for e in job.events.all()][-2:] == ["host allowed", "succeeded"]
     assert credits.reconcile() == []
+
+
+def test_allowing_the_host_is_recorded_in_the_audit_log(bob, alice, accounts, drain, new_host, client):
+    job = waiting_job(bob, drain)
+    client.force_login(alice)
+    client.post(reverse("admin:generations_provideraccount_allow_host", args=[job.pk]))
+
+    entry = AuditEntry.objects.get(action="provider.change")
+    assert (entry.actor, entry.target) == (alice, "sb-apiframe")
+    assert (entry.before, entry.after) == ({"result_hosts": ""}, {"result_hosts": "localhost"})
+    assert entry.note == f"allowed localhost for generation {job.pk}"
 
 
 def test_the_allow_view_is_for_superusers_and_posts_only(

@@ -1,5 +1,6 @@
 """`manage.py user add | set-role | invite`, exactly as contract.md names them."""
 
+import getpass
 from io import StringIO
 
 import pytest
@@ -32,7 +33,8 @@ def test_it_adds_a_member_by_default_with_a_credit_account(db):
     assert role_of(dana) == "member" and dana.email == "dana@example.com" and not dana.is_staff
     assert CreditAccount.objects.filter(user=dana).exists()
     assert password_logs_in("dana", "pw-dana-123")
-    assert AuditEntry.objects.get(action="user.add").actor_name == "manage.py user"
+    added = AuditEntry.objects.get(action="user.add")
+    assert (added.actor_name, added.note) == (f"command:{getpass.getuser()}", "user add")
 
 
 @pytest.mark.parametrize("role, staff", [("admin", True), ("member", False), ("viewer", False)])
@@ -48,9 +50,10 @@ def test_it_sets_a_role_and_records_it(bob):
     assert role_of(user("bob")) == "viewer"
     assert "bob: already viewer" in run("user", "set-role", "bob", "viewer")
     entry = AuditEntry.objects.get(action="role.change")
-    assert (entry.actor, entry.actor_name, entry.before["role"], entry.after["role"]) == (
+    assert (entry.actor, entry.actor_name, entry.note, entry.before["role"], entry.after["role"]) == (
         None,
-        "manage.py user",
+        f"command:{getpass.getuser()}",
+        "user set-role",
         "member",
         "viewer",
     )

@@ -6,15 +6,12 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.core.validators import validate_email
-from django.db import transaction
 from django.urls import reverse
 
 from accounts import audit
 from accounts.access import set_role
 from accounts.models import Invitation, Role
 from generations import credits
-
-VIA = "manage.py user"
 
 
 class Command(BaseCommand):
@@ -35,7 +32,9 @@ class Command(BaseCommand):
         invite.add_argument("--role", choices=Role.values, default=Role.MEMBER)
 
     def handle(self, *args, action, **options):
-        getattr(self, action.replace("-", "_"))(**options)
+        # Each change commits with its audit entry, which names the OS user and the command.
+        with audit.by_command(f"user {action}"):
+            getattr(self, action.replace("-", "_"))(**options)
 
     def add(self, username, email, role, password, **options):
         User = get_user_model()
@@ -48,21 +47,20 @@ class Command(BaseCommand):
                 validate_password(password, User(username=username, email=email))
             except ValidationError as error:
                 raise CommandError(" ".join(error.messages)) from None
-        with transaction.atomic():
-            user = User.objects.create_user(username, email, password)
-            if password is None:
-                user.set_unusable_password()
-                user.save(update_fields=["password"])
-            set_role(user, role, via=VIA)
-            credits.account_for(user)
-            audit.record(None, "user.add", username, after={"role": role, "email": email}, via=VIA)
+        user = User.objects.create_user(username, email, password)
+        if password is None:
+            user.set_unusable_password()
+            user.save(update_fields=["password"])
+        set_role(user, role)
+        credits.account_for(user)
+        audit.record(None, "user.add", username, after={"role": role, "email": email})
         self.stdout.write(f"{username}: created as {role}")
 
     def set_role(self, username, role, **options):
         user = get_user_model().objects.filter(username=username).first()
         if user is None:
             raise CommandError(f"No user {username!r}.")
-        changed = set_role(user, role, via=VIA)
+        changed = set_role(user, role)
         self.stdout.write(f"{username}: {'now' if changed else 'already'} {role}")
 
     def invite(self, email, role, **options):
@@ -73,7 +71,6 @@ class Command(BaseCommand):
             "invitation.create",
             email,
             after={"role": role, "expires_at": invitation.expires_at.isoformat()},
-            via=VIA,
         )
         self.stdout.write(
             f"Invitation for {email} as {role}, valid until {invitation.expires_at:%Y-%m-%d %H:%M} UTC:"

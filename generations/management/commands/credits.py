@@ -1,6 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts import audit
 from generations import credits
 from generations.api import me_payload
 
@@ -33,7 +34,10 @@ class Command(BaseCommand):
         if action == "grant":
             if options["amount"] <= 0:
                 raise CommandError("AMOUNT must be a positive number of credits.")
-            credits.grant(user, options["amount"], note=options["note"] or "granted from the command line")
+            note = options["note"] or "granted from the command line"
+            # The grant's audit entry (written by accounts.signals) names the OS user, in its transaction.
+            with audit.by_command("credits grant"):
+                credits.grant(user, options["amount"], note=note)
         me = me_payload(user)
         quota = ", ".join(
             f"{name} {value['used']}/{value['limit'] if value['limit'] is not None else 'unlimited'}"

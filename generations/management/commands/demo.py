@@ -2,6 +2,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from accounts import audit
 from generations import credits
 from generations.models import LedgerEntry, ProviderAccount
 from generations.providers import PROVIDERS
@@ -26,6 +27,14 @@ class Command(BaseCommand):
         parser.add_argument("--password", default="fluxweb-demo")
 
     def handle(self, *args, sandbox_url, password, **options):
+        with audit.by_command("demo"):  # its grants and accounts are audited as the OS user's
+            self.make(sandbox_url, password)
+        self.stdout.write(f"Demo logins (password for all: {password}):")
+        for username, admin, grant in USERS:
+            self.stdout.write(f"  {username:6} {'admin' if admin else 'member'}, {grant} credits at start")
+        self.stdout.write(f"Provider accounts point at the sandbox on {sandbox_url}.")
+
+    def make(self, sandbox_url: str, password: str) -> None:
         User = get_user_model()
         for username, admin, grant in USERS:
             user, created = User.objects.get_or_create(
@@ -46,9 +55,14 @@ class Command(BaseCommand):
                 },
             )
             if created or not account.has_key:
+                before = None if created else audit.snapshot(account, ("api_key_encrypted",))
                 account.set_api_key(key)
                 account.save()
-        self.stdout.write(f"Demo logins (password for all: {password}):")
-        for username, admin, grant in USERS:
-            self.stdout.write(f"  {username:6} {'admin' if admin else 'member'}, {grant} credits at start")
-        self.stdout.write(f"Provider accounts point at the sandbox on {sandbox_url}.")
+                after = audit.snapshot(account, ("api_key_encrypted",))
+                audit.record(
+                    None,
+                    "provider.add" if created else "provider.change",
+                    account,
+                    before=before,
+                    after=after,
+                )

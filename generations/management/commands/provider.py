@@ -2,9 +2,12 @@ from cryptography.fernet import InvalidToken
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts import audit
 from generations import crypto
 from generations.models import ProviderAccount, parse_hosts
 from generations.providers import PROVIDERS
+
+HIDDEN = ("api_key_encrypted",)  # the audit log shows only a fingerprint of the stored key, as the admin does
 
 
 class Command(BaseCommand):
@@ -51,7 +54,11 @@ class Command(BaseCommand):
                 + (f"\tresult hosts {','.join(account.extra_result_hosts)}" if account.result_hosts else "")
             )
 
-    def set(
+    def set(self, **options):
+        with audit.by_command("provider set"):  # the change and its audit entry commit together, or neither
+            self.save_account(**options)
+
+    def save_account(
         self,
         slug,
         kind,
@@ -65,7 +72,8 @@ class Command(BaseCommand):
         result_hosts=None,
         **options,
     ):
-        account = ProviderAccount.objects.filter(slug=slug).first()
+        account = ProviderAccount.objects.select_for_update().filter(slug=slug).first()
+        before = audit.snapshot(account, HIDDEN) if account is not None else None
         if account is None:
             if not kind:
                 raise CommandError(f"{slug} is a new account: give --kind ({', '.join(sorted(PROVIDERS))}).")
@@ -101,6 +109,10 @@ class Command(BaseCommand):
             problems = "; ".join(f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())
             raise CommandError(problems) from None
         account.save()
+        after = audit.snapshot(account, HIDDEN)
+        if before != after:
+            verb = "change" if before is not None else "add"
+            audit.record(None, f"provider.{verb}", account, before=before, after=after)
         self.stdout.write(
             f"{account.slug}: {account.kind} at {account.base_url}, "
             f"{'enabled' if account.enabled else 'disabled'}, {'key set' if account.has_key else 'no key'}, "
@@ -110,14 +122,23 @@ class Command(BaseCommand):
 
     def rotate_keys(self, **options):
         count, unreadable = 0, []
-        for account in ProviderAccount.objects.exclude(api_key_encrypted=""):
-            try:
-                account.api_key_encrypted = crypto.rotate(account.api_key_encrypted)
-            except InvalidToken:
-                unreadable.append(account.slug)  # left as it is; rotating the others still helps
-                continue
-            account.save(update_fields=["api_key_encrypted"])
-            count += 1
+        with audit.by_command("provider rotate-keys"):
+            for account in ProviderAccount.objects.select_for_update().exclude(api_key_encrypted=""):
+                before = audit.snapshot(account, HIDDEN)
+                try:
+                    account.api_key_encrypted = crypto.rotate(account.api_key_encrypted)
+                except InvalidToken:
+                    unreadable.append(account.slug)  # left as it is; rotating the others still helps
+                    continue
+                account.save(update_fields=["api_key_encrypted"])
+                audit.record(
+                    None,
+                    "provider.rotate_key",
+                    account,
+                    before={"api_key_encrypted": before["api_key_encrypted"]},
+                    after={"api_key_encrypted": audit.snapshot(account, HIDDEN)["api_key_encrypted"]},
+                )
+                count += 1
         self.stdout.write(f"re-encrypted {count} key(s)")
         if unreadable:
             raise CommandError(

@@ -1,6 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from accounts import audit
 from generations.models import Quota
 
 
@@ -28,11 +29,19 @@ class Command(BaseCommand):
         for name in names:
             if options[name] is not None and options[name] < 0:
                 raise CommandError(f"--{name.replace('_', '-')} must be 0 or more.")
-        quota, _ = Quota.objects.get_or_create(user=user)
-        for name in names:
-            if options[name] is not None:
-                setattr(quota, name, options[name] or None)
-        quota.save()
+        with audit.by_command("quota set"):
+            quota = Quota.objects.select_for_update().filter(user=user).first()
+            before = audit.snapshot(quota) if quota is not None else None
+            if quota is None:
+                quota = Quota(user=user)
+            for name in names:
+                if options[name] is not None:
+                    setattr(quota, name, options[name] or None)
+            quota.save()
+            after = audit.snapshot(quota)
+            if before != after:
+                verb = "change" if before is not None else "add"
+                audit.record(None, f"quota.{verb}", quota, before=before, after=after)
         shown = lambda v: "unlimited" if v is None else v  # noqa: E731
         self.stdout.write(
             f"{'team default' if user is None else user.username}: concurrent {shown(quota.concurrent)}, "
