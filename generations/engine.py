@@ -24,8 +24,9 @@ from django.utils import timezone
 
 from . import cadence, catalog, credits, crypto, media, sweeper
 from .models import Generation, Prompt, ProviderAccount, digest
-from .providers import PROVIDERS, GenerationRequest, ProviderError, Unsupported
+from .providers import PROVIDERS, GenerationRequest, ProviderError
 from .providers import http as provider_http
+from .refusal import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ INGEST_RETRY_PAUSE = 2.0  # seconds before the second download try, doubling aft
 INGEST_GRACE_SECONDS = 120
 
 
-class CreateError(Exception):
-    """A create refused before any money moved; `refusal` carries the code, message and HTTP status."""
-
-    def __init__(self, refusal: credits.Refusal):
-        super().__init__(refusal.message)
-        self.refusal = refusal
-
-
 # -- create -------------------------------------------------------------------------------------------------
 def request_digest(request: GenerationRequest, slug: str | None) -> str:
     return digest(repr((request, slug or "")))
@@ -62,7 +55,8 @@ def create(
     user, request: GenerationRequest, *, provider: str | None = None, idempotency_key: str = ""
 ) -> tuple[Generation, bool]:
     """Validate, price, hold credits, check quotas and save in one transaction; enqueue the submit on
-    commit. Returns (generation, created): a repeated idempotency key returns the first generation.
+    commit. Returns (generation, created): a repeated idempotency key returns the first generation; a
+    create refused before any money moved raises a Refusal.
     A transaction that found the database locked rolled back whole, so it is tried again."""
     for pause in (*LOCKED_RETRY_PAUSES, None):
         try:
@@ -75,13 +69,11 @@ def create(
                 continue
             # The transaction rolled back, so no job and no hold exist.
             log.warning("create for %s rolled back", user, exc_info=True)
-            raise CreateError(
-                credits.Refusal(
-                    "busy",
-                    "FluxWeb is busy right now; nothing was charged. Try again.",
-                    status=503,
-                    retry_after=2,
-                )
+            raise Refusal(
+                "busy",
+                "FluxWeb is busy right now; nothing was charged. Try again.",
+                status=503,
+                retry_after=2,
             ) from None
 
 
@@ -128,8 +120,6 @@ def create_once(
             credits.reserve(generation, price.total, credit_account)
             generation.events.create(what="created", detail=f"{price.total} credits held on {account.slug}")
             enqueue_with(generation.pk)
-    except credits.Refusal as refusal:
-        raise CreateError(refusal) from None
     except IntegrityError:
         # A concurrent request with the same idempotency key won the insert.
         existing = (
@@ -155,12 +145,10 @@ def enqueue_with(generation_id: int) -> None:
 
 def replay(existing: Generation, fingerprint: str) -> Generation:
     if existing.request_digest != fingerprint:
-        raise CreateError(
-            credits.Refusal(
-                "idempotency_mismatch",
-                "This Idempotency-Key was already used with a different request.",
-                status=422,
-            )
+        raise Refusal(
+            "idempotency_mismatch",
+            "This Idempotency-Key was already used with a different request.",
+            status=422,
         )
     return existing
 
@@ -456,7 +444,7 @@ def move_on(generation: Generation, reason: str) -> bool:
         try:
             account.adapter_class("", "").validate(request)
             price = credits.quote(account.kind, priced)
-        except (Unsupported, credits.Refusal):
+        except Refusal:
             continue
         choices.append((account.priority, price.total, account.slug, account, price))
     for *_, account, price in sorted(choices, key=lambda c: c[:3]):
@@ -475,8 +463,8 @@ def move_on(generation: Generation, reason: str) -> bool:
                     generation, account, price.total, note=f"failover {old.slug} -> {account.slug}"
                 )
                 if not generation.mark_moved(account, price.total, price.per_image, tried, detail):
-                    raise credits.Refusal("moved", "The job is no longer queued.", status=409)
-        except credits.Refusal as refusal:
+                    raise Refusal("moved", "The job is no longer queued.", status=409)
+        except Refusal as refusal:
             log.info("generation %s: not moved to %s: %s", generation.pk, account.slug, refusal.message)
             continue
         transaction.on_commit(lambda pk=generation.pk: enqueue_safely("submit", pk))

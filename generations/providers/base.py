@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..refusal import Refusal
+
 MEGAPIXEL = 1024 * 1024
 # BFL's list price for FLUX.2 [max]: 7 c for the first output megapixel and 3 c for each further one and for
 # each input megapixel [B1], in credits of $0.001 (providers.md 8). Aggregators serving BFL's model default
@@ -89,13 +91,11 @@ class ProviderError(Exception):
         return f"ProviderError({self.code!r}, {self.message!r})"
 
 
-class Unsupported(ValueError):
+class Unsupported(Refusal):
     """A request this provider cannot serve; the message says what to change. Raised before any money moves."""
 
     def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__("unsupported", message, status=400, field=field)
 
 
 @dataclass(frozen=True)
