@@ -18,7 +18,6 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
@@ -240,15 +239,7 @@ def redact(text: str, account: ProviderAccount | None = None) -> str:
 def submit(generation_id: int) -> None:
     """Send a queued generation to its provider. Claims the job first; a job whose earlier submit died
     mid-call is only re-sent where the provider deduplicates (Idempotency-Key), otherwise refunded."""
-    now = timezone.now()
-    lease = now + timedelta(seconds=TASK_LEASE_SECONDS)
-    claimed = Generation.objects.filter(
-        Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
-        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
-        pk=generation_id,
-        status=Generation.Status.QUEUED,
-    ).update(attempts=F("attempts") + 1, next_poll_at=lease, lease_until=lease)
-    if not claimed:
+    if not Generation.objects.claim_submit(generation_id, TASK_LEASE_SECONDS):
         return
     generation = Generation.objects.select_related("account", "prompt").get(pk=generation_id)
     try:
@@ -300,10 +291,7 @@ def submit(generation_id: int) -> None:
     attempt = generation.attempts
 
     def beat() -> None:
-        renewed = timezone.now() + timedelta(seconds=TASK_LEASE_SECONDS)
-        Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED, attempts=attempt).update(
-            next_poll_at=renewed, lease_until=renewed
-        )
+        generation.renew_submit_lease(attempt, TASK_LEASE_SECONDS)
 
     def send():
         return adapter.parse_submit(
@@ -345,20 +333,7 @@ def submit(generation_id: int) -> None:
         return
     record_health(account, [outcome], time.monotonic() - sent_at)
     if outcome.state == "succeeded":  # synchronous provider: the images are here now
-        now = timezone.now()
-        if generation.transition(
-            [Generation.Status.QUEUED],
-            Generation.Status.RUNNING,
-            event="generated",
-            started_at=now,
-            provider_done_at=now,
-            progress=1.0,
-            next_poll_at=None,
-            lease_until=None,
-            image_urls=list(outcome.image_urls),
-            provider_cost=outcome.cost or "",
-            seed=generation.seed or outcome.seed,
-        ):
+        if generation.mark_generated(outcome.image_urls, outcome.cost or "", generation.seed or outcome.seed):
             enqueue_safely("ingest", generation.pk)
         return
     if outcome.state == "failed":
@@ -376,9 +351,7 @@ def submit(generation_id: int) -> None:
 def postpone_submit(generation: Generation, until, why: str) -> None:
     """Put a claimed submit back, unsent and uncounted, until `until`; the sweeper queues it again then."""
     until = max(until or timezone.now(), timezone.now() + timedelta(seconds=0.2))
-    if Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
-        attempts=F("attempts") - 1, next_poll_at=until, lease_until=None
-    ):
+    if generation.postpone_submit(until):
         wait = (until - timezone.now()).total_seconds()
         generation.events.create(
             what="submit waits", detail=f"{generation.account.slug}: {why} ({wait:.1f} s)"
@@ -498,12 +471,7 @@ def retry_submit(generation: Generation, error: ProviderError) -> None:
         )
         return
     message = redact(error.message, generation.account)
-    Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
-        error_code=error.code,
-        error_message=message,
-        next_poll_at=timezone.now() + timedelta(seconds=delay),
-        lease_until=None,
-    )
+    generation.schedule_submit_retry(error.code, message, timezone.now() + timedelta(seconds=delay))
     generation.events.create(what="submit retry", detail=f"{message} (again in {delay:.1f} s)")
     sweeper.kick_sweeper()
 
@@ -527,16 +495,7 @@ def ingest(generation_id: int) -> None:
     renews while it works; the images are recorded in the transaction that settles the job, or not at all,
     so a job that was meanwhile failed, canceled or settled by another task keeps no image and no file."""
     now = timezone.now()
-    claimed = Generation.objects.filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
-        pk=generation_id,
-        status=Generation.Status.RUNNING,
-        next_poll_at__isnull=True,
-        provider_done_at__isnull=False,
-    ).update(
-        lease_until=now + timedelta(seconds=TASK_LEASE_SECONDS), ingest_attempts=F("ingest_attempts") + 1
-    )
-    if not claimed:
+    if not Generation.objects.claim_ingest(generation_id, TASK_LEASE_SECONDS):
         return
     generation = Generation.objects.select_related("account", "prompt", "user").get(pk=generation_id)
     if not generation.image_urls:
@@ -555,9 +514,7 @@ def ingest(generation_id: int) -> None:
     attempt = generation.ingest_attempts
 
     def beat() -> None:
-        Generation.objects.filter(
-            pk=generation.pk, status=Generation.Status.RUNNING, ingest_attempts=attempt
-        ).update(lease_until=timezone.now() + timedelta(seconds=TASK_LEASE_SECONDS))
+        generation.renew_ingest_lease(attempt, TASK_LEASE_SECONDS)
 
     saved, problem = with_heartbeat(lambda: fetch_images(generation), beat)
     finish(generation, saved, problem)
@@ -612,9 +569,7 @@ def finish(generation: Generation, saved: list[media.Saved], problem: media.Medi
         if problem and problem.code == "download_failed" and generation.ingest_attempts < MAX_INGEST_ATTEMPTS:
             # Perhaps a passing network fault: let the reaper download again after a short pause.
             pause = INGEST_RETRY_PAUSE * 2 ** (generation.ingest_attempts - 1)
-            if Generation.objects.filter(pk=generation.pk, status=Generation.Status.RUNNING).update(
-                lease_until=timezone.now() + timedelta(seconds=pause), error_code=problem.code
-            ):
+            if generation.schedule_download_retry(problem.code, pause):
                 generation.events.create(
                     what="download retry", detail=f"{problem.message} (again in {pause:.0f} s)"
                 )
@@ -632,14 +587,8 @@ def finish(generation: Generation, saved: list[media.Saved], problem: media.Medi
     won = False
     try:
         with transaction.atomic():
-            won = generation.transition(
-                [Generation.Status.RUNNING],
-                Generation.Status.SUCCEEDED,
-                event="succeeded",
-                detail=f"{len(saved)} image(s) stored" + (f"; {problem.message}" if problem else ""),
-                where=Q(ingest_attempts=generation.ingest_attempts),
-                finished_at=timezone.now(),
-                error_code="",
+            won = generation.mark_succeeded(
+                f"{len(saved)} image(s) stored" + (f"; {problem.message}" if problem else "")
             )
             if won:
                 for item in saved:
@@ -658,16 +607,7 @@ def allow_host_and_fetch(generation: Generation, host: str) -> bool:
     if generation.refused_host != host or generation.status != Generation.Status.RUNNING:
         return False
     generation.account.allow_result_host(host)
-    if not generation.transition(
-        [Generation.Status.RUNNING],
-        event="host allowed",
-        detail=f"{host} allowed for {generation.account.slug}; downloading again",
-        where=Q(refused_host=host),
-        refused_host="",
-        lease_until=None,
-        ingest_attempts=0,
-        error_code="",
-    ):
+    if not generation.mark_host_allowed(host):
         return False
     transaction.on_commit(lambda: enqueue_safely("ingest", generation.pk))
     return True
@@ -677,16 +617,7 @@ def allow_host_and_fetch(generation: Generation, host: str) -> bool:
 def fail(generation: Generation, code: str, message: str) -> bool:
     message = redact(message, generation.account)
     with transaction.atomic():
-        if not generation.transition(
-            Generation.IN_FLIGHT,
-            Generation.Status.FAILED,
-            event="failed",
-            detail=message,
-            finished_at=timezone.now(),
-            error_code=code,
-            error_message=message,
-            next_poll_at=None,
-        ):
+        if not generation.mark_failed(code, message):
             return False
         credits.refund(generation, note=message[:500])
     return True
@@ -696,15 +627,7 @@ def cancel(generation: Generation, by) -> bool:
     """Cancel a job the provider has not finished. Once it has, the provider has billed and the images are
     on their way: the cancel is refused (never a refund and the images both)."""
     with transaction.atomic():
-        if not generation.transition(
-            Generation.IN_FLIGHT,
-            Generation.Status.CANCELED,
-            event="canceled",
-            detail=f"by {by}",
-            where=Q(provider_done_at__isnull=True),
-            finished_at=timezone.now(),
-            next_poll_at=None,
-        ):
+        if not generation.mark_canceled(by):
             return False
         credits.refund(generation, note="canceled")
     return True
