@@ -617,41 +617,6 @@ class Generation(models.Model):
             lease_until=None,
         )
 
-    def mark_moved(
-        self, account: ProviderAccount, reserved: int, per_image: int, tried: list, detail: str
-    ) -> bool:
-        """A failover: the queued job goes to `account` at its price, to be submitted afresh."""
-        return self.transition(
-            [self.Status.QUEUED],
-            event="failover",
-            detail=detail,
-            where=Q(account_id=self.account_id),
-            account=account,
-            credits_reserved=reserved,
-            params=self.params | {"credits_per_image": per_image},
-            tried_accounts=tried,
-            attempts=0,
-            error_code="",
-            error_message="",
-            next_poll_at=None,
-            lease_until=None,
-            redriven_at=timezone.now(),
-        )
-
-    def mark_waiting_for_admin(self, host: str) -> bool:
-        """The provider finished (and charged), but its result host is not allowed: the job stays running,
-        flagged for an admin, nothing downloading, until one allows the host or the deadline ends it."""
-        return self.transition(
-            [self.Status.RUNNING],
-            event="waiting for an admin",
-            detail=f"the result files are on {host}, which is not an allowed host of "
-            f"{self.account.slug}; an admin may allow it and fetch again",
-            where=Q(ingest_attempts=self.ingest_attempts),
-            refused_host=host[:255],
-            lease_until=None,
-            error_code="result_host_refused",
-        )
-
     def renew_submit_lease(self, attempt: int, seconds: float) -> bool:
         """The submit task of `attempt` is still at work: keep its job for `seconds` more."""
         renewed = timezone.now() + timedelta(seconds=seconds)
@@ -765,6 +730,41 @@ class Generation(models.Model):
             where=Q(provider_done_at__isnull=True),
             finished_at=timezone.now(),
             next_poll_at=None,
+        )
+
+    def mark_moved(
+        self, account: ProviderAccount, reserved: int, per_image: int, tried: list, detail: str
+    ) -> bool:
+        """A failover: the queued job goes to `account` at its price, to be submitted afresh."""
+        return self.transition(
+            [self.Status.QUEUED],
+            event="failover",
+            detail=detail,
+            where=Q(account_id=self.account_id),
+            account=account,
+            credits_reserved=reserved,
+            params=self.params | {"credits_per_image": per_image},
+            tried_accounts=tried,
+            attempts=0,
+            error_code="",
+            error_message="",
+            next_poll_at=None,
+            lease_until=None,
+            redriven_at=timezone.now(),
+        )
+
+    def mark_waiting_for_admin(self, host: str) -> bool:
+        """The provider finished (and charged), but its result host is not allowed: the job stays running,
+        flagged for an admin, nothing downloading, until one allows the host or the deadline ends it."""
+        return self.transition(
+            [self.Status.RUNNING],
+            event="waiting for an admin",
+            detail=f"the result files are on {host}, which is not an allowed host of "
+            f"{self.account.slug}; an admin may allow it and fetch again",
+            where=Q(ingest_attempts=self.ingest_attempts),
+            refused_host=host[:255],
+            lease_until=None,
+            error_code="result_host_refused",
         )
 
     def schedule_poll(self, seconds: float) -> None:
