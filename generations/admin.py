@@ -31,6 +31,7 @@ from .models import (
 )
 from .providers import ProviderError
 from .providers import http as provider_http
+from .refusal import Refusal
 
 
 class ProviderAccountForm(forms.ModelForm):
@@ -262,7 +263,7 @@ class GenerationAdmin(admin.ModelAdmin):
             raise PermissionDenied
         try:
             start, end = usage.parse_range(request.GET)
-        except usage.RangeError as error:
+        except Refusal as error:
             if request.GET.get("format") == "csv":
                 return HttpResponse(str(error), status=400, content_type="text/plain; charset=utf-8")
             context = {**self.usage_context(request), "error": str(error), "query": request.GET}

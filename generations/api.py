@@ -27,6 +27,7 @@ from .forms import (
     upload_storage_used,
 )
 from .models import ApiToken, Generation, Image, ProviderAccount, Reference
+from .refusal import Refusal
 
 PAGE = 50
 User = get_user_model()
@@ -58,6 +59,12 @@ def error(status: int, code: str, message: str, field: str | None = None, **head
     for name, value in headers.items():
         response[name.replace("_", "-")] = str(value)
     return response
+
+
+def refused(refusal: Refusal, field: str | None = None) -> JsonResponse:
+    """A Refusal as the contract's JSON error, with Retry-After when it says when to try again."""
+    headers = {"Retry_After": refusal.retry_after} if refusal.retry_after else {}
+    return error(refusal.status, refusal.code, refusal.message, field or refusal.field, **headers)
 
 
 def api_view(*methods: str):
@@ -103,6 +110,8 @@ def authenticated(view, request: HttpRequest, *args, **kwargs):
         return view(request, *args, **kwargs)
     except Http404:
         return error(404, "not_found", "Not found.")
+    except Refusal as refusal:
+        return refused(refusal)
 
 
 def not_found(request, path: str = ""):
@@ -311,17 +320,12 @@ def create(request):
     key = clean_idempotency_key(request.headers.get("Idempotency-Key", ""))
     if key is None:
         return error(400, "invalid", "Idempotency-Key is at most 255 printable characters.")
-    try:
-        generation, created = engine.create(
-            request.user,
-            form.to_request(),
-            provider=form.cleaned_data.get("provider") or None,
-            idempotency_key=key,
-        )
-    except engine.CreateError as exc:
-        refusal = exc.refusal
-        headers = {"Retry_After": refusal.retry_after} if refusal.retry_after else {}
-        return error(refusal.status, refusal.code, refusal.message, refusal.field, **headers)
+    generation, created = engine.create(  # a Refusal is answered by `authenticated`
+        request.user,
+        form.to_request(),
+        provider=form.cleaned_data.get("provider") or None,
+        idempotency_key=key,
+    )
     generation = generations_qs().get(pk=generation.pk)
     return JsonResponse(generation_payload(generation, request), status=202)
 
@@ -387,7 +391,7 @@ def references(request):
         check_upload_storage(request.user, upload.size)
         reference = media.store_reference(upload, request.user)
     except media.MediaError as exc:
-        return error(413 if exc.code in ("too_large", "storage_full") else 400, exc.code, exc.message, "file")
+        return refused(exc, field="file")
     return JsonResponse(reference_payload(reference), status=201)
 
 

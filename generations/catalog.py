@@ -5,6 +5,7 @@ from __future__ import annotations
 from . import credits
 from .models import ProviderAccount
 from .providers import PROVIDERS, GenerationRequest, Unsupported
+from .refusal import Refusal
 
 NAMES = {
     "flux-plus": "FLUX Plus",
@@ -51,7 +52,7 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
     if slug:
         account = ProviderAccount.objects.filter(slug=slug).first()
         if account is None or not account.enabled or not account.has_key:
-            raise credits.Refusal(
+            raise Refusal(
                 "unknown_provider",
                 f"There is no enabled provider account {slug!r}.",
                 status=400,
@@ -59,7 +60,7 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
             )
         if account.breaker_state() == "open":
             # Fail fast, credits untouched: the account failed its last calls (reliability.md 8.14).
-            raise credits.Refusal(
+            raise Refusal(
                 "provider_unavailable",
                 f"The {slug} provider account is failing right now; try again in a minute, "
                 "or choose another provider.",
@@ -70,7 +71,7 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
     else:
         candidates = accounts_serving(request.model)
         if not candidates:
-            raise credits.Refusal(
+            raise Refusal(
                 "no_provider",
                 f"No enabled provider account serves {request.model}; ask an admin.",
                 status=400,
@@ -88,7 +89,6 @@ def choose_account(request: GenerationRequest, slug: str | None) -> tuple[Provid
             continue
         choices.append((account.priority, credits.quote(account.kind, request), account))
     if not choices:
-        first = refusals[0]
-        raise credits.Refusal("unsupported", first.message, status=400, field=first.field)
+        raise refusals[0]
     _, price, account = min(choices, key=lambda c: (c[0], c[1].total, c[2].slug))
     return account, price

@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from .models import CreditAccount, Generation, LedgerEntry, Price, ProviderAccount, Quota, Usage
 from .providers import PROVIDERS, GenerationRequest
+from .refusal import Refusal
 
 
 def default_prices(kind: str, model: str) -> dict[str, int]:
@@ -36,26 +37,6 @@ DEFAULT_PRICES: dict[tuple[str, str], dict[str, int]] = {
     for kind, cls in PROVIDERS.items()
     for model, tiers in cls.default_prices.items()
 }
-
-
-class Refusal(Exception):
-    """A create the user may not make now, with the reason in words and the HTTP status the API uses."""
-
-    def __init__(
-        self,
-        code: str,
-        message: str,
-        *,
-        status: int,
-        retry_after: int | None = None,
-        field: str | None = None,
-    ):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.field = field
 
 
 # -- prices ---------------------------------------------------------------------------------------------

@@ -18,14 +18,14 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F, Q
 from django.urls import reverse
 from django.utils import timezone
 
 from . import cadence, catalog, credits, crypto, media, sweeper
 from .models import Generation, Prompt, ProviderAccount, digest
-from .providers import PROVIDERS, GenerationRequest, ProviderError, Unsupported
+from .providers import PROVIDERS, GenerationRequest, ProviderError
 from .providers import http as provider_http
+from .refusal import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +41,6 @@ INGEST_RETRY_PAUSE = 2.0  # seconds before the second download try, doubling aft
 INGEST_GRACE_SECONDS = 120
 
 
-class CreateError(Exception):
-    """A create refused before any money moved; `refusal` carries the code, message and HTTP status."""
-
-    def __init__(self, refusal: credits.Refusal):
-        super().__init__(refusal.message)
-        self.refusal = refusal
-
-
 # -- create -------------------------------------------------------------------------------------------------
 def request_digest(request: GenerationRequest, slug: str | None) -> str:
     return digest(repr((request, slug or "")))
@@ -62,7 +54,8 @@ def create(
     user, request: GenerationRequest, *, provider: str | None = None, idempotency_key: str = ""
 ) -> tuple[Generation, bool]:
     """Validate, price, hold credits, check quotas and save in one transaction; enqueue the submit on
-    commit. Returns (generation, created): a repeated idempotency key returns the first generation.
+    commit. Returns (generation, created): a repeated idempotency key returns the first generation; a
+    create refused before any money moved raises a Refusal.
     A transaction that found the database locked rolled back whole, so it is tried again."""
     for pause in (*LOCKED_RETRY_PAUSES, None):
         try:
@@ -75,13 +68,11 @@ def create(
                 continue
             # The transaction rolled back, so no job and no hold exist.
             log.warning("create for %s rolled back", user, exc_info=True)
-            raise CreateError(
-                credits.Refusal(
-                    "busy",
-                    "FluxWeb is busy right now; nothing was charged. Try again.",
-                    status=503,
-                    retry_after=2,
-                )
+            raise Refusal(
+                "busy",
+                "FluxWeb is busy right now; nothing was charged. Try again.",
+                status=503,
+                retry_after=2,
             ) from None
 
 
@@ -128,8 +119,6 @@ def create_once(
             credits.reserve(generation, price.total, credit_account)
             generation.events.create(what="created", detail=f"{price.total} credits held on {account.slug}")
             enqueue_with(generation.pk)
-    except credits.Refusal as refusal:
-        raise CreateError(refusal) from None
     except IntegrityError:
         # A concurrent request with the same idempotency key won the insert.
         existing = (
@@ -155,12 +144,10 @@ def enqueue_with(generation_id: int) -> None:
 
 def replay(existing: Generation, fingerprint: str) -> Generation:
     if existing.request_digest != fingerprint:
-        raise CreateError(
-            credits.Refusal(
-                "idempotency_mismatch",
-                "This Idempotency-Key was already used with a different request.",
-                status=422,
-            )
+        raise Refusal(
+            "idempotency_mismatch",
+            "This Idempotency-Key was already used with a different request.",
+            status=422,
         )
     return existing
 
@@ -252,15 +239,7 @@ def redact(text: str, account: ProviderAccount | None = None) -> str:
 def submit(generation_id: int) -> None:
     """Send a queued generation to its provider. Claims the job first; a job whose earlier submit died
     mid-call is only re-sent where the provider deduplicates (Idempotency-Key), otherwise refunded."""
-    now = timezone.now()
-    lease = now + timedelta(seconds=TASK_LEASE_SECONDS)
-    claimed = Generation.objects.filter(
-        Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
-        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
-        pk=generation_id,
-        status=Generation.Status.QUEUED,
-    ).update(attempts=F("attempts") + 1, next_poll_at=lease, lease_until=lease)
-    if not claimed:
+    if not Generation.objects.claim_submit(generation_id, TASK_LEASE_SECONDS):
         return
     generation = Generation.objects.select_related("account", "prompt").get(pk=generation_id)
     try:
@@ -312,10 +291,7 @@ def submit(generation_id: int) -> None:
     attempt = generation.attempts
 
     def beat() -> None:
-        renewed = timezone.now() + timedelta(seconds=TASK_LEASE_SECONDS)
-        Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED, attempts=attempt).update(
-            next_poll_at=renewed, lease_until=renewed
-        )
+        generation.renew_submit_lease(attempt, TASK_LEASE_SECONDS)
 
     def send():
         return adapter.parse_submit(
@@ -357,20 +333,7 @@ def submit(generation_id: int) -> None:
         return
     record_health(account, [outcome], time.monotonic() - sent_at)
     if outcome.state == "succeeded":  # synchronous provider: the images are here now
-        now = timezone.now()
-        if generation.transition(
-            [Generation.Status.QUEUED],
-            Generation.Status.RUNNING,
-            event="generated",
-            started_at=now,
-            provider_done_at=now,
-            progress=1.0,
-            next_poll_at=None,
-            lease_until=None,
-            image_urls=list(outcome.image_urls),
-            provider_cost=outcome.cost or "",
-            seed=generation.seed or outcome.seed,
-        ):
+        if generation.mark_generated(outcome.image_urls, outcome.cost or "", generation.seed or outcome.seed):
             enqueue_safely("ingest", generation.pk)
         return
     if outcome.state == "failed":
@@ -388,9 +351,7 @@ def submit(generation_id: int) -> None:
 def postpone_submit(generation: Generation, until, why: str) -> None:
     """Put a claimed submit back, unsent and uncounted, until `until`; the sweeper queues it again then."""
     until = max(until or timezone.now(), timezone.now() + timedelta(seconds=0.2))
-    if Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
-        attempts=F("attempts") - 1, next_poll_at=until, lease_until=None
-    ):
+    if generation.postpone_submit(until):
         wait = (until - timezone.now()).total_seconds()
         generation.events.create(
             what="submit waits", detail=f"{generation.account.slug}: {why} ({wait:.1f} s)"
@@ -456,7 +417,7 @@ def move_on(generation: Generation, reason: str) -> bool:
         try:
             account.adapter_class("", "").validate(request)
             price = credits.quote(account.kind, priced)
-        except (Unsupported, credits.Refusal):
+        except Refusal:
             continue
         choices.append((account.priority, price.total, account.slug, account, price))
     for *_, account, price in sorted(choices, key=lambda c: c[:3]):
@@ -475,8 +436,8 @@ def move_on(generation: Generation, reason: str) -> bool:
                     generation, account, price.total, note=f"failover {old.slug} -> {account.slug}"
                 )
                 if not generation.mark_moved(account, price.total, price.per_image, tried, detail):
-                    raise credits.Refusal("moved", "The job is no longer queued.", status=409)
-        except credits.Refusal as refusal:
+                    raise Refusal("moved", "The job is no longer queued.", status=409)
+        except Refusal as refusal:
             log.info("generation %s: not moved to %s: %s", generation.pk, account.slug, refusal.message)
             continue
         transaction.on_commit(lambda pk=generation.pk: enqueue_safely("submit", pk))
@@ -510,12 +471,7 @@ def retry_submit(generation: Generation, error: ProviderError) -> None:
         )
         return
     message = redact(error.message, generation.account)
-    Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
-        error_code=error.code,
-        error_message=message,
-        next_poll_at=timezone.now() + timedelta(seconds=delay),
-        lease_until=None,
-    )
+    generation.schedule_submit_retry(error.code, message, timezone.now() + timedelta(seconds=delay))
     generation.events.create(what="submit retry", detail=f"{message} (again in {delay:.1f} s)")
     sweeper.kick_sweeper()
 
@@ -539,16 +495,7 @@ def ingest(generation_id: int) -> None:
     renews while it works; the images are recorded in the transaction that settles the job, or not at all,
     so a job that was meanwhile failed, canceled or settled by another task keeps no image and no file."""
     now = timezone.now()
-    claimed = Generation.objects.filter(
-        Q(lease_until__isnull=True) | Q(lease_until__lte=now),
-        pk=generation_id,
-        status=Generation.Status.RUNNING,
-        next_poll_at__isnull=True,
-        provider_done_at__isnull=False,
-    ).update(
-        lease_until=now + timedelta(seconds=TASK_LEASE_SECONDS), ingest_attempts=F("ingest_attempts") + 1
-    )
-    if not claimed:
+    if not Generation.objects.claim_ingest(generation_id, TASK_LEASE_SECONDS):
         return
     generation = Generation.objects.select_related("account", "prompt", "user").get(pk=generation_id)
     if not generation.image_urls:
@@ -567,9 +514,7 @@ def ingest(generation_id: int) -> None:
     attempt = generation.ingest_attempts
 
     def beat() -> None:
-        Generation.objects.filter(
-            pk=generation.pk, status=Generation.Status.RUNNING, ingest_attempts=attempt
-        ).update(lease_until=timezone.now() + timedelta(seconds=TASK_LEASE_SECONDS))
+        generation.renew_ingest_lease(attempt, TASK_LEASE_SECONDS)
 
     saved, problem = with_heartbeat(lambda: fetch_images(generation), beat)
     finish(generation, saved, problem)
@@ -624,9 +569,7 @@ def finish(generation: Generation, saved: list[media.Saved], problem: media.Medi
         if problem and problem.code == "download_failed" and generation.ingest_attempts < MAX_INGEST_ATTEMPTS:
             # Perhaps a passing network fault: let the reaper download again after a short pause.
             pause = INGEST_RETRY_PAUSE * 2 ** (generation.ingest_attempts - 1)
-            if Generation.objects.filter(pk=generation.pk, status=Generation.Status.RUNNING).update(
-                lease_until=timezone.now() + timedelta(seconds=pause), error_code=problem.code
-            ):
+            if generation.schedule_download_retry(problem.code, pause):
                 generation.events.create(
                     what="download retry", detail=f"{problem.message} (again in {pause:.0f} s)"
                 )
@@ -644,14 +587,8 @@ def finish(generation: Generation, saved: list[media.Saved], problem: media.Medi
     won = False
     try:
         with transaction.atomic():
-            won = generation.transition(
-                [Generation.Status.RUNNING],
-                Generation.Status.SUCCEEDED,
-                event="succeeded",
-                detail=f"{len(saved)} image(s) stored" + (f"; {problem.message}" if problem else ""),
-                where=Q(ingest_attempts=generation.ingest_attempts),
-                finished_at=timezone.now(),
-                error_code="",
+            won = generation.mark_succeeded(
+                f"{len(saved)} image(s) stored" + (f"; {problem.message}" if problem else "")
             )
             if won:
                 for item in saved:
@@ -670,16 +607,7 @@ def allow_host_and_fetch(generation: Generation, host: str) -> bool:
     if generation.refused_host != host or generation.status != Generation.Status.RUNNING:
         return False
     generation.account.allow_result_host(host)
-    if not generation.transition(
-        [Generation.Status.RUNNING],
-        event="host allowed",
-        detail=f"{host} allowed for {generation.account.slug}; downloading again",
-        where=Q(refused_host=host),
-        refused_host="",
-        lease_until=None,
-        ingest_attempts=0,
-        error_code="",
-    ):
+    if not generation.mark_host_allowed(host):
         return False
     transaction.on_commit(lambda: enqueue_safely("ingest", generation.pk))
     return True
@@ -689,16 +617,7 @@ def allow_host_and_fetch(generation: Generation, host: str) -> bool:
 def fail(generation: Generation, code: str, message: str) -> bool:
     message = redact(message, generation.account)
     with transaction.atomic():
-        if not generation.transition(
-            Generation.IN_FLIGHT,
-            Generation.Status.FAILED,
-            event="failed",
-            detail=message,
-            finished_at=timezone.now(),
-            error_code=code,
-            error_message=message,
-            next_poll_at=None,
-        ):
+        if not generation.mark_failed(code, message):
             return False
         credits.refund(generation, note=message[:500])
     return True
@@ -708,15 +627,7 @@ def cancel(generation: Generation, by) -> bool:
     """Cancel a job the provider has not finished. Once it has, the provider has billed and the images are
     on their way: the cancel is refused (never a refund and the images both)."""
     with transaction.atomic():
-        if not generation.transition(
-            Generation.IN_FLIGHT,
-            Generation.Status.CANCELED,
-            event="canceled",
-            detail=f"by {by}",
-            where=Q(provider_done_at__isnull=True),
-            finished_at=timezone.now(),
-            next_poll_at=None,
-        ):
+        if not generation.mark_canceled(by):
             return False
         credits.refund(generation, note="canceled")
     return True

@@ -14,6 +14,7 @@ from django.utils import timezone
 from . import catalog, credits
 from .models import Generation, ProviderAccount, Usage
 from .providers import GenerationRequest
+from .refusal import Refusal
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ def estimate(user, request: GenerationRequest, provider: str | None) -> Estimate
     available = credits.account_for(user).available
     try:
         account, price = catalog.choose_account(request, provider or None)
-    except credits.Refusal as refusal:
+    except Refusal as refusal:
         return Estimate(available, problem=refusal.message, field=refusal.field)
     refusal = quota_refusal(user, account, request.n, price.total, timezone.now())
     return Estimate(
@@ -49,9 +50,7 @@ def estimate(user, request: GenerationRequest, provider: str | None) -> Estimate
     )
 
 
-def quota_refusal(
-    user, account: ProviderAccount, n: int, amount: int, now: datetime
-) -> credits.Refusal | None:
+def quota_refusal(user, account: ProviderAccount, n: int, amount: int, now: datetime) -> Refusal | None:
     """The refusal `credits.hold_quotas` would raise for this create now, in its words, or None."""
     limits = credits.limits_for(user)
     if limits["concurrent"] is not None:
@@ -81,7 +80,7 @@ def quota_refusal(
     return None
 
 
-def with_field(refusal: credits.Refusal, field: str) -> credits.Refusal:
+def with_field(refusal: Refusal, field: str) -> Refusal:
     """The studio shows these beside the field the user can change to get past them."""
     refusal.field = field
     return refusal

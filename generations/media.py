@@ -36,6 +36,7 @@ from PIL import Image as PILImage
 from .providers import PROVIDERS, ProviderError
 from .providers import http as provider_http
 from .providers.http import broke, client
+from .refusal import Refusal
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +57,12 @@ def delivery_hosts(kind: str, extra: Iterable[str] = ()) -> frozenset[str]:
     return declared | {host.strip().lower() for host in extra if host and host.strip()}
 
 
-class MediaError(Exception):
+class MediaError(Refusal):
+    """An image file refused or lost: an upload FluxWeb will not keep (413 when it is too big to keep), or
+    a result download that failed inside ingest, whose code and message become the job's error."""
+
     def __init__(self, code: str, message: str, *, host: str = ""):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message, status=413 if code in ("too_large", "storage_full") else 400)
         self.host = host  # set when the only fault is a host not allowed: an admin may allow it
 
 

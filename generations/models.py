@@ -428,6 +428,39 @@ class GenerationQuerySet(KeysetQuerySet):
     def for_user(self, user):
         return self.filter(user=user)
 
+    # -- claims: one conditional UPDATE each, True for the one caller that won ------------------------------
+    def claim_submit(self, pk: int, lease_seconds: float) -> bool:
+        """Take queued job `pk` for one submit when its turn has come and no live task holds it: count the
+        attempt and lease the job (next_poll_at too, so the sweeper does not queue it again meanwhile)."""
+        now = timezone.now()
+        lease = now + timedelta(seconds=lease_seconds)
+        return (
+            self.filter(
+                Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
+                Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+                pk=pk,
+                status=Generation.Status.QUEUED,
+            ).update(attempts=F("attempts") + 1, next_poll_at=lease, lease_until=lease)
+            == 1
+        )
+
+    def claim_ingest(self, pk: int, lease_seconds: float) -> bool:
+        """Take job `pk`, which the provider finished, for one download when no live task holds it: count
+        the attempt and lease the job."""
+        now = timezone.now()
+        return (
+            self.filter(
+                Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+                pk=pk,
+                status=Generation.Status.RUNNING,
+                next_poll_at__isnull=True,
+                provider_done_at__isnull=False,
+            ).update(
+                lease_until=now + timedelta(seconds=lease_seconds), ingest_attempts=F("ingest_attempts") + 1
+            )
+            == 1
+        )
+
     def search(self, text: str):
         """Generations whose prompt matches `text` (Prompt.objects.search)."""
         return search.by_prompt(self, text, "prompt")
@@ -582,6 +615,121 @@ class Generation(models.Model):
             started_at=now,
             next_poll_at=now + timedelta(seconds=first_poll_in),
             lease_until=None,
+        )
+
+    def renew_submit_lease(self, attempt: int, seconds: float) -> bool:
+        """The submit task of `attempt` is still at work: keep its job for `seconds` more."""
+        renewed = timezone.now() + timedelta(seconds=seconds)
+        return (
+            Generation.objects.filter(pk=self.pk, status=self.Status.QUEUED, attempts=attempt).update(
+                next_poll_at=renewed, lease_until=renewed
+            )
+            == 1
+        )
+
+    def postpone_submit(self, until) -> bool:
+        """Put a claimed submit back, unsent and uncounted, until `until`."""
+        return (
+            Generation.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+                attempts=F("attempts") - 1, next_poll_at=until, lease_until=None
+            )
+            == 1
+        )
+
+    def schedule_submit_retry(self, code: str, message: str, at) -> bool:
+        """A submit that failed transiently, to be sent again at `at`; the error stays on show meanwhile."""
+        return (
+            Generation.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+                error_code=code, error_message=message, next_poll_at=at, lease_until=None
+            )
+            == 1
+        )
+
+    def mark_generated(self, image_urls, cost: str, seed: int | None) -> bool:
+        """A synchronous provider answered the submit with the images: running, with nothing left to poll."""
+        now = timezone.now()
+        return self.transition(
+            [self.Status.QUEUED],
+            self.Status.RUNNING,
+            event="generated",
+            started_at=now,
+            provider_done_at=now,
+            progress=1.0,
+            next_poll_at=None,
+            lease_until=None,
+            image_urls=list(image_urls),
+            provider_cost=cost or "",
+            seed=seed,
+        )
+
+    def renew_ingest_lease(self, attempt: int, seconds: float) -> bool:
+        """The ingest task of `attempt` is still downloading: keep its job for `seconds` more."""
+        return (
+            Generation.objects.filter(pk=self.pk, status=self.Status.RUNNING, ingest_attempts=attempt).update(
+                lease_until=timezone.now() + timedelta(seconds=seconds)
+            )
+            == 1
+        )
+
+    def schedule_download_retry(self, code: str, seconds: float) -> bool:
+        """A download that failed, perhaps by a passing fault: the reaper may claim it again in `seconds`."""
+        return (
+            Generation.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
+                lease_until=timezone.now() + timedelta(seconds=seconds), error_code=code
+            )
+            == 1
+        )
+
+    def mark_succeeded(self, detail: str) -> bool:
+        """The images are stored: succeeded, if no other task has meanwhile ended the job or downloaded
+        again (the caller records the images and settles in the same transaction, only when this won)."""
+        return self.transition(
+            [self.Status.RUNNING],
+            self.Status.SUCCEEDED,
+            event="succeeded",
+            detail=detail,
+            where=Q(ingest_attempts=self.ingest_attempts),
+            finished_at=timezone.now(),
+            error_code="",
+        )
+
+    def mark_host_allowed(self, host: str) -> bool:
+        """An admin allowed the refused result host: the job that waited for it downloads afresh."""
+        return self.transition(
+            [self.Status.RUNNING],
+            event="host allowed",
+            detail=f"{host} allowed for {self.account.slug}; downloading again",
+            where=Q(refused_host=host),
+            refused_host="",
+            lease_until=None,
+            ingest_attempts=0,
+            error_code="",
+        )
+
+    def mark_failed(self, code: str, message: str) -> bool:
+        """Failed from any state in flight; the caller refunds in the same transaction, only when this won."""
+        return self.transition(
+            self.IN_FLIGHT,
+            self.Status.FAILED,
+            event="failed",
+            detail=message,
+            finished_at=timezone.now(),
+            error_code=code,
+            error_message=message,
+            next_poll_at=None,
+        )
+
+    def mark_canceled(self, by) -> bool:
+        """Canceled while the provider has not finished (once it has, it has billed: no cancel); the caller
+        refunds in the same transaction, only when this won."""
+        return self.transition(
+            self.IN_FLIGHT,
+            self.Status.CANCELED,
+            event="canceled",
+            detail=f"by {by}",
+            where=Q(provider_done_at__isnull=True),
+            finished_at=timezone.now(),
+            next_poll_at=None,
         )
 
     def mark_moved(

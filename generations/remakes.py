@@ -25,6 +25,7 @@ from .gallery import Scope, no_store, visible_image
 from .login import login_required
 from .models import Generation, Image, Reference
 from .providers import Unsupported
+from .refusal import Refusal
 
 MAX_VARIATIONS = 4
 COMPARISON = re.compile(r"[0-9a-f]{32}")
@@ -53,10 +54,7 @@ def again(image: Image, *, seed: int | None, n: int = 1):
 
 
 def make(request, generation_request, provider: str | None, key: str):
-    try:
-        return engine.create(request.user, generation_request, provider=provider, idempotency_key=key)
-    except engine.CreateError as exc:
-        raise Unsupported(exc.refusal.message) from None
+    return engine.create(request.user, generation_request, provider=provider, idempotency_key=key)
 
 
 def action_done(request, jobs: list, text: str, compare_url: str = "") -> HttpResponse:
@@ -101,7 +99,7 @@ def rerun(request, pk: int):
     try:
         seed = archive.seed_of(image)
         job, _ = make(request, again(image, seed=seed), same_provider(image), key)
-    except Unsupported as exc:
+    except Refusal as exc:
         return action_refused(request, exc.message)
     return action_done(request, [job], f"Rerun queued with seed {seed if seed is not None else 'random'}.")
 
@@ -122,7 +120,7 @@ def variations(request, pk: int):
             seed = random.randrange(2**31)
             job, _ = make(request, again(image, seed=seed), provider, f"{key}-v{i}" if key else "")
             jobs.append(job)
-    except Unsupported as exc:
+    except Refusal as exc:
         if not jobs:
             return action_refused(request, exc.message)
         return action_done(request, jobs, f"{len(jobs)} of {n} variations queued; {exc.message}")
@@ -143,7 +141,7 @@ def compare_providers(request, pk: int):
         seed = random.randrange(2**31)
     try:
         base = again(image, seed=seed)
-    except Unsupported as exc:
+    except Refusal as exc:
         return action_refused(request, exc.message)
     jobs, problems = [], []
     for account in catalog.accounts_serving(generation.model):
@@ -151,7 +149,7 @@ def compare_providers(request, pk: int):
         wanted = base if spec.seed else replace(base, seed=None)
         try:
             job, _ = make(request, wanted, account.slug, f"{key}-{account.slug}"[:255] if key else "")
-        except Unsupported as exc:
+        except Refusal as exc:
             problems.append(f"{account.slug}: {exc.message}")
         else:
             jobs.append(job)

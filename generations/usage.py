@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from .models import Generation, Image
 from .providers import PROVIDERS
+from .refusal import Refusal
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 366
@@ -60,20 +61,18 @@ def unit_usd(kind: str) -> Decimal | None:
     return Decimal(value) if value is not None else None
 
 
-class RangeError(ValueError):
-    pass
-
-
 def parse_day(value: str, name: str) -> date:
     try:
         return date.fromisoformat(value.strip())
     except ValueError:
-        raise RangeError(f"The {name} date must look like 2026-12-31, not {value[:40]!r}.") from None
+        raise Refusal(
+            "invalid", f"The {name} date must look like 2026-12-31, not {value[:40]!r}.", field=name
+        ) from None
 
 
 def parse_range(query, today: date | None = None) -> tuple[date, date]:
     """The first and last day (both included) the query asks for: `start` and `end` as YYYY-MM-DD, by
-    default the last DEFAULT_DAYS days up to today. A RangeError says in words what is wrong."""
+    default the last DEFAULT_DAYS days up to today. A Refusal says in words what is wrong."""
     today = today or timezone.localdate()
     end = parse_day(query["end"], "end") if query.get("end", "").strip() else today
     if query.get("start", "").strip():
@@ -81,9 +80,11 @@ def parse_range(query, today: date | None = None) -> tuple[date, date]:
     else:
         start = end - timedelta(days=DEFAULT_DAYS - 1)
     if end < start:
-        raise RangeError(f"The end date ({end}) is before the start date ({start}).")
+        raise Refusal("invalid", f"The end date ({end}) is before the start date ({start}).", field="end")
     if (end - start).days + 1 > MAX_DAYS:
-        raise RangeError(f"Choose at most {MAX_DAYS} days; {start} to {end} is {(end - start).days + 1}.")
+        raise Refusal(
+            "invalid", f"Choose at most {MAX_DAYS} days; {start} to {end} is {(end - start).days + 1}."
+        )
     return start, end
 
 

@@ -32,6 +32,7 @@ from .forms import (
 from .login import login_required
 from .models import Generation, Image, LedgerEntry, ProviderAccount, Reference
 from .providers import GenerationRequest, ProviderError, Unsupported
+from .refusal import Refusal
 from .shared import SharedList
 
 JOBS_SHOWN = 12
@@ -458,12 +459,9 @@ def generate(request):
                 provider=form.cleaned_data.get("provider") or None,
                 idempotency_key=key,
             )
-    except (Unsupported, media.MediaError) as exc:
+    except Refusal as exc:
         discard_uploads(stored)
         return refused(request, exc.message, form)
-    except engine.CreateError as exc:
-        discard_uploads(stored)
-        return refused(request, exc.refusal.message, form)
     if not created:  # the first request's job stands, with the first request's uploads
         discard_uploads(stored)
     if not request.htmx:
@@ -609,8 +607,8 @@ def retry(request, pk: int):
                 provider=form.cleaned_data.get("provider") or None,
                 idempotency_key=f"retry:{pk}:{key}" if key else "",
             )
-        except engine.CreateError as exc:
-            problem = exc.refusal.message
+        except Refusal as exc:
+            problem = exc.message
     if not request.htmx:
         if problem:
             messages.error(request, problem)
@@ -641,7 +639,7 @@ def upload_references(request):
             check_upload_storage(request.user, sum(f.size for f in files))
             for f in files:
                 stored.append(media.store_reference(f, request.user))
-    except media.MediaError as exc:
+    except Refusal as exc:
         discard_uploads(stored)
         stored, problem = [], exc.message
     context = {"picked_uploads": stored, "upload_problem": problem}

@@ -13,6 +13,7 @@ from django.db.models import F
 from generations import credits, engine, sweeper
 from generations.models import CreditAccount, Generation, LedgerEntry, Price, Usage
 from generations.providers import GenerationRequest
+from generations.refusal import Refusal
 from tests.conftest import saved_files
 
 SPRING = datetime(2026, 4, 1, 12, 0, tzinfo=UTC)  # after the seeded prices' 2026-01-01
@@ -147,7 +148,7 @@ def test_it_holds_the_price_in_force_when_the_job_was_created(bob, accounts):
 
 
 def test_it_refuses_a_model_without_a_price(db):
-    with pytest.raises(credits.Refusal) as refused:
+    with pytest.raises(Refusal) as refused:
         credits.quote("apiframe", request(model="no-such-model"))
     assert refused.value.status == 400
     assert "No price" in refused.value.message
@@ -166,10 +167,10 @@ def test_it_holds_the_full_estimate_at_create(bob, accounts):
 
 def test_it_refuses_with_the_shortfall_and_moves_nothing(carol, accounts):
     credits.grant(carol, 50)
-    with pytest.raises(engine.CreateError) as refused:
+    with pytest.raises(Refusal) as refused:
         engine.create(carol, request(), provider="sb-apiframe")
-    assert refused.value.refusal.status == 402
-    assert refused.value.refusal.message == (
+    assert refused.value.status == 402
+    assert refused.value.message == (
         "This costs 70 credits and you have 50 available; you are 20 short. Ask an admin for more credits."
     )
     assert balance(carol) == (50, 0)

@@ -8,6 +8,7 @@ from PIL import Image as PILImage
 from generations import credits, engine
 from generations.models import Generation, LedgerEntry, ProviderAccount
 from generations.providers import GenerationRequest
+from generations.refusal import Refusal
 
 from .conftest import wait_for
 
@@ -177,10 +178,10 @@ def test_it_refuses_a_file_that_is_not_an_image(bob, accounts, drain, fresh_sand
 
 
 def test_it_refuses_a_user_without_credits_before_any_provider_call(carol, accounts, fresh_sandbox):
-    with pytest.raises(engine.CreateError) as refused:
+    with pytest.raises(Refusal) as refused:
         engine.create(carol, request(), provider="sb-apiframe")
-    assert refused.value.refusal.status == 402
-    assert "70" in refused.value.refusal.message
+    assert refused.value.status == 402
+    assert "70" in refused.value.message
     assert not Generation.objects.exists()
     assert fresh_sandbox.requests == []
 

@@ -11,6 +11,7 @@ from django.utils import timezone
 from generations import credits, engine
 from generations.models import Generation, LedgerEntry, Price, ProviderAccount
 from generations.providers import GenerationRequest
+from generations.refusal import Refusal
 
 
 def request(**overrides) -> GenerationRequest:
@@ -140,9 +141,9 @@ def test_the_breaker_opens_skips_the_account_and_half_opens_after_a_cool_down(bo
         # "Best available" skips it; naming it is refused at once, nothing held.
         job, _ = engine.create(bob, request())
         assert job.account.slug == "sb-vtrix"
-        with pytest.raises(engine.CreateError) as refused:
+        with pytest.raises(Refusal) as refused:
             engine.create(bob, request(), provider="sb-apiframe")
-        assert refused.value.refusal.code == "provider_unavailable"
+        assert refused.value.code == "provider_unavailable"
         assert credits.account_for(bob).reserved == 70
 
         clock.shift(ProviderAccount.BREAKER_COOLDOWN + 1)

@@ -39,6 +39,7 @@ from generations import credits, engine, media, sweeper
 from generations.models import CreditAccount, Generation, Image, LedgerEntry
 from generations.providers import GenerationRequest, ProviderError
 from generations.providers.base import Outcome
+from generations.refusal import Refusal
 from tests.conftest import saved_files
 
 PER_IMAGE = {1.0: 70, 2.0: 100, 4.0: 160}  # flux-2-max on PixelDojo, by megapixel tier
@@ -167,11 +168,11 @@ class Ledger(RuleBasedStateMachine):
             generation, created = engine.create(
                 self.user, request, provider="sb-pixeldojo", idempotency_key=key
             )
-        except engine.CreateError as refused:
+        except Refusal as refused:
             if key in self.keys and self.keys[key][0] != request:
-                assert refused.refusal.status == 422
+                assert refused.status == 422
             else:
-                assert refused.refusal.status == 402
+                assert refused.status == 402
                 assert cost > self.balance - self.reserved
             return multiple()
         if key in self.keys:

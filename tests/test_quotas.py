@@ -11,6 +11,7 @@ from django.core.management import CommandError, call_command
 from generations import credits, engine
 from generations.models import ApiToken, Quota, Usage
 from generations.providers import GenerationRequest
+from generations.refusal import Refusal
 from tests.conftest import saved_files
 
 NIGHT = datetime(2026, 3, 10, 23, 59, 59, tzinfo=UTC)
@@ -33,10 +34,10 @@ def make(user, **overrides):
     return engine.create(user, request(**overrides), provider="sb-pixeldojo")[0]
 
 
-def refusal(user, **overrides) -> credits.Refusal:
-    with pytest.raises(engine.CreateError) as refused:
+def refusal(user, **overrides) -> Refusal:
+    with pytest.raises(Refusal) as refused:
         make(user, **overrides)
-    return refused.value.refusal
+    return refused.value
 
 
 def used(user, when: datetime) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from django.utils import timezone
 from generations import credits, engine, media, sweeper
 from generations.models import Generation, Image, LedgerEntry
 from generations.providers import GenerationRequest, Outcome
+from generations.refusal import Refusal
 from tests.conftest import KEYS, saved_files
 
 
@@ -350,9 +351,9 @@ def test_a_create_whose_enqueue_fails_leaves_no_job_and_no_hold(bob, accounts, m
         raise OperationalError("database is locked")
 
     monkeypatch.setattr(engine, "enqueue", locked)
-    with pytest.raises(engine.CreateError) as refused:
+    with pytest.raises(Refusal) as refused:
         engine.create(bob, request(), provider="sb-vtrix")
-    assert refused.value.refusal.status == 503
+    assert refused.value.status == 503
     assert not Generation.objects.exists()
     assert (credits.account_for(bob).balance, credits.account_for(bob).reserved) == (1000, 0)
     client.force_login(bob)

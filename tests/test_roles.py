@@ -26,6 +26,7 @@ from generations.models import (
     LedgerEntry,
     Reference,
 )
+from generations.refusal import Refusal
 from generations.urls import urlpatterns
 
 from .test_access import PUBLIC, logged_in, make_image, make_job
@@ -196,9 +197,9 @@ def test_the_ledger_refuses_a_viewer_even_past_the_views(vera, accounts):
     from generations import engine
     from generations.providers import GenerationRequest
 
-    with pytest.raises(engine.CreateError) as refused:
+    with pytest.raises(Refusal) as refused:
         engine.create(vera, GenerationRequest(prompt="a kite", model="flux-2-max"), provider="sb-apiframe")
-    assert refused.value.refusal.status == 403 and refused.value.refusal.code == "forbidden"
+    assert refused.value.status == 403 and refused.value.code == "forbidden"
     assert credits.account_for(vera).reserved == 0 and not Generation.objects.exists()
 
 

@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from .base import (
+    CANCELED,
     FLUX_2_MAX_LIST_PRICE,
+    PENDING,
+    SUCCEEDED,
     Adapter,
     GenerationRequest,
     HttpCall,
@@ -52,6 +55,15 @@ class Apiframe(Adapter):
     min_poll_interval = 0.25
     default_max_rpm = 120
     key_prefix = "afk_"  # [A4]
+    # Job statuses [A7]: QUEUED and PROCESSING keep polling, like any word not listed.
+    statuses = {
+        "queued": PENDING,
+        "processing": PENDING,
+        "completed": SUCCEEDED,  # or expired: `expired: true` once the images are purged
+        "failed": ProviderError.FAILED,
+        "cancelled": CANCELED,
+        "canceled": CANCELED,
+    }
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",
@@ -124,9 +136,10 @@ class Apiframe(Adapter):
         if not isinstance(data, dict):
             raise ProviderError(ProviderError.MALFORMED, "Apiframe sent a job without a status.")
         status = status_word(self.label, data).upper()
+        meaning = self.meaning(status)
         cost = credit_cost(data.get("creditCost"))
         job_id = job_id_text(data.get("id")) or job_id_text(data.get("jobId"))
-        if status == "COMPLETED":
+        if meaning == SUCCEEDED:
             if data.get("expired") is True:
                 return failed(
                     ProviderError.EXPIRED,
@@ -141,10 +154,10 @@ class Apiframe(Adapter):
             return Outcome(
                 state="succeeded", job_id=job_id, image_urls=urls, cost=cost, raw_status=status, progress=1.0
             )
-        if status in ("FAILED", "CANCELLED", "CANCELED"):
+        if meaning in (ProviderError.FAILED, CANCELED):
             # `error` is a string in the schema [A7]; an object carrying a message is read for its words.
             message = extract_message(data.get("error")).strip() or (
-                "The job was cancelled at Apiframe." if status != "FAILED" else "Apiframe failed the job."
+                "The job was cancelled at Apiframe." if meaning == CANCELED else "Apiframe failed the job."
             )
             error = ProviderError(moderation_or_failure(self.label, message), message)
             return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=status)

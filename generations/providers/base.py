@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ..refusal import Refusal
+
 MEGAPIXEL = 1024 * 1024
 # BFL's list price for FLUX.2 [max]: 7 c for the first output megapixel and 3 c for each further one and for
 # each input megapixel [B1], in credits of $0.001 (providers.md 8). Aggregators serving BFL's model default
@@ -89,13 +91,24 @@ class ProviderError(Exception):
         return f"ProviderError({self.code!r}, {self.message!r})"
 
 
-class Unsupported(ValueError):
+class Unsupported(Refusal):
     """A request this provider cannot serve; the message says what to change. Raised before any money moves."""
 
     def __init__(self, message: str, field: str | None = None):
-        super().__init__(message)
-        self.message = message
-        self.field = field
+        super().__init__("unsupported", message, status=400, field=field)
+
+
+# What a job's status word means. Each adapter declares `statuses`, one table from every word its provider
+# sends (lower-cased, each listed once) to one of these or to the taxonomy's code for a failed job; its parser
+# reads the word's meaning there and nowhere else. A word no table lists keeps polling: providers add words
+# (BFL's Generating [X6]) before they document them.
+SUCCEEDED = "succeeded"  # finished: the images are listed
+PENDING = "pending"  # still on its way: poll again
+CANCELED = "canceled"  # ended at the provider by a cancel: a failure, unless its words say moderation
+# Words in an error's message that mean the provider account is out of credit (on a credit-like HTTP
+# status), and words in a failed job's message that mean moderation refused it: any provider, each once.
+CREDIT_WORDS = ("insufficient", "balance", "credit", "quota exceeded")
+MODERATION_WORDS = ("policy", "moderat", "nsfw", "safety", "flagged")
 
 
 @dataclass(frozen=True)
@@ -430,6 +443,9 @@ class Adapter:
     models: ClassVar[dict[str, ModelSpec]]
     # HTTP statuses that mean "your provider account is out of credit", per provider documentation.
     credit_statuses: ClassVar[tuple[int, ...]] = (402,)
+    # The provider's job status words, lower-cased, each once -> SUCCEEDED, PENDING, CANCELED or a
+    # ProviderError code (see SUCCEEDED above). Empty for a synchronous provider, which has no job to poll.
+    statuses: ClassVar[Mapping[str, str]] = {}
 
     # -- provider facts: media, credits, admin, catalog, the migrations, `demo` and the sweeper read these,
     # so a new provider is its adapter, its sandbox emulator, its tests and a README line (issue 9.1).
@@ -465,6 +481,10 @@ class Adapter:
     def __init__(self, base_url: str, api_key: str):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+
+    def meaning(self, word: str) -> str:
+        """What the status `word` says about a job, by `statuses`; a word it does not list keeps polling."""
+        return self.statuses.get(word.lower(), PENDING)
 
     # -- validation -------------------------------------------------------------------------------------
     def spec(self, model: str) -> ModelSpec:
@@ -650,7 +670,7 @@ class Adapter:
         message = message or f"HTTP {status}"
         lowered = message.lower()
         retry_after = parse_retry_after(reply.header("Retry-After"))
-        if any(word in lowered for word in ("insufficient", "balance", "credit", "quota exceeded")):
+        if any(word in lowered for word in CREDIT_WORDS):
             if status in (402, 403, 429) or status in self.credit_statuses:
                 return ProviderError(
                     ProviderError.PROVIDER_CREDIT,
@@ -813,6 +833,6 @@ def finished_without_images(label: str, candidates: object, **fields: Any) -> Ou
 def moderation_or_failure(label: str, message: str) -> str:
     """Providers report a refused prompt as an ordinary failure with words in it; tell the two apart."""
     lowered = message.lower() if isinstance(message, str) else ""
-    if any(word in lowered for word in ("policy", "moderat", "nsfw", "safety", "flagged")):
+    if any(word in lowered for word in MODERATION_WORDS):
         return ProviderError.MODERATION
     return ProviderError.FAILED

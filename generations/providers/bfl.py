@@ -13,6 +13,8 @@ from urllib.parse import quote, urlsplit
 from .base import (
     FLUX_2_MAX_LIST_PRICE,
     MEGAPIXEL,
+    PENDING,
+    SUCCEEDED,
     Adapter,
     GenerationRequest,
     HttpCall,
@@ -35,10 +37,6 @@ from .base import (
 REFERENCE_SLOTS = ("input_image", *(f"input_image_{i}" for i in range(2, 9)))  # [B2]
 # The id "test connection" asks about: no job has it, so a key that works gets "Task not found".
 CHECK_TASK_ID = "fluxweb-check"
-# Statuses [B7]: terminal is everything but Pending. Clients also see Generating/Reasoning/Queued and Failed
-# [X6], not in the enum: the first keep polling like any new word, Failed is an Error.
-MODERATED = ("request moderated", "content moderated")
-FAILED = ("error", "failed")
 
 
 def flux_2(model: str, endpoint: str) -> ModelSpec:
@@ -89,6 +87,21 @@ class Bfl(Adapter):
     # polled every 2 s, as its rate-limiting example does, is 720 a minute.
     default_max_rpm = 720
     key_prefix = "bfl_"  # [B1]
+    # The status enum [B7], where all but Pending are terminal, and the words clients meet beside it [X6].
+    statuses = {
+        "pending": PENDING,
+        "generating": PENDING,  # [X6]
+        "reasoning": PENDING,  # [X6]
+        "queued": PENDING,  # [X6]
+        "ready": SUCCEEDED,
+        "request moderated": ProviderError.MODERATION,
+        "content moderated": ProviderError.MODERATION,
+        "error": ProviderError.FAILED,
+        "failed": ProviderError.FAILED,  # [X6], not in the enum: an Error
+        # Terminal in the enum, but clients retry it briefly right after a submit [X6]: an unreadable
+        # answer a few times in a row before the job fails, never a lost paid job on the first.
+        "task not found": ProviderError.MALFORMED,
+    }
     # No webhooks: a submit that names one answers without polling_url [B2][B7], and the job lives on the
     # regional cluster polling_url names [B5][B6]; polling is what confirms a job anyway, so FluxWeb polls.
 
@@ -139,10 +152,10 @@ class Bfl(Adapter):
 
     def parse_job(self, data: dict) -> Outcome:
         raw = status_word(self.label, data)
-        status = raw.lower()
+        meaning = self.meaning(raw)
         job_id = job_id_text(data.get("id"))
         result = data.get("result")
-        if status == "ready":
+        if meaning == SUCCEEDED:
             sample = result.get("sample") if isinstance(result, dict) else None
             urls = usable_urls([sample])
             if not urls:
@@ -156,11 +169,11 @@ class Bfl(Adapter):
                 progress=1.0,
                 raw_status=raw,
             )
-        if status in MODERATED:
-            what = "the prompt" if status.startswith("request") else "the image it made"
+        if meaning == ProviderError.MODERATION:
+            what = "the prompt" if raw.lower().startswith("request") else "the image it made"
             error = ProviderError(ProviderError.MODERATION, f"BFL's moderation refused {what}.")
             return Outcome(state="failed", job_id=job_id, error=error, raw_status=raw)
-        if status in FAILED:
+        if meaning == ProviderError.FAILED:
             message = (
                 extract_message(data.get("error")).strip()
                 or extract_message(data.get("details")).strip()
@@ -172,11 +185,8 @@ class Bfl(Adapter):
                 error=ProviderError(ProviderError.FAILED, message),
                 raw_status=raw,
             )
-        if status == "task not found":
-            # Terminal in the enum, but clients retry it briefly right after a submit [X6]: an unreadable
-            # answer a few times in a row before the job fails, never a lost paid job on the first.
+        if meaning == ProviderError.MALFORMED:
             raise ProviderError(ProviderError.MALFORMED, "BFL did not know this job (Task not found).")
-        # Pending, and the words clients meet beside it (Generating, Reasoning [X6]): keep polling.
         return Outcome(
             state="pending", job_id=job_id, progress=fraction(data.get("progress")), raw_status=raw
         )

@@ -8,7 +8,10 @@ from __future__ import annotations
 from urllib.parse import quote
 
 from .base import (
+    CANCELED,
     FLUX_2_MAX_LIST_PRICE,
+    PENDING,
+    SUCCEEDED,
     Adapter,
     GenerationRequest,
     HttpCall,
@@ -32,11 +35,6 @@ from .base import (
 # flux-2-flex's 0.5/1/2/4 MP tiers [P3][INFERRED] in the same spelling.
 RESOLUTIONS = {0.5: "0.5 MP", 1.0: "1 MP", 2.0: "2 MP", 4.0: "4 MP"}
 FORMATS = {"jpeg": "jpg", "png": "png", "webp": "webp"}  # legacy v1 spelling [P8]
-# Status words: pending/completed [S004], failed [P10]; the others are what PixelDojo's newer material and its
-# SDK use for the same ends [PD-DOC][INFERRED]. Anything else keeps polling.
-SUCCEEDED = ("completed", "succeeded", "success")
-FAILED = ("failed", "error", "cancelled", "canceled")
-EXPIRED = ("expired",)
 
 
 class PixelDojo(Adapter):
@@ -50,6 +48,21 @@ class PixelDojo(Adapter):
     # 60 requests a minute with X-RateLimit headers [P7][P8] (one skill doc says 10 [P9] [CONFLICT]).
     default_max_rpm = 60
     key_prefix = "pd_"  # [P2][P5]
+    # pending/completed [S004], failed [P10]; the others are what PixelDojo's newer material and its SDK use
+    # for the same ends [PD-DOC][INFERRED].
+    statuses = {
+        "pending": PENDING,
+        "processing": PENDING,  # [INFERRED]
+        "queued": PENDING,  # [INFERRED]
+        "completed": SUCCEEDED,
+        "succeeded": SUCCEEDED,
+        "success": SUCCEEDED,
+        "failed": ProviderError.FAILED,
+        "error": ProviderError.FAILED,
+        "cancelled": CANCELED,
+        "canceled": CANCELED,
+        "expired": ProviderError.EXPIRED,
+    }
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",
@@ -106,10 +119,10 @@ class PixelDojo(Adapter):
 
     def parse_job(self, data: dict) -> Outcome:
         raw = status_word(self.label, data)
-        status = raw.lower()
+        meaning = self.meaning(raw)
         job_id = job_id_text(data.get("jobId")) or job_id_text(data.get("id"))
         cost = credit_cost(data.get("creditCost"))  # PixelDojo credits [S004]
-        if status in SUCCEEDED:
+        if meaning == SUCCEEDED:
             candidates = output_items(data)
             urls = usable_urls(candidates)
             if not urls:
@@ -119,20 +132,19 @@ class PixelDojo(Adapter):
             return Outcome(
                 state="succeeded", job_id=job_id, image_urls=urls, progress=1.0, cost=cost, raw_status=raw
             )
-        if status in FAILED or status in EXPIRED:
+        if meaning in (ProviderError.FAILED, CANCELED, ProviderError.EXPIRED):
             message = extract_message(data.get("error")).strip()
-            if status in EXPIRED:
+            if meaning == ProviderError.EXPIRED:
                 message = message or "PixelDojo let this job expire before its images were fetched."
                 error = ProviderError(ProviderError.EXPIRED, message)
             else:
                 message = message or (
                     "The job was cancelled at PixelDojo."
-                    if status.startswith("cancel")
+                    if meaning == CANCELED
                     else "PixelDojo failed the job."
                 )
                 error = ProviderError(moderation_or_failure(self.label, message), message)
             return Outcome(state="failed", job_id=job_id, error=error, cost=cost, raw_status=raw)
-        # pending [S004], processing and queued [INFERRED], and anything new: keep polling.
         poll_url = data.get("statusUrl") if usable_url(data.get("statusUrl")) else None
         return Outcome(state="pending", job_id=job_id, poll_url=poll_url, cost=cost, raw_status=raw)
 

@@ -11,6 +11,8 @@ from urllib.parse import quote
 from .base import (
     FLUX_2_MAX_LIST_PRICE,
     MEGAPIXEL,
+    PENDING,
+    SUCCEEDED,
     Adapter,
     GenerationRequest,
     HttpCall,
@@ -57,6 +59,16 @@ class Vtrix(Adapter):
     # at that pace, and fast polls near a job's expected end stay fine (corrections 6).
     min_poll_interval = 0.25
     default_max_rpm = 120
+    # Statuses differ by source: in_progress|completed|failed [V3][V5], pending|processing [V4], done [V8]
+    # [CONFLICT]: completed or done is success, failed is failure, anything else keeps polling.
+    statuses = {
+        "pending": PENDING,
+        "processing": PENDING,
+        "in_progress": PENDING,
+        "completed": SUCCEEDED,
+        "done": SUCCEEDED,
+        "failed": ProviderError.FAILED,
+    }
     models = {
         "flux-2-max": ModelSpec(
             id="flux-2-max",
@@ -128,13 +140,11 @@ class Vtrix(Adapter):
 
     def parse_task(self, data: dict) -> Outcome:
         raw = status_word(self.label, data)
-        status = raw.lower()
+        meaning = self.meaning(raw)
         job_id = job_id_text(data.get("id"))
         usage = data.get("usage")
         cost = credit_cost(usage.get("cost")) if isinstance(usage, dict) else None  # a USD string [S001]
-        # Statuses differ by source: in_progress|completed|failed [V3][V5], pending|processing [V4], done [V8]
-        # [CONFLICT]: completed or done is success, failed is failure, anything else keeps polling.
-        if status in ("completed", "done"):
+        if meaning == SUCCEEDED:
             candidates = output_items(data.get("output"))
             urls = usable_urls(candidates)
             if urls:
@@ -146,7 +156,7 @@ class Vtrix(Adapter):
                 # failed [SC-CLI]; polling again would only wait for the deadline.
                 return self.failure(data, job_id, cost, raw)
             return finished_without_images(self.label, candidates, job_id=job_id, cost=cost, raw_status=raw)
-        if status == "failed":
+        if meaning == ProviderError.FAILED:
             return self.failure(data, job_id, cost, raw)
         progress = fraction(data.get("progress"))  # 0.0-1.0 [V5]
         return Outcome(state="pending", job_id=job_id, progress=progress, raw_status=raw)
