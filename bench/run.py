@@ -276,7 +276,7 @@ class Bench:
         # Ready when it has run a task: enqueue a no-op and wait for its result.
         from django_q.tasks import async_task, result
 
-        task_id = async_task("os.getpid", task_name="bench-probe")
+        task_id = async_task("os.getpid", task_name="bench-probe", save=True)  # successes are not kept
         deadline = time.monotonic() + 30
         while result(task_id) is None:
             if self.qcluster.poll() is not None:

@@ -308,20 +308,25 @@ FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:87
 
 # django-q2 (reliability.md 1.1, 1.5): `timeout` covers the longest task, a synchronous provider's 120 s submit
 # call; `retry` is counted from dequeue, so it covers a task's run plus the guard's 3 s plus its wait behind
-# the tasks prefetched ahead of it (queue_limit / workers per worker) -- else the broker hands out a second
-# copy. Attempts are bounded, and a cluster that was down does not fire every missed schedule slot.
+# the tasks fetched ahead of it (the cluster's queue, queue_limit, and the pusher's hand, bulk - 1: over the
+# workers, three tasks per worker) -- else the broker hands out a second copy. Attempts are bounded, and a
+# cluster that was down does not fire every missed schedule slot. Issue 9.5, bursts: the pusher fetches
+# `bulk` tasks per query and keeps two per worker queued, so a worker that ends a task starts the next at
+# once; successful tasks are not stored (`save_limit` -1: with 1000 the monitor read the stored results
+# back on every save, 53 % of a core in a 2,000-job run). Failed tasks are still stored.
 Q_WORKERS = env_int("FLUXWEB_Q_WORKERS", 4)
+Q_TIMEOUT = 150
 Q_CLUSTER = {
     "name": os.environ.get("FLUXWEB_Q_NAME", "fluxweb"),
     # The sweeper holds one worker while jobs are in flight; the others submit and ingest.
     "workers": Q_WORKERS,
-    "timeout": 150,
-    "retry": 310,  # >= 150 + 3 + 150 (one task ahead per worker)
+    "timeout": Q_TIMEOUT,
+    "retry": Q_TIMEOUT + 3 + 3 * Q_TIMEOUT + 7,  # 610 s
     "max_attempts": 3,
     "catch_up": False,
-    "queue_limit": Q_WORKERS,
-    "bulk": 1,
-    "save_limit": 1000,
+    "queue_limit": 2 * Q_WORKERS,
+    "bulk": Q_WORKERS,
+    "save_limit": -1,
     "ack_failures": True,
     "poll": 0.1,
     "label": "Tasks",
