@@ -429,29 +429,35 @@ def write_back(answers: list[tuple[Generation, Outcome | ProviderError]], histor
     is then written on its own, from a fresh read of its row."""
     for start in range(0, len(answers), WRITE_BATCH):
         chunk = answers[start : start + WRITE_BATCH]
-        ingests: list[int] = []
+        batch.ingests = []
         try:
             with transaction.atomic():
                 for generation, result in chunk:
-                    record(generation, result, histories, ingests, savepoint=True)
+                    record(generation, result, histories, savepoint=True)
         except DatabaseError:
             log.warning("a poll round's write-back failed; writing its jobs one by one", exc_info=True)
-            ingests = []
+            batch.ingests = []
             for generation, result in chunk:
                 try:
                     fresh = Generation.objects.select_related("account").get(pk=generation.pk)
                 except (DatabaseError, Generation.DoesNotExist):
                     log.exception("generation %s: could not record its poll", generation.pk)
                     continue
-                record(fresh, result, histories, ingests)
+                record(fresh, result, histories)
+        finally:
+            ingests, batch.ingests = batch.ingests, None
         for pk in ingests:  # brokers other than the ORM: told once the rows they wake for are committed
             engine.enqueue_safely("ingest", pk)
 
 
-def record(generation, result, histories: dict, ingests: list[int], *, savepoint: bool = False) -> None:
+# While a batch is written: the jobs whose ingest task is queued after its commit (not on the ORM broker).
+batch = threading.local()
+
+
+def record(generation, result, histories: dict, *, savepoint: bool = False) -> None:
     try:
         with transaction.atomic() if savepoint else nullcontext():
-            apply_poll(generation, result, histories.get(generation.account_id), ingests=ingests)
+            apply_poll(generation, result, histories.get(generation.account_id))
     except Exception:
         # Writing one job's result failed (a locked database, say): poll it again soon, go on.
         log.exception("generation %s: could not record its poll", generation.pk)
@@ -465,11 +471,8 @@ def apply_poll(
     generation: Generation,
     result: Outcome | ProviderError,
     history: tuple[float, float] | None,
-    *,
-    ingests: list[int] | None = None,
 ) -> None:
-    """One job's poll answer, in one UPDATE while it stays pending. `ingests`: where a batch collects the
-    jobs whose ingest task is to be queued after its commit (brokers other than the ORM's)."""
+    """One job's poll answer, in one UPDATE while it stays pending."""
     if isinstance(result, ProviderError):
         if result.permanent:
             engine.fail(generation, result.code, result.message)
@@ -496,13 +499,13 @@ def apply_poll(
     if result.state == "failed":
         engine.fail(generation, result.error.code, result.error.message)
         return
-    provider_done(generation, result, ingests=ingests)
+    provider_done(generation, result)
 
 
-def provider_done(generation: Generation, outcome: Outcome, *, ingests: list[int] | None = None) -> None:
+def provider_done(generation: Generation, outcome: Outcome) -> None:
     """The provider has the images: stop polling and hand the download to the ingest task, once. On the
-    ORM broker the task row is written in the caller's transaction; another broker is told after it
-    commits (the caller's `ingests`), so the task never finds the job still being polled."""
+    ORM broker the task row is written in the caller's transaction; within a write-back batch another broker
+    is told after the batch commits, so the task never finds the job still being polled."""
     won = Generation.objects.filter(
         pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__isnull=False
     ).update(
@@ -514,6 +517,7 @@ def provider_done(generation: Generation, outcome: Outcome, *, ingests: list[int
     )
     if won:
         generation.events.create(what="provider done", detail=f"{len(outcome.image_urls)} image(s) ready")
+        ingests = getattr(batch, "ingests", None)
         if ingests is not None and "orm" not in settings.Q_CLUSTER:
             ingests.append(generation.pk)
         else:
