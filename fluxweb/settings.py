@@ -298,6 +298,9 @@ FLUXWEB_CREDIT_USD = os.environ.get("FLUXWEB_CREDIT_USD", "0.001")
 # Generation engine.
 FLUXWEB_JOB_DEADLINE = env_int("FLUXWEB_JOB_DEADLINE", 600)  # seconds from submit to give up and refund
 FLUXWEB_POLL_CONCURRENCY = env_int("FLUXWEB_POLL_CONCURRENCY", 10)
+# Threads in the sweeper's worker that download what it finds done, beside the queued ingest tasks (issue 9.5:
+# the sweeper held one worker of two mostly asleep while the other alone ingested a burst). 0: tasks only.
+FLUXWEB_SWEEP_INGESTS = env_int("FLUXWEB_SWEEP_INGESTS", 2)
 FLUXWEB_MAX_DOWNLOAD_BYTES = env_int("FLUXWEB_MAX_DOWNLOAD_BYTES", 40 * 1024 * 1024)
 FLUXWEB_MAX_UPLOAD_BYTES = env_int("FLUXWEB_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 FLUXWEB_MAX_UPLOAD_STORAGE_BYTES = env_int("FLUXWEB_MAX_UPLOAD_STORAGE_BYTES", 200 * 1024 * 1024)

@@ -15,6 +15,7 @@ import secrets
 import socket
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from datetime import timedelta
 
@@ -183,6 +184,9 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
     polls = 0
     started = time.monotonic()
     poller = Poller(settings.FLUXWEB_POLL_CONCURRENCY)
+    # In a cluster worker only: elsewhere (a shell, a test) the queued ingest tasks alone download.
+    helpers = IngestHelpers(settings.FLUXWEB_SWEEP_INGESTS if InWorker.active else 0)
+    batch.helpers = helpers
     reaped_at = 0.0
     checked_at = time.monotonic()
     lease.start()
@@ -222,6 +226,8 @@ def sweep(seconds: float = SWEEP_SECONDS) -> int:
         lease.release()
         raise
     finally:
+        batch.helpers = None
+        helpers.close()
         lease.stop.set()
         poller.close()
 
@@ -429,14 +435,14 @@ def write_back(answers: list[tuple[Generation, Outcome | ProviderError]], histor
     is then written on its own, from a fresh read of its row."""
     for start in range(0, len(answers), WRITE_BATCH):
         chunk = answers[start : start + WRITE_BATCH]
-        batch.ingests = []
+        batch.ingests, batch.detected = [], []
         try:
             with transaction.atomic():
                 for generation, result in chunk:
                     record(generation, result, histories, savepoint=True)
         except DatabaseError:
             log.warning("a poll round's write-back failed; writing its jobs one by one", exc_info=True)
-            batch.ingests = []
+            batch.ingests, batch.detected = [], []
             for generation, result in chunk:
                 try:
                     fresh = Generation.objects.select_related("account").get(pk=generation.pk)
@@ -446,8 +452,44 @@ def write_back(answers: list[tuple[Generation, Outcome | ProviderError]], histor
                 record(fresh, result, histories)
         finally:
             ingests, batch.ingests = batch.ingests, None
+            detected, batch.detected = batch.detected, None
         for pk in ingests:  # brokers other than the ORM: told once the rows they wake for are committed
             engine.enqueue_safely("ingest", pk)
+        helpers = getattr(batch, "helpers", None)
+        if helpers is not None:
+            for pk in detected:  # committed: the ingest's claim finds them done at the provider
+                helpers.ingest(pk)
+
+
+class IngestHelpers:
+    """Threads in the sweeper's process that ingest the jobs it found done, at once and beside the queued
+    ingest tasks: each claims the job with its conditional UPDATE, so whichever comes first downloads it and
+    the other does nothing. Pending ones are dropped when the sweep ends (the queued tasks remain)."""
+
+    def __init__(self, threads: int):
+        self.pool = (
+            ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fluxweb-sweep-ingest")
+            if threads > 0
+            else None
+        )
+
+    def ingest(self, pk: int) -> None:
+        if self.pool is not None and not WorkerStop.stopping:
+            self.pool.submit(self.run, pk)
+
+    @staticmethod
+    def run(pk: int) -> None:
+        try:
+            if not WorkerStop.stopping:
+                engine.ingest(pk)
+        except Exception:
+            log.exception("generation %s: the sweeper's ingest failed; its task or the reaper goes on", pk)
+        finally:
+            connection.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # While a batch is written: the jobs whose ingest task is queued after its commit (not on the ORM broker).
@@ -518,6 +560,8 @@ def provider_done(generation: Generation, outcome: Outcome) -> None:
     if won:
         generation.events.create(what="provider done", detail=f"{len(outcome.image_urls)} image(s) ready")
         ingests = getattr(batch, "ingests", None)
+        if getattr(batch, "detected", None) is not None:
+            batch.detected.append(generation.pk)
         if ingests is not None and "orm" not in settings.Q_CLUSTER:
             ingests.append(generation.pk)
         else:

@@ -259,3 +259,31 @@ def test_a_task_outside_a_worker_or_under_a_live_sweeper_does_not_sweep(bob, acc
     sweeper.release_lease("a-live-sweeper")
     tasks.ingest(job.pk)
     assert len(swept) == 1
+
+
+# -- the sweeper's worker ingests too ----------------------------------------------------------------------------
+@pytest.mark.django_db(transaction=True)
+def test_a_sweeper_in_a_worker_ingests_what_it_finds_done_without_waiting_for_the_queue(
+    bob, accounts, fresh_sandbox, queued, monkeypatch, settings, tmp_path
+):
+    """Issue 9.5: with two workers, one sweeping, the other alone ingested a burst. The sweeper's own threads
+    now download what it finds done; the queued ingest task stays as the fallback and then finds it done."""
+    settings.STORAGES = settings.STORAGES | {
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": tmp_path},
+        }
+    }
+    fresh_sandbox.set_latency(0, 0)
+    generation, _ = engine.create(bob, request(), provider="sb-apiframe")
+    engine.submit(generation.pk)
+    Generation.objects.filter(pk=generation.pk).update(next_poll_at=timezone.now())
+    monkeypatch.setattr(InWorker, "active", True)
+    sweeper.sweep(seconds=10)
+    generation.refresh_from_db()
+    assert generation.status == "succeeded", generation.events.values_list("what", "detail")
+    assert generation.images.count() == 1
+    assert ("ingest", (generation.pk,)) in queued  # also queued: it does nothing now
+    before = list(generation.events.values_list("what", flat=True))
+    tasks.ingest(generation.pk)
+    assert list(generation.events.values_list("what", flat=True)) == before
