@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from contextlib import nullcontext
 from datetime import timedelta
 
@@ -56,6 +57,7 @@ KICK_SECONDS = 10
 # behind every submit and ingest queued on the same FIFO (issue 9.5: 18-124 s with no polling at all).
 # TAKEOVER_WITHIN + SWEEP_SECONDS + a poll round's read timeout stays under Q_CLUSTER["timeout"].
 TAKEOVER_WITHIN = 30
+HELPERS_GRACE = 5.0  # how long an ending sweep waits for its ingest threads before it leaves them running
 
 
 def kick_sweeper() -> None:
@@ -464,7 +466,7 @@ def write_back(answers: list[tuple[Generation, Outcome | ProviderError]], histor
 class IngestHelpers:
     """Threads in the sweeper's process that ingest the jobs it found done, at once and beside the queued
     ingest tasks: each claims the job with its conditional UPDATE, so whichever comes first downloads it and
-    the other does nothing. Pending ones are dropped when the sweep ends (the queued tasks remain)."""
+    the other does nothing. Pending ones are dropped when the sweep ends (their queued tasks remain)."""
 
     def __init__(self, threads: int):
         self.pool = (
@@ -475,7 +477,8 @@ class IngestHelpers:
 
     def ingest(self, pk: int) -> None:
         if self.pool is not None and not WorkerStop.stopping:
-            self.pool.submit(self.run, pk)
+            self.futures = [f for f in getattr(self, "futures", []) if not f.done()]
+            self.futures.append(self.pool.submit(self.run, pk))
 
     @staticmethod
     def run(pk: int) -> None:
@@ -488,8 +491,11 @@ class IngestHelpers:
             connection.close()
 
     def close(self) -> None:
+        # Waited for HELPERS_GRACE at most: the sweep task ends within its time whatever a download costs (up
+        # to 30 s an image); one still running finishes in the worker's background, holding its job's lease.
         if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            wait_for(getattr(self, "futures", []), timeout=HELPERS_GRACE)
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 # While a batch is written: the jobs whose ingest task is queued after its commit (not on the ORM broker).
