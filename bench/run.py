@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """FluxWeb benchmark: the real engine, a real `qcluster`, the provider sandbox, all on loopback.
 
-    .venv/bin/python bench/run.py [--jobs N] [--quick] [--redis] [--keep] [--json PATH]
-                                  [--only engine|gallery] [--sizes 1000,10000,100000] [--reps N]
+    .venv/bin/python bench/run.py [--jobs N] [--quick] [--redis] [--pg] [--keep] [--json PATH]
+                                  [--only engine,gallery,issue9,...] [--sizes 1000,10000,100000] [--reps N]
+                                  [--workers 2] [--burst 100] [--inflight 500,1000,2000] [--clients 20]
 
 From nothing: a temp data dir and SQLite DB (migrated), the provider sandbox in this process (Apiframe,
 latency uniform 4..6 s), a user with credits and an Apiframe account pointed at the sandbox, and a
@@ -24,6 +25,11 @@ under a unique FLUXWEB_Q_NAME). Then, with the real engine:
    images, a copy kept at each; every gallery page and fragment, the prompt history and each variant of
    `GET /api/v1/generations` is timed in-process on every copy, in rounds alternating between the sizes:
    queries, p50 and p95 side by side.
+
+7. issue 9.8 (bench/burst.py, `--only issue9` or any of burst,inflight,budget,clients,ingest): jobs created
+   together on a fresh 2-worker cluster (a burst of 100; 500/1,000/2,000 in flight: wall against ideal,
+   sweeper CPU), a 60/min budget with 40 jobs, concurrent API clients through gunicorn, ingest CPU per format;
+   `--pg` runs on the local PostgreSQL.
 
 Prints one table, figure | measured | target | ok?, against performance.md's targets, and the gallery's table;
 exits 1 when a target is missed. `--only` runs one section. Connects only to 127.0.0.1. Removes the subprocess, the temp dir and (with --redis) its Redis keys
