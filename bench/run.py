@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """FluxWeb benchmark: the real engine, a real `qcluster`, the provider sandbox, all on loopback.
 
-    .venv/bin/python bench/run.py [--jobs N] [--quick] [--redis] [--keep] [--json PATH]
-                                  [--only engine|gallery] [--sizes 1000,10000,100000] [--reps N]
+    .venv/bin/python bench/run.py [--jobs N] [--quick] [--redis] [--pg] [--keep] [--json PATH]
+                                  [--only engine,gallery,issue9,...] [--sizes 1000,10000,100000] [--reps N]
+                                  [--workers 2] [--burst 100] [--inflight 500,1000,2000] [--clients 20]
 
 From nothing: a temp data dir and SQLite DB (migrated), the provider sandbox in this process (Apiframe,
 latency uniform 4..6 s), a user with credits and an Apiframe account pointed at the sandbox, and a
@@ -24,6 +25,11 @@ under a unique FLUXWEB_Q_NAME). Then, with the real engine:
    images, a copy kept at each; every gallery page and fragment, the prompt history and each variant of
    `GET /api/v1/generations` is timed in-process on every copy, in rounds alternating between the sizes:
    queries, p50 and p95 side by side.
+
+7. issue 9.8 (bench/burst.py, `--only issue9` or any of burst,inflight,budget,clients,ingest): jobs created
+   together on a fresh 2-worker cluster (a burst of 100; 500/1,000/2,000 in flight: wall against ideal,
+   sweeper CPU), a 60/min budget with 40 jobs, concurrent API clients through gunicorn, ingest CPU per format;
+   `--pg` runs on the local PostgreSQL.
 
 Prints one table, figure | measured | target | ok?, against performance.md's targets, and the gallery's table;
 exits 1 when a target is missed. `--only` runs one section. Connects only to 127.0.0.1. Removes the subprocess, the temp dir and (with --redis) its Redis keys
@@ -55,6 +61,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import burst  # noqa: E402  (bench/burst.py, beside this file: issue 9.8)
 import gallery  # noqa: E402  (bench/gallery.py, beside this file)
 
 PROVIDER = "apiframe"
@@ -187,6 +194,25 @@ class Bench:
         self.load: list[tuple[float, ...]] = []
 
     # -- set-up --------------------------------------------------------------------------------------------
+    def database_url(self) -> str:
+        """SQLite in the temp dir, or with --pg a fresh database on the local PostgreSQL (dropped on exit)."""
+        if not self.args.pg:
+            return f"sqlite:///{self.tmp / 'bench.sqlite3'}"
+        import psycopg
+
+        self.pg_name = f"fluxweb_bench_{os.getpid()}"
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.pg_name}"')
+        return f"postgres://postgres@127.0.0.1:5432/{self.pg_name}"
+
+    def drop_pg(self) -> None:
+        if not getattr(self, "pg_name", None):
+            return
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.pg_name}" WITH (FORCE)')
+
     def configure(self) -> None:
         if self.args.redis:
             self.redis = redis_answers()
@@ -199,7 +225,7 @@ class Bench:
             "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
             "FLUXWEB_FERNET_KEYS": base64.urlsafe_b64encode(os.urandom(32)).decode(),
             "FLUXWEB_DATA_DIR": str(self.tmp),
-            "DATABASE_URL": f"sqlite:///{self.tmp / 'bench.sqlite3'}",
+            "DATABASE_URL": self.database_url(),
             "FLUXWEB_ALLOW_LOOPBACK_DOWNLOADS": "1",
             "FLUXWEB_SITE_URL": f"http://127.0.0.1:{self.dead_port.getsockname()[1]}",
             "FLUXWEB_SANDBOX_URL": "http://127.0.0.1:9",  # unused; never the default 8765 of a running studio
@@ -276,7 +302,7 @@ class Bench:
         # Ready when it has run a task: enqueue a no-op and wait for its result.
         from django_q.tasks import async_task, result
 
-        task_id = async_task("os.getpid", task_name="bench-probe")
+        task_id = async_task("os.getpid", task_name="bench-probe", save=True)  # successes are not kept
         deadline = time.monotonic() + 30
         while result(task_id) is None:
             if self.qcluster.poll() is not None:
@@ -350,6 +376,10 @@ class Bench:
                     client.delete(*keys)
             except Exception as exc:  # noqa: BLE001
                 log(f"could not delete this run's Redis keys: {exc!r}")
+        try:
+            self.drop_pg()
+        except Exception as exc:  # noqa: BLE001
+            log(f"could not drop the bench database: {exc!r}")
         if self.args.keep:
             log(f"kept {self.tmp}")
         else:
@@ -726,21 +756,29 @@ class Bench:
         self.load.append(os.getloadavg())
         self.configure()
         gallery_ok = True
-        if self.args.only != "gallery":
+        only = self.args.only
+        scenarios = only & burst.SCENARIOS
+        if "engine" in only:
             self.run_engine()
-        if self.args.only != "engine":
+        if scenarios:
+            self.rows += burst.BurstBench(self, self.args, log, Row, pct, secs, ms).run(scenarios)
+        if "gallery" in only:
             gallery_ok = self.run_gallery()
         took = time.monotonic() - t_all
         self.load.append(os.getloadavg())
-        if self.args.only != "gallery":
+        if only - {"gallery"}:
             broker = "Redis" if self.redis else "ORM"
+            database = "PostgreSQL" if self.args.pg else "SQLite WAL"
             header = (
-                f"FluxWeb bench: {self.args.jobs} jobs per phase {SPACING:g} s apart, sandbox latency uniform "
-                f"{LATENCY[0]:g}..{LATENCY[1]:g} s, {broker} broker, SQLite WAL, {os.cpu_count()} CPUs, "
-                f"{took:.0f} s; 1-min load average {self.load[0][0]:.2f} before, {self.load[1][0]:.2f} after"
+                f"FluxWeb bench ({', '.join(sorted(only - {'gallery'}))}): "
+                + (f"{self.args.jobs} jobs per phase {SPACING:g} s apart, " if "engine" in only else "")
+                + (f"{self.args.workers}-worker cluster for the issue 9.8 scenarios, " if scenarios else "")
+                + f"sandbox latency uniform {LATENCY[0]:g}..{LATENCY[1]:g} s, {broker} broker, {database}, "
+                f"{os.cpu_count()} CPUs, {took:.0f} s; 1-min load average {self.load[0][0]:.2f} before, "
+                f"{self.load[1][0]:.2f} after"
             )
             print_table(self.rows, header)
-        if self.args.only != "engine":
+        if "gallery" in only:
             columns, rows, _ = self.gallery.table()
             header = (
                 f"FluxWeb bench, gallery and lists: server time in-process (Django test client), "
@@ -756,7 +794,7 @@ class Bench:
                 "load": self.load,
                 "jobs": [j.__dict__ for j in self.jobs],
             }
-            if self.args.only != "engine":
+            if "gallery" in only:
                 raw["gallery"] = {
                     name: {size: self.gallery.result(name, size).__dict__ for size in self.args.sizes}
                     for name in self.gallery.order
@@ -801,8 +839,23 @@ def main() -> int:
     )
     parser.add_argument("--json", metavar="PATH", help="also write the table as JSON")
     parser.add_argument(
-        "--only", choices=["engine", "gallery"], help="run one section: the engine, or the gallery and lists"
+        "--only",
+        type=lambda text: set(text.split(",")),
+        default={"engine", "gallery"},
+        help="sections to run, comma-separated: engine, gallery (the default: both), and the issue 9.8 "
+        "scenarios burst, inflight, budget, clients, ingest (all five: `issue9`)",
     )
+    parser.add_argument("--workers", type=int, default=2, help="qcluster workers for the 9.8 scenarios")
+    parser.add_argument("--burst", type=int, default=100, help="jobs created together in the burst scenario")
+    parser.add_argument(
+        "--inflight",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[500],
+        help="sizes of the in-flight scenario, e.g. 500,1000,2000 (default 500)",
+    )
+    parser.add_argument("--clients", type=int, default=20, help="concurrent API clients (default 20)")
+    parser.add_argument("--client-jobs", type=int, default=10, help="creates per API client (default 10)")
+    parser.add_argument("--pg", action="store_true", help="PostgreSQL on 127.0.0.1:5432 instead of SQLite")
     parser.add_argument(
         "--sizes",
         type=lambda text: sorted(int(n) for n in text.split(",")),
@@ -811,6 +864,11 @@ def main() -> int:
     )
     parser.add_argument("--reps", type=int, default=40, help="timed requests per gallery endpoint and size")
     args = parser.parse_args()
+    if "issue9" in args.only:
+        args.only = (args.only - {"issue9"}) | burst.SCENARIOS
+    unknown = args.only - {"engine", "gallery"} - burst.SCENARIOS
+    if unknown:
+        parser.error(f"unknown --only section(s): {', '.join(sorted(unknown))}")
     if args.jobs is None:
         args.jobs = 5 if args.quick else 20
     if args.jobs < 1:

@@ -298,6 +298,9 @@ FLUXWEB_CREDIT_USD = os.environ.get("FLUXWEB_CREDIT_USD", "0.001")
 # Generation engine.
 FLUXWEB_JOB_DEADLINE = env_int("FLUXWEB_JOB_DEADLINE", 600)  # seconds from submit to give up and refund
 FLUXWEB_POLL_CONCURRENCY = env_int("FLUXWEB_POLL_CONCURRENCY", 10)
+# Threads in the sweeper's worker that download what it finds done, beside the queued ingest tasks (issue 9.5:
+# the sweeper held one worker of two mostly asleep while the other alone ingested a burst). 0: tasks only.
+FLUXWEB_SWEEP_INGESTS = env_int("FLUXWEB_SWEEP_INGESTS", 2)
 FLUXWEB_MAX_DOWNLOAD_BYTES = env_int("FLUXWEB_MAX_DOWNLOAD_BYTES", 40 * 1024 * 1024)
 FLUXWEB_MAX_UPLOAD_BYTES = env_int("FLUXWEB_MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 FLUXWEB_MAX_UPLOAD_STORAGE_BYTES = env_int("FLUXWEB_MAX_UPLOAD_STORAGE_BYTES", 200 * 1024 * 1024)
@@ -308,20 +311,25 @@ FLUXWEB_SANDBOX_URL = os.environ.get("FLUXWEB_SANDBOX_URL", "http://127.0.0.1:87
 
 # django-q2 (reliability.md 1.1, 1.5): `timeout` covers the longest task, a synchronous provider's 120 s submit
 # call; `retry` is counted from dequeue, so it covers a task's run plus the guard's 3 s plus its wait behind
-# the tasks prefetched ahead of it (queue_limit / workers per worker) -- else the broker hands out a second
-# copy. Attempts are bounded, and a cluster that was down does not fire every missed schedule slot.
+# the tasks fetched ahead of it (the cluster's queue, queue_limit, and the pusher's hand, bulk - 1: over the
+# workers, three tasks per worker) -- else the broker hands out a second copy. Attempts are bounded, and a
+# cluster that was down does not fire every missed schedule slot. Issue 9.5, bursts: the pusher fetches
+# `bulk` tasks per query and keeps two per worker queued, so a worker that ends a task starts the next at
+# once; successful tasks are not stored (`save_limit` -1: with 1000 the monitor read the stored results
+# back on every save, 53 % of a core in a 2,000-job run). Failed tasks are still stored.
 Q_WORKERS = env_int("FLUXWEB_Q_WORKERS", 4)
+Q_TIMEOUT = 150
 Q_CLUSTER = {
     "name": os.environ.get("FLUXWEB_Q_NAME", "fluxweb"),
     # The sweeper holds one worker while jobs are in flight; the others submit and ingest.
     "workers": Q_WORKERS,
-    "timeout": 150,
-    "retry": 310,  # >= 150 + 3 + 150 (one task ahead per worker)
+    "timeout": Q_TIMEOUT,
+    "retry": Q_TIMEOUT + 3 + 3 * Q_TIMEOUT + 7,  # 610 s
     "max_attempts": 3,
     "catch_up": False,
-    "queue_limit": Q_WORKERS,
-    "bulk": 1,
-    "save_limit": 1000,
+    "queue_limit": 2 * Q_WORKERS,
+    "bulk": Q_WORKERS,
+    "save_limit": -1,
     "ack_failures": True,
     "poll": 0.1,
     "label": "Tasks",

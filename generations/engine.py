@@ -536,7 +536,8 @@ def fetch_images(generation: Generation) -> tuple[list[media.Saved], media.Media
                     generation.account.kind,
                     generation.account.base_url,
                     **({"extra_hosts": extra} if extra else {}),
-                )
+                ),
+                thumbnail=True,  # one decode checks the file and makes its thumbnail
             )
             saved.append(media.save_files(index, checked, metadata_of(generation, index)))
         except media.MediaError as error:

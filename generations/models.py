@@ -14,7 +14,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import OperationalError, connections, models, transaction
-from django.db.models import F, Q, Subquery, Sum
+from django.db.models import F, Min, Q, Subquery, Sum
 from django.db.models.functions import Coalesce, Lower
 from django.utils import timezone
 
@@ -410,9 +410,77 @@ class GenerationQuerySet(KeysetQuerySet):
         return self.filter(status__in=Generation.IN_FLIGHT)
 
     def due(self, now=None):
-        return self.filter(status=Generation.Status.RUNNING, next_poll_at__lte=now or timezone.now()).exclude(
-            provider_job_id=""
+        """Running jobs whose poll time has come, the longest-waiting first (the (status, next_poll_at)
+        index gives them in that order): a sweeper that takes the first few hundred never starves the
+        oldest (issue 9.5: newest first, by the model's ordering, left the oldest unpolled)."""
+        return (
+            self.filter(status=Generation.Status.RUNNING, next_poll_at__lte=now or timezone.now())
+            .exclude(provider_job_id="")
+            .order_by("next_poll_at", "pk")
         )
+
+    def next_wake(self):
+        """The earliest poll, retry or task-lease time among in-flight jobs: when the sweeper has work
+        next, or None when nothing waits on it. One query."""
+        times = self.in_flight().aggregate(poll=Min("next_poll_at"), lease=Min("lease_until"))
+        known = [t for t in times.values() if t is not None]
+        return min(known) if known else None
+
+    def submits_due(self, now=None):
+        """Queued jobs whose retry time has come or whose submit lease ran out: their submit goes again."""
+        now = now or timezone.now()
+        return self.filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+            status=Generation.Status.QUEUED,
+            next_poll_at__lte=now,
+        ).order_by("next_poll_at", "pk")
+
+    def past_deadline(self, now=None):
+        """In-flight jobs past their deadline that no task holds."""
+        now = now or timezone.now()
+        return (
+            self.in_flight()
+            .filter(Q(lease_until__isnull=True) | Q(lease_until__lte=now), deadline_at__lte=now)
+            .order_by("deadline_at", "pk")
+        )
+
+    def lost_submits(self, now, stale):
+        """Queued jobs no task took since `stale` (queued or re-driven before it), nothing scheduled."""
+        return self.filter(
+            Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+            Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, created_at__lte=stale),
+            status=Generation.Status.QUEUED,
+            next_poll_at__isnull=True,
+        ).order_by("pk")
+
+    def downloading(self):
+        """Finished at the provider, its download not done: waiting for an ingest task (not for an admin)."""
+        return self.filter(
+            status=Generation.Status.RUNNING,
+            next_poll_at__isnull=True,
+            provider_done_at__isnull=False,
+            refused_host="",  # waiting for an admin: downloaded again only when one allows the host
+        )
+
+    def lost_ingests(self, now, stale):
+        """Downloads whose task's lease ran out, or that no task took since `stale`."""
+        return (
+            self.downloading()
+            .filter(
+                Q(lease_until__lte=now)
+                | Q(
+                    Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, provider_done_at__lte=stale),
+                    lease_until__isnull=True,
+                )
+            )
+            .order_by("pk")
+        )
+
+    def unpolled(self):
+        """Running, not polled, nothing downloading: only a crash between two writes leaves this."""
+        return self.filter(
+            status=Generation.Status.RUNNING, next_poll_at__isnull=True, provider_done_at__isnull=True
+        ).exclude(provider_job_id="")
 
     def awaiting_submit(self, account, now=None):
         """`account`'s queued jobs whose submit may go now or is on its way (not yet sent): the request
@@ -767,9 +835,10 @@ class Generation(models.Model):
             error_code="result_host_refused",
         )
 
-    def schedule_poll(self, seconds: float) -> None:
+    def schedule_poll(self, seconds: float, **fields) -> None:
+        """Count a poll and set the next one, with any other `fields` of the answer, in one UPDATE."""
         Generation.objects.filter(pk=self.pk, status=self.Status.RUNNING).update(
-            next_poll_at=timezone.now() + timedelta(seconds=seconds), polls=F("polls") + 1
+            next_poll_at=timezone.now() + timedelta(seconds=seconds), polls=F("polls") + 1, **fields
         )
 
 
@@ -1135,12 +1204,25 @@ class ApiToken(models.Model):
         return found.user
 
 
+class LeaseQuerySet(models.QuerySet):
+    def named(self, name: str):
+        return self.filter(name=name)
+
+    def live(self, now=None):
+        return self.filter(expires_at__gt=now or timezone.now())
+
+    def lapsed(self, now=None):
+        return self.filter(expires_at__lte=now or timezone.now())
+
+
 class Lease(models.Model):
     """A named lease that keeps one sweeper running across any number of clusters."""
 
     name = models.CharField(max_length=40, unique=True)
     holder = models.CharField(max_length=64)
     expires_at = models.DateTimeField()
+
+    objects = LeaseQuerySet.as_manager()
 
     def __str__(self) -> str:
         return f"{self.name} held by {self.holder} until {self.expires_at}"

@@ -43,6 +43,17 @@ class WorkerStop:
     stopping = False
 
 
+class InWorker:
+    """Set in a django-q2 worker process: a task there may carry the sweep on (sweeper.take_over)."""
+
+    active = False
+
+
+@receiver(post_spawn, dispatch_uid="fluxweb-in-worker")
+def mark_worker(sender, proc_name: str, **kwargs) -> None:
+    InWorker.active = True
+
+
 @receiver(post_spawn, dispatch_uid="fluxweb-worker-stop")
 def stop_worker_on_signal(sender, proc_name: str, **kwargs) -> None:
     def stop(signum, frame):

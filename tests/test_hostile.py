@@ -111,7 +111,11 @@ def hostile(accounts, bfl_account, fresh_sandbox, drain, monkeypatch, settings):
     deadline and a one-byte-per-20-ms drip. Pacing only; no behaviour is replaced."""
     fast_engine(monkeypatch, sweep_slice=0.2, first_poll=0.05)
     original = Generation.schedule_poll
-    monkeypatch.setattr(Generation, "schedule_poll", lambda self, seconds: original(self, min(seconds, 0.1)))
+    monkeypatch.setattr(
+        Generation,
+        "schedule_poll",
+        lambda self, seconds, **fields: original(self, min(seconds, 0.1), **fields),
+    )
     monkeypatch.setattr(engine, "INGEST_RETRY_PAUSE", 0.05)
     monkeypatch.setattr(media, "DOWNLOAD_DEADLINE", 0.5)
     settings.FLUXWEB_JOB_DEADLINE = DEADLINE

@@ -9,12 +9,13 @@ import struct
 import threading
 import time
 import zlib
+from types import SimpleNamespace
 
 import pytest
 from PIL import Image as PILImage
 from PIL import ImageFile, features
 
-from generations import media
+from generations import engine, media
 from generations.providers import Apiframe, GenerationRequest
 from generations.providers import http as provider_http
 from generations.providers.maxapi import MaxApi
@@ -662,3 +663,57 @@ def test_a_malformed_base_url_refuses_the_download(settings, no_network, base_ur
     with pytest.raises(media.MediaError) as refused:
         media.download("http://127.0.0.1:8765/x.png", "maxapi", base_url)
     assert refused.value.code == "forbidden_url"
+
+
+# -- one decode per ingested image (issue 9.5) ----------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_the_ingest_decodes_each_image_once(fmt, monkeypatch, settings, tmp_path):
+    """The check's decode makes the thumbnail too: one image opened and decoded per stored file."""
+    settings.STORAGES = settings.STORAGES | {
+        "default": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": tmp_path},
+        }
+    }
+    data = encoded(fmt, (1024, 768))
+    decodes = []
+    real_open = PILImage.open
+    monkeypatch.setattr(media.PILImage, "open", lambda *a, **k: decodes.append(a) or real_open(*a, **k))
+    monkeypatch.setattr(media, "download", lambda url, kind, base_url, **extra: data)
+    account = SimpleNamespace(kind="maxapi", base_url="https://api.example", extra_result_hosts=())
+    job = SimpleNamespace(
+        pk=7,
+        n=1,
+        image_urls=["https://cdn.example/a"],
+        account=account,
+        prompt=SimpleNamespace(text="a lighthouse"),
+        model="flux-2-max",
+        seed=1,
+        params={},
+    )
+    (saved,), problem = engine.fetch_images(job)
+    assert problem is None
+    assert len(decodes) == 1, decodes
+    with PILImage.open(tmp_path / saved.thumbnail) as thumb:
+        assert max(thumb.size) == media.THUMBNAIL_SIZE
+
+
+def test_a_truncated_jpeg_is_refused_when_decoded_for_its_thumbnail_too():
+    data = encoded("JPEG", (2048, 2048), quality=95)
+    with pytest.raises(media.MediaError) as refused:
+        media.check_image(data[: len(data) // 2], thumbnail=True)
+    assert refused.value.code == "not_image"
+
+
+def test_a_jpeg_is_decoded_at_a_reduced_scale_for_its_thumbnail(monkeypatch):
+    sizes = []
+    real = PILImage.Image.thumbnail
+
+    def thumbnail(self, size, *args, **kwargs):
+        sizes.append(self.size)  # the decoded image the thumbnail starts from
+        return real(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(PILImage.Image, "thumbnail", thumbnail)
+    checked = media.check_image(encoded("JPEG", (2048, 2048)), thumbnail=True)
+    assert (checked.width, checked.height) == (2048, 2048)  # the file's own size, not the draft's
+    assert sizes == [(512, 512)]  # DCT scaling: 1/4, never the full 2048 x 2048 in memory

@@ -217,7 +217,7 @@ def test_an_ingest_that_raises_is_tried_again_then_ends_refunded(bob, accounts, 
     """An unexpected exception in the download (a bug, an odd library error) is that image's failure."""
     generation = provider_done(bob, drain)
 
-    def broken(data):
+    def broken(data, **options):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(media, "check_image", broken)

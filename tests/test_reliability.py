@@ -596,7 +596,7 @@ def test_9_a_download_that_kills_its_worker_every_time_ends_failed_and_refunded(
     fresh_sandbox.set_latency(0, 0)
     deaths = []
 
-    def poison(data):
+    def poison(data, **options):
         deaths.append(len(data))
         raise WorkerDied("the image kills the worker that opens it")
 

@@ -198,13 +198,27 @@ def test_it_keeps_django_q_from_running_a_task_twice(monkeypatch, tmp_path, work
     for cluster in clusters:
         timeout, retry = cluster["timeout"], cluster["retry"]
         assert timeout, "a task without a timeout can hold a worker forever"
-        # Each task prefetched ahead of ours (queue_limit of them) may take a worker for the full timeout.
-        queue_wait = math.ceil(cluster["queue_limit"] / cluster["workers"]) * timeout
+        # Each task fetched ahead of ours may take a worker for the full timeout: queue_limit of them in the
+        # cluster's queue, and bulk - 1 more the pusher holds while it waits for room there.
+        ahead = cluster["queue_limit"] + cluster.get("bulk", 1) - 1
+        queue_wait = math.ceil(ahead / cluster["workers"]) * timeout
         assert retry >= timeout + 3 + queue_wait  # worker.py adds 3 s to the timer
         assert isinstance(cluster["max_attempts"], int) and cluster["max_attempts"] >= 1
-        assert cluster["bulk"] == 1
     assert q["catch_up"] is False
     assert "orm" in q  # receipts: a task lost with its worker comes back (Redis would drop it)
+
+
+@pytest.mark.parametrize("workers", ["1", "2", "8"])
+def test_it_sizes_the_cluster_for_bursts(monkeypatch, tmp_path, workers):
+    """Issue 9.5: the pusher fetches several tasks per query and keeps more than one per worker queued, and
+    no successful task is stored (with save_limit 1000 the monitor read the stored results back on every
+    save, 53 % of a core in a 2,000-job run), while a failed one still is."""
+    q = load(monkeypatch, tmp_path, FLUXWEB_Q_WORKERS=workers)["Q_CLUSTER"]
+    assert q["save_limit"] < 0
+    assert q.get("ack_failures") is True
+    assert q["queue_limit"] >= 2 * q["workers"]
+    assert q["bulk"] >= q["workers"]
+    assert q["timeout"] < q["retry"]
 
 
 def test_it_gives_every_task_room_under_the_timeout():
@@ -212,6 +226,8 @@ def test_it_gives_every_task_room_under_the_timeout():
     timeout = django_settings.Q_CLUSTER["timeout"]
     read = engine.provider_http.TIMEOUT.read
     assert sweeper.SWEEP_SECONDS + read < timeout  # the last poll round of a sweep
+    # A submit or ingest that carries the sweep on (sweeper.take_over) started it within TAKEOVER_WITHIN.
+    assert sweeper.TAKEOVER_WITHIN + sweeper.SWEEP_SECONDS + read + sweeper.HELPERS_GRACE + 5 < timeout
     for adapter in PROVIDERS.values():
         assert engine.synchronous_timeout(adapter) + 5 < timeout  # one submit call, plus database work
 
