@@ -19,7 +19,6 @@ the run would take if FluxWeb added nothing after the provider (the submits' own
 
 from __future__ import annotations
 
-import io
 import os
 import signal
 import socket
@@ -426,18 +425,10 @@ class BurstBench:
     def ingest(self) -> None:
         from generations import media
 
-        photo = self.bench.photo_like(2048)
         metadata = {"prompt": "a lighthouse at dusk", "model": "flux-2-max", "seed": 1, "index": 0}
         targets = {"jpeg": 0.050, "webp": 0.050, "png": 0.200}
         reps = 5 if self.args.quick else 11
-        for fmt, kwargs in (
-            ("jpeg", {"quality": 90}),
-            ("webp", {"quality": 90, "method": 4}),
-            ("png", {"compress_level": 6}),
-        ):
-            out = io.BytesIO()
-            photo.save(out, fmt.upper(), **kwargs)
-            data = out.getvalue()
+        for fmt, data in self.bench.photos_encoded(2048).items():
 
             def old(data=data):
                 checked = media.check_image(data)

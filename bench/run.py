@@ -624,17 +624,9 @@ class Bench:
         from generations.providers.sandbox import images as sandbox_images
 
         log("media: thumbnail and metadata micro-benchmarks, 2048x2048")
-        photo = self.photo_like(2048)
-        encoded = {}
-        for fmt, kwargs in (
-            ("jpeg", {"quality": 90}),
-            ("webp", {"quality": 90, "method": 4}),
-            ("png", {"compress_level": 6}),
-        ):
-            out = io.BytesIO()
-            photo.save(out, fmt.upper(), **kwargs)
-            encoded[fmt] = out.getvalue()
-            (self.tmp / f"bench.{fmt}").write_bytes(encoded[fmt])
+        encoded = self.photos_encoded(2048)
+        for fmt, data in encoded.items():
+            (self.tmp / f"bench.{fmt}").write_bytes(data)
         reps = 7 if self.args.quick else 15
         self.media_set("photo-like", encoded, reps, judged=True)
         # What the sandbox serves (a smooth gradient with a caption): what the ingest in phases 1-2 handled.
@@ -644,6 +636,20 @@ class Bench:
         }
         self.media_set("sandbox-rendered", rendered, reps, judged=False)
         self.rss_row()
+
+    @classmethod
+    def photos_encoded(cls, size: int) -> dict[str, bytes]:
+        """One photo-like picture as each format is delivered: JPEG q90, WebP q90, PNG level 6."""
+        photo, encoded = cls.photo_like(size), {}
+        for fmt, kwargs in (
+            ("jpeg", {"quality": 90}),
+            ("webp", {"quality": 90, "method": 4}),
+            ("png", {"compress_level": 6}),
+        ):
+            out = io.BytesIO()
+            photo.save(out, fmt.upper(), **kwargs)
+            encoded[fmt] = out.getvalue()
+        return encoded
 
     @staticmethod
     def photo_like(size: int):

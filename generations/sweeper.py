@@ -71,25 +71,19 @@ def kick_sweeper() -> None:
 
 
 def mark_kicked(now) -> bool:
-    expires = now + timedelta(seconds=KICK_SECONDS)
-    if Lease.objects.named("sweeper").lapsed(now).update(holder=KICKED, expires_at=expires):
-        return True
-    try:
-        with transaction.atomic():
-            Lease.objects.create(name="sweeper", holder=KICKED, expires_at=expires)
-        return True
-    except IntegrityError:
-        return False  # another kick or a sweeper was first
+    return take_lease(KICKED, now + timedelta(seconds=KICK_SECONDS), Q(expires_at__lte=now))
 
 
 def acquire_lease(holder: str) -> bool:
     now = timezone.now()
-    expires = now + timedelta(seconds=LEASE_SECONDS)
-    if (
-        Lease.objects.named("sweeper")
-        .filter(Q(expires_at__lte=now) | Q(holder=holder) | Q(holder=KICKED))
-        .update(holder=holder, expires_at=expires)
-    ):
+    free = Q(expires_at__lte=now) | Q(holder=holder) | Q(holder=KICKED)
+    return take_lease(holder, now + timedelta(seconds=LEASE_SECONDS), free)
+
+
+def take_lease(holder: str, expires, free: Q) -> bool:
+    """The sweeper lease for `holder` until `expires`: taken over where `free` says it may be, or made when
+    there is none. False when another holds it (or made it first: another kick or a sweeper)."""
+    if Lease.objects.named("sweeper").filter(free).update(holder=holder, expires_at=expires):
         return True
     try:
         with transaction.atomic():
