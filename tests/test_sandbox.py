@@ -799,9 +799,11 @@ def test_it_drips_an_image_one_byte_at_a_time(sandbox, client):
         assert int(r.headers["content-length"]) > 1000
         for chunk in r.iter_raw():
             chunks.append(chunk)
-            if len(chunks) == 5:
+            if sum(map(len, chunks)) >= 5:
                 break
-    assert [len(c) for c in chunks] == [1] * 5
+    # A byte at a time (a loaded machine may hand two or three dripped bytes over in one read), never the
+    # body at once: five bytes take at least four pauses.
+    assert sum(map(len, chunks)) <= 8 and max(map(len, chunks)) <= 4
     assert time.monotonic() - started >= 0.2
 
 
