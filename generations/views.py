@@ -405,15 +405,21 @@ def quote(request):
     return response
 
 
-def refused(request, problem: str, form: GenerationForm | None = None) -> HttpResponse:
-    """A Generate that made nothing: the reason under the button, field errors beside their fields, and
+def refused(
+    request, problem: str, form: GenerationForm | None = None, field: str | None = None
+) -> HttpResponse:
+    """A Generate that made nothing: the reason under the button, field errors beside their fields (a
+    refusal that names a field, such as an option the provider cannot serve, beside that one too), and
     the price line with the price only, so the reason is not shown twice."""
     if not request.htmx:
         messages.error(request, problem)
         return HttpResponseRedirect(reverse("studio"))
     errors = field_errors(form) if form is not None else {}
-    if "reference_images" in errors or "reference_uploads" in errors:
-        errors["references"] = errors.pop("reference_images", None) or errors.pop("reference_uploads")
+    if field:
+        errors.setdefault(field, problem)
+    for name in ("reference_images", "reference_uploads", "reference_files", "file"):
+        if name in errors:
+            errors.setdefault("references", errors.pop(name))
     price = None
     if form is not None and form.is_valid():
         price = estimate(request.user, form.to_request(), form.cleaned_data.get("provider") or None)
@@ -461,7 +467,7 @@ def generate(request):
             )
     except Refusal as exc:
         discard_uploads(stored)
-        return refused(request, exc.message, form)
+        return refused(request, exc.message, form, exc.field)
     if not created:  # the first request's job stands, with the first request's uploads
         discard_uploads(stored)
     if not request.htmx:

@@ -674,3 +674,20 @@ def test_best_available_offers_the_options_of_the_account_the_price_names(bob, a
     assert quote["HX-Trigger-After-Settle"] == "form-changed"
     settled = client.get("/studio/quote", two | {"options_for": "sb-pixeldojo"}, **HX).content.decode()
     assert "model-options" not in settled  # the options already are that account's: nothing swapped
+
+
+def test_a_refusal_that_names_a_field_is_shown_beside_it(bob, accounts):
+    """A Generate the engine refuses for one field's sake (here: the named provider account is failing)
+    says so under the button and beside that field, as the form's own errors are."""
+    from generations.models import ProviderAccount
+
+    credits.grant(bob, 1000)
+    apiframe = accounts["apiframe"]
+    for _ in range(ProviderAccount.BREAKER_THRESHOLD):
+        apiframe.record_calls(failed=1, seconds=0.2)
+    client = logged_in(bob)
+
+    page = post_generate(client, FORM).content.decode()
+
+    beside = re.search(r'<p class="field-error" id="error-provider"[^>]*>([^<]*)</p>', page).group(1)
+    assert "failing right now" in beside and not Generation.objects.exists()
