@@ -405,6 +405,11 @@ class BudgetSpend(models.Model):
         return f"{self.count} request(s) on account {self.account_id} at {self.at:%H:%M:%S}"
 
 
+def unleased(now) -> Q:
+    """No task holds the job: it never had a lease, or the lease ran out by `now`."""
+    return Q(lease_until__isnull=True) | Q(lease_until__lte=now)
+
+
 class GenerationQuerySet(KeysetQuerySet):
     def in_flight(self):
         return self.filter(status__in=Generation.IN_FLIGHT)
@@ -430,7 +435,7 @@ class GenerationQuerySet(KeysetQuerySet):
         """Queued jobs whose retry time has come or whose submit lease ran out: their submit goes again."""
         now = now or timezone.now()
         return self.filter(
-            Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+            unleased(now),
             status=Generation.Status.QUEUED,
             next_poll_at__lte=now,
         ).order_by("next_poll_at", "pk")
@@ -438,16 +443,12 @@ class GenerationQuerySet(KeysetQuerySet):
     def past_deadline(self, now=None):
         """In-flight jobs past their deadline that no task holds."""
         now = now or timezone.now()
-        return (
-            self.in_flight()
-            .filter(Q(lease_until__isnull=True) | Q(lease_until__lte=now), deadline_at__lte=now)
-            .order_by("deadline_at", "pk")
-        )
+        return self.in_flight().filter(unleased(now), deadline_at__lte=now).order_by("deadline_at", "pk")
 
     def lost_submits(self, now, stale):
         """Queued jobs no task took since `stale` (queued or re-driven before it), nothing scheduled."""
         return self.filter(
-            Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+            unleased(now),
             Q(redriven_at__lte=stale) | Q(redriven_at__isnull=True, created_at__lte=stale),
             status=Generation.Status.QUEUED,
             next_poll_at__isnull=True,
@@ -488,7 +489,7 @@ class GenerationQuerySet(KeysetQuerySet):
         now = now or timezone.now()
         return self.filter(
             Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
-            Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+            unleased(now),
             account=account,
             status=Generation.Status.QUEUED,
         )
@@ -505,7 +506,7 @@ class GenerationQuerySet(KeysetQuerySet):
         return (
             self.filter(
                 Q(next_poll_at__isnull=True) | Q(next_poll_at__lte=now),
-                Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+                unleased(now),
                 pk=pk,
                 status=Generation.Status.QUEUED,
             ).update(attempts=F("attempts") + 1, next_poll_at=lease, lease_until=lease)
@@ -518,7 +519,7 @@ class GenerationQuerySet(KeysetQuerySet):
         now = timezone.now()
         return (
             self.filter(
-                Q(lease_until__isnull=True) | Q(lease_until__lte=now),
+                unleased(now),
                 pk=pk,
                 status=Generation.Status.RUNNING,
                 next_poll_at__isnull=True,
