@@ -122,9 +122,11 @@
     window.htmx.ajax("GET", list.getAttribute("data-added-url") + "?" + query, { target: "#jobs", swap: "afterbegin" });
   });
 
-  // After a Generate, bring the new card into view on a narrow screen (the form fills the phone).
+  // After a Generate, bring the new card into view on a narrow screen (the form fills the phone). Only
+  // after a Generate (a POST): the list's first load, a GET, leaves the page at its top.
   document.body.addEventListener("htmx:afterSwap", function (event) {
-    if (event.detail.target && event.detail.target.id === "jobs" && window.innerWidth < 760) {
+    var posted = event.detail.requestConfig && event.detail.requestConfig.verb === "post";
+    if (posted && event.detail.target && event.detail.target.id === "jobs" && window.innerWidth < 760) {
       var card = document.querySelector("#jobs .job");
       var status = document.getElementById("form-status");
       if (status && status.textContent) status.scrollIntoView({ block: "nearest" });

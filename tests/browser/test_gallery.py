@@ -417,6 +417,11 @@ def test_a_390_px_phone_scrolls_no_page_sideways(browser, live_server, bob, acco
         ):
             page.goto(path)
             assert no_horizontal_scroll(page), path
+        # The studio opens at its top: the job list loading in does not scroll the form away.
+        page.goto("/")
+        page.locator("#jobs article.job").first.wait_for()
+        page.wait_for_load_state("networkidle")
+        assert page.evaluate("window.scrollY") == 0
         page.goto("/gallery")
         # The images come first on a phone: the filters stay folded until one is in use.
         assert page.locator("details.more-filters").get_attribute("open") is None
