@@ -124,7 +124,7 @@ def worker(transactional_db, tmp_path):
     """A real django-q2 cluster in a subprocess, on this test's database and broker."""
     db = connection.settings_dict
     env = dict(os.environ)
-    if db["ENGINE"].endswith("sqlite3"):
+    if connection.vendor == "sqlite":
         env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
     else:
         env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"

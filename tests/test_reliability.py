@@ -492,7 +492,7 @@ class Cluster:
     def __init__(self, tmp_path: Path):
         db = connection.settings_dict
         self.env = dict(os.environ)
-        if db["ENGINE"].endswith("sqlite3"):
+        if connection.vendor == "sqlite":
             self.env["DATABASE_URL"] = f"sqlite:///{db['NAME']}"
         else:
             self.env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"

@@ -147,7 +147,7 @@ def test_it_refuses_a_malformed_value(monkeypatch, tmp_path, name, value):
 
 def test_it_parses_a_sqlite_url(tmp_path):
     database = database_from_url(f"sqlite://{tmp_path}/data/fluxweb.sqlite3")
-    assert database["ENGINE"] == "django.db.backends.sqlite3"
+    assert database["ENGINE"] == "fluxweb.sqlite"  # SQLite with a fair queue for writers
     assert Path(database["NAME"]) == tmp_path / "data" / "fluxweb.sqlite3"
 
 
@@ -177,7 +177,7 @@ def test_it_configures_sqlite_for_concurrent_writers(tmp_path):
     assert options["transaction_mode"] == "IMMEDIATE"
     assert options["timeout"] >= 20
     assert "journal_mode=WAL" in options["init_command"]
-    if django_settings.DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    if django_settings.DATABASES["default"]["ENGINE"] == "fluxweb.sqlite":
         assert django_settings.DATABASES["default"]["OPTIONS"] == options
 
 
