@@ -326,7 +326,10 @@ def create(request):
         provider=form.cleaned_data.get("provider") or None,
         idempotency_key=key,
     )
-    generation = generations_qs().get(pk=generation.pk)
+    if created:
+        generation.shown_images = []  # as created: its prompt, account and user are the ones in hand
+    else:
+        generation = generations_qs().get(pk=generation.pk)  # a replay answers with the job as it is now
     return JsonResponse(generation_payload(generation, request), status=202)
 
 

@@ -184,15 +184,33 @@ def usage_row(*, user=None, account=None, window: str) -> Usage:
 
 
 def count_usage(
-    row: Usage, *, images: int = 0, credits: int = 0, image_limit=None, credit_limit=None
+    *,
+    user=None,
+    account=None,
+    window: str,
+    images: int = 0,
+    credits: int = 0,
+    image_limit=None,
+    credit_limit=None,
 ) -> bool:
-    """Add to a window's counters only if that keeps them within the limits; one conditional UPDATE."""
-    rows = Usage.objects.filter(pk=row.pk)
-    if image_limit is not None:
-        rows = rows.filter(images__lte=image_limit - images)
-    if credit_limit is not None:
-        rows = rows.filter(credits__lte=credit_limit - credits)
-    return rows.update(images=F("images") + images, credits=F("credits") + credits) == 1
+    """Add to a window's counters only if that keeps them within the limits: one conditional UPDATE, and
+    the window's row made on its first use. False when a limit refuses; `usage_row` then reads the counts."""
+    key = {"user": user, "account": account, "window": window}
+
+    def add() -> bool:
+        rows = Usage.objects.filter(**key)
+        if image_limit is not None:
+            rows = rows.filter(images__lte=image_limit - images)
+        if credit_limit is not None:
+            rows = rows.filter(credits__lte=credit_limit - credits)
+        return rows.update(images=F("images") + images, credits=F("credits") + credits) == 1
+
+    if add():
+        return True
+    if Usage.objects.filter(**key).exists():
+        return False  # the row is there: a limit refused
+    usage_row(**key)
+    return add()
 
 
 def until(moment: datetime, now: datetime) -> int:
@@ -249,16 +267,15 @@ def hold_quotas(user, account: ProviderAccount, n: int, amount: int, now: dateti
         running = Generation.objects.filter(user=user, status__in=Generation.IN_FLIGHT).count()
         if running >= limits["concurrent"]:
             raise concurrent_refusal(running)
-    day = usage_row(user=user, window=day_window(now))
-    if not count_usage(day, images=n, image_limit=limits["daily_images"]):
-        raise daily_refusal(limits["daily_images"], day.images, now)
-    month = usage_row(user=user, window=month_window(now))
-    if not count_usage(month, credits=amount, credit_limit=limits["monthly_credits"]):
-        raise monthly_refusal(limits["monthly_credits"], month.credits, amount, now)
+    day, month = day_window(now), month_window(now)
+    if not count_usage(user=user, window=day, images=n, image_limit=limits["daily_images"]):
+        raise daily_refusal(limits["daily_images"], usage_row(user=user, window=day).images, now)
+    if not count_usage(user=user, window=month, credits=amount, credit_limit=limits["monthly_credits"]):
+        spent = usage_row(user=user, window=month).credits
+        raise monthly_refusal(limits["monthly_credits"], spent, amount, now)
     # Counted with or without a cap: refunds give spend back to this row, so a cap set mid-month must
     # find every hold in it (otherwise an older job's refund takes a newer one's spend off, or below 0).
-    spent = usage_row(account=account, window=month_window(now))
-    if not count_usage(spent, credits=amount, credit_limit=account.monthly_spend_cap):
+    if not count_usage(account=account, window=month, credits=amount, credit_limit=account.monthly_spend_cap):
         raise cap_refusal(account, now)
 
 
@@ -322,7 +339,7 @@ def rehold(generation: Generation, account: ProviderAccount, amount: int, *, not
         held, window = row["credits_reserved"], month_window(row["created_at"])
         difference = amount - held
         if not count_usage(
-            usage_row(account=account, window=window), credits=amount, credit_limit=account.monthly_spend_cap
+            account=account, window=window, credits=amount, credit_limit=account.monthly_spend_cap
         ):
             raise cap_refusal(account, row["created_at"])
         Usage.objects.filter(account=row["account_id"], user=None, window=window).update(
@@ -331,7 +348,7 @@ def rehold(generation: Generation, account: ProviderAccount, amount: int, *, not
         month = usage_row(user=generation.user, window=window)
         if difference > 0:
             limit = limits_for(generation.user)["monthly_credits"]
-            if not count_usage(month, credits=difference, credit_limit=limit):
+            if not count_usage(user=generation.user, window=window, credits=difference, credit_limit=limit):
                 raise monthly_refusal(limit, month.credits, difference, row["created_at"])
             if not CreditAccount.objects.filter(
                 pk=credit_account.pk, balance__gte=F("reserved") + difference
