@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar
 
 from .faults import FILE_FAULTS, JOB_FAULTS
+from .images import render_ahead
 from .state import Job
 from .wire import Request, Response
 
@@ -143,6 +144,9 @@ class ProviderApp:
         job.extra["error_object"] = job_fault == "error_object"
         if job.succeeded:
             job.add_files(count, name_for)
+            if job.file_fault is None:
+                for entry in job.files:
+                    render_ahead(entry.width, entry.height, entry.fmt, prompt, entry.seed)
         self.sandbox.store.add_job(job)
         return job
 
