@@ -32,7 +32,6 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import FileSystemStorage
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.utils.http import content_disposition_header
-from imagecodecs import webp_decode  # brings numpy: ~20 MiB resident per process, paid at import
 from PIL import Image as PILImage
 
 from .providers import PROVIDERS, ProviderError
@@ -340,6 +339,9 @@ def _decode_webp(data: bytes, im: PILImage.Image) -> PILImage.Image:
     WebPDecode through imagecodecs. Pillow decodes WebP only through libwebp's animation API, which holds two
     full-size RGBA canvases and a copy: for 2048 x 2048, ~65 MiB and ~55 ms, against ~16 MiB and ~28 ms here.
     The pixels are the same; a truncated or corrupt file fails here as it fails in Pillow."""
+    # Imported here: numpy comes with it, ~20 MiB resident, paid only by processes that check a WebP.
+    from imagecodecs import webp_decode
+
     rgba = webp_decode(data, hasalpha=True)  # 4 bytes a pixel, Pillow's own layout: no copy below
     if rgba.shape != (im.height, im.width, 4):
         raise ValueError(f"decoded {rgba.shape}, the header said {im.size}")
