@@ -262,8 +262,15 @@ class Bench:
             "bench", "bench@example.invalid", secrets.token_urlsafe(16)
         )
         credits.grant(self.user, 10_000_000, note="bench credits")
+        # The request budget lifted: the engine phases measure FluxWeb's own lag. At Apiframe's default of
+        # 120/min the two polling phases (40 submits, 80 polls) spend it, and the webhook phase's submits
+        # waited ~38 s for it: the budget working, not the engine lagging (`--only budget` measures that).
         account = ProviderAccount(
-            slug=ACCOUNT, kind=PROVIDER, base_url=self.sandbox.base_url(PROVIDER), priority=0
+            slug=ACCOUNT,
+            kind=PROVIDER,
+            base_url=self.sandbox.base_url(PROVIDER),
+            priority=0,
+            max_rpm=1_000_000,
         )
         account.set_api_key(API_KEY)
         account.save()
