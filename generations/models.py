@@ -228,6 +228,13 @@ class ProviderAccount(models.Model):
         since = (now or timezone.now()) - timedelta(seconds=self.BUDGET_WINDOW)
         return BudgetSpend.objects.filter(account=self, at__gt=since).aggregate(n=Sum("count"))["n"] or 0
 
+    def budget_room(self, now=None) -> int:
+        """How many requests the budget would grant now (0 while a 429's pause lasts)."""
+        now = now or timezone.now()
+        if self.paused_until and self.paused_until > now:
+            return 0
+        return max(0, self.budget - self.budget_spent(now))
+
     def take_requests(self, wanted: int, *, keep: int = 0, now=None) -> int:
         """Grant up to `wanted` requests from this account's budget, leaving `keep` for others (the queued
         submits), and record the grant; returns how many were granted (0 while the account is paused).
@@ -254,14 +261,14 @@ class ProviderAccount(models.Model):
             ).delete()
         return granted
 
-    def budget_free_at(self, now=None):
+    def budget_free_at(self, now=None, *, spent: bool = False):
         """When the next request may go: the end of a 429's pause, else when the oldest grant in the window
-        leaves it (now if the budget has room)."""
+        leaves it (now if the budget has room, unless the caller is about to spend that room: `spent`)."""
         now = now or timezone.now()
         self.refresh_from_db(fields=["paused_until", "max_rpm"])
         if self.paused_until and self.paused_until > now:
             return self.paused_until
-        if self.budget_spent(now) < self.budget:
+        if not spent and self.budget_spent(now) < self.budget:
             return now
         oldest = (
             BudgetSpend.objects.filter(account=self, at__gt=now - timedelta(seconds=self.BUDGET_WINDOW))

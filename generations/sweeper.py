@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import nullcontext
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -237,16 +237,34 @@ def seconds_until_next() -> float | None:
 
 
 def resubmit_due(now=None) -> int:
-    """Queue the submit of every queued job whose retry time has come or whose submit lease ran out."""
+    """Queue the submit of every queued job whose retry time has come or whose submit lease ran out, oldest
+    first and no more per account than its request budget has room for. The rest wait until the budget
+    frees, rather than each taking a task only to find it spent: when a minute's budget frees, the jobs that
+    waited for it are due together, and each would be put back with a "submit waits" of its own."""
     now = now or timezone.now()
     moved = 0
-    for pk in Generation.objects.submits_due(now).values_list("pk", flat=True)[:100]:
+    rooms: dict[int, int] = {}
+    later: dict[int, datetime] = {}
+    for generation in Generation.objects.submits_due(now).select_related("account")[:100]:
+        account = generation.account
+        if account.pk not in rooms:
+            rooms[account.pk] = account.budget_room(now)
+        if rooms[account.pk] <= 0:
+            if account.pk not in later:
+                # The submits queued above spend what room there was: wait for the next grant to leave.
+                free = account.budget_free_at(now, spent=True)
+                later[account.pk] = max(free, now + timedelta(seconds=SWEEP_TICK))
+            Generation.objects.filter(
+                pk=generation.pk, status=Generation.Status.QUEUED, next_poll_at__lte=now
+            ).update(next_poll_at=later[account.pk])
+            continue
+        rooms[account.pk] -= 1
         # Clear the retry time first: the next loop will not enqueue it again, and the submit task's claim
         # (which takes a job whose next_poll_at is empty or past) still succeeds.
-        Generation.objects.filter(pk=pk, status=Generation.Status.QUEUED).update(
+        Generation.objects.filter(pk=generation.pk, status=Generation.Status.QUEUED).update(
             next_poll_at=None, lease_until=None, redriven_at=now
         )
-        engine.enqueue_safely("submit", pk)
+        engine.enqueue_safely("submit", generation.pk)
         moved += 1
     return moved
 

@@ -219,3 +219,31 @@ def test_concurrent_takers_never_overspend_the_budget(accounts):
         thread.join(60)
     assert sum(granted) == 20
     assert ProviderAccount.objects.get(slug="sb-vtrix").budget_spent() == 20
+
+
+def test_jobs_waiting_for_the_budget_are_queued_only_as_far_as_it_has_room(bob, accounts, drain):
+    """When a spent minute frees, the submits that waited for it are due together: the sweeper queues as
+    many as the budget has room for, oldest first, and moves the rest to when it frees again, instead of
+    queueing them all for each to find the budget spent and wait again (a task and an event each)."""
+    account = ProviderAccount.objects.get(slug="sb-pixeldojo")
+    ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=5)
+    jobs = [engine.create(bob, request(), provider="sb-pixeldojo")[0] for _ in range(6)]
+    drain(0)
+    drain.queue.clear()
+    now = timezone.now()
+    BudgetSpend.objects.create(account=account, at=now - timedelta(seconds=30), count=3)
+    Generation.objects.filter(pk__in=[j.pk for j in jobs]).update(next_poll_at=now - timedelta(seconds=1))
+    for i, job in enumerate(jobs):  # an order to keep: the longest waiting first
+        Generation.objects.filter(pk=job.pk).update(next_poll_at=now - timedelta(seconds=10 - i))
+
+    assert sweeper.resubmit_due(now) == 2
+    assert [args for name, args in drain.queue if name == "submit"] == [(jobs[0].pk,), (jobs[1].pk,)]
+    waiting = Generation.objects.filter(pk__in=[j.pk for j in jobs[2:]])
+    # When the 3 leave the budget's window (a minute and a second).
+    assert {job.next_poll_at for job in waiting} == {
+        now + timedelta(seconds=ProviderAccount.BUDGET_WINDOW - 30)
+    }
+    assert sweeper.resubmit_due(now) == 0  # nothing due again before then: the sweeper does not spin
+
+    with time_machine.travel(now + timedelta(seconds=ProviderAccount.BUDGET_WINDOW - 29), tick=False):
+        assert sweeper.resubmit_due() == 4  # the minute freed: room for 5, four wait
