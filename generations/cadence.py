@@ -3,6 +3,8 @@ completion times, so a job is polled just after it is likely done, and rarely be
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from django.utils import timezone
 
 from .models import Generation, ProviderAccount
@@ -55,3 +57,13 @@ def likely_done_first(generation: Generation) -> tuple:
     """Within one account the jobs share one distribution of completion times (`expected_latency`), so the
     one furthest along (by the provider's progress, then by time since submit) is the likeliest done."""
     return (-(generation.progress or 0.0), generation.started_at or generation.created_at, generation.pk)
+
+
+def likely_done_at(generation: Generation, history: tuple[float, float] | None) -> datetime | None:
+    """When a job the provider gave no progress for is likely done: at the earliest of the account's recent
+    completion times, else after the provider's typical time (its adapter's `typical_seconds`). None when
+    the provider reported progress: the poll cadence timed the job's next poll by it already."""
+    if generation.progress is not None and 0.05 <= generation.progress < 1:
+        return None
+    seconds = history[0] if history else generation.account.adapter_class.typical_seconds
+    return (generation.started_at or generation.created_at) + timedelta(seconds=seconds)

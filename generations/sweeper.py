@@ -371,7 +371,10 @@ class Poller:
 def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
     """The due jobs each account's request budget lets us poll now: its queued submits keep their share
     first, then the jobs likeliest done. The rest wait, without a poll counted, until the budget has room
-    (or a 429's pause ends), so the sweeper does not spin on them."""
+    (or a 429's pause ends), so the sweeper does not spin on them.
+    When the budget cannot ask every job being polled once more, a poll before a job is likely done would
+    buy a "not yet" and leave a job waiting for the budget to free: only the jobs likely done are asked, and
+    the others come due again when they will be (`cadence.likely_done_at`)."""
     now = now or timezone.now()
     by_account: dict[int, list[Generation]] = {}
     for generation in due:
@@ -379,8 +382,13 @@ def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
     allowed = []
     for jobs in by_account.values():
         account = jobs[0].account
-        jobs.sort(key=cadence.likely_done_first)
         submits = Generation.objects.awaiting_submit(account, now).count()
+        polling = Generation.objects.filter(
+            account=account, status=Generation.Status.RUNNING, next_poll_at__isnull=False
+        ).count()
+        if polling > account.budget_room(now) - submits:
+            jobs = ripe(jobs, cadence.expected_latency(account), now)
+        jobs.sort(key=cadence.likely_done_first)
         granted = account.take_requests(len(jobs), keep=submits, now=now)
         allowed += jobs[:granted]
         if granted < len(jobs):
@@ -389,6 +397,20 @@ def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
                 pk__in=[g.pk for g in jobs[granted:]], status=Generation.Status.RUNNING, next_poll_at__lte=now
             ).update(next_poll_at=later)
     return allowed
+
+
+def ripe(jobs: list[Generation], history: tuple[float, float] | None, now) -> list[Generation]:
+    """The jobs likely done by now; each of the others is due again when it will be."""
+    ready = []
+    for generation in jobs:
+        when = cadence.likely_done_at(generation, history)
+        if when is None or when <= now:
+            ready.append(generation)
+        else:
+            Generation.objects.filter(
+                pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__lte=now
+            ).update(next_poll_at=when)
+    return ready
 
 
 def poll_batch(due: list[Generation], poller: Poller) -> int:

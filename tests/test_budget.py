@@ -80,10 +80,14 @@ def test_each_kind_has_a_documented_default_and_an_adapter_may_declare_its_own(a
 
 
 def test_the_sweeper_keeps_the_submits_share_then_polls_the_likeliest_done(bob, accounts, drain):
+    """Room for 2 polls after the 2 waiting submits, 4 jobs due: the budget cannot ask them all, so it asks
+    only jobs likely done, likeliest first. A job with the provider's progress was timed by it; one without
+    that is not likely done yet (15 s of PixelDojo's typical 44 s) comes due when it will be."""
     account = accounts["pixeldojo"]
-    running = submitted(drain, bob, "sb-pixeldojo", 3)
+    running = submitted(drain, bob, "sb-pixeldojo", 4)
     now = timezone.now()
-    for job, (progress, started) in zip(running, [(0.2, 30), (0.9, 10), (None, 50)], strict=True):
+    shapes = [(0.2, 30), (None, 15), (0.9, 10), (None, 60)]  # (progress, seconds since submit)
+    for job, (progress, started) in zip(running, shapes, strict=True):
         Generation.objects.filter(pk=job.pk).update(
             next_poll_at=now, progress=progress, started_at=now - timedelta(seconds=started)
         )
@@ -95,11 +99,46 @@ def test_the_sweeper_keeps_the_submits_share_then_polls_the_likeliest_done(bob, 
     allowed = sweeper.spend_budgets(due, now)
 
     # Two requests left for polls after the two waiting submits: the job at 90 %, then the one at 20 %.
-    assert [g.pk for g in allowed] == [running[1].pk, running[0].pk]
-    waiting = Generation.objects.get(pk=running[2].pk)
-    assert waiting.next_poll_at > now  # waits for room in the budget rather than spinning the sweeper
-    assert waiting.polls == running[2].polls  # and no poll was counted for it
+    assert [g.pk for g in allowed] == [running[2].pk, running[0].pk]
+    not_yet = Generation.objects.get(pk=running[1].pk)
+    assert abs((not_yet.next_poll_at - now).total_seconds() - (44 - 15)) < 1
+    waiting = Generation.objects.get(pk=running[3].pk)
+    assert waiting.next_poll_at > now  # likely done, but no room: waits for the budget, not spinning
+    assert not_yet.polls == waiting.polls == 0  # and no poll was counted for either
     assert all(Generation.objects.get(pk=q.pk).status == "queued" for q in queued)
+
+
+def test_a_budget_too_small_for_a_burst_spends_no_poll_before_the_jobs_are_likely_done(bob, accounts, drain):
+    """40 jobs on 60 requests a minute need 80 requests (a submit and a poll each): a look at each job a
+    second after its submit spent the minute's last 20 on "not yet", and every job waited a minute more."""
+    account = accounts["pixeldojo"]
+    running = submitted(drain, bob, "sb-pixeldojo", 6)
+    ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=account.budget_spent() + 3)
+    now = timezone.now()
+    Generation.objects.filter(pk__in=[j.pk for j in running]).update(
+        next_poll_at=now, started_at=now - timedelta(seconds=1)
+    )
+
+    due = list(Generation.objects.due(now).select_related("account"))
+    assert sweeper.spend_budgets(due, now) == []
+    assert ProviderAccount.objects.get(pk=account.pk).budget_room(now) == 3  # nothing spent
+    for job in Generation.objects.filter(pk__in=[j.pk for j in running]):
+        assert abs((job.next_poll_at - now).total_seconds() - (44 - 1)) < 1
+
+    later = now + timedelta(seconds=44)
+    due = list(Generation.objects.due(later).select_related("account"))
+    assert len(sweeper.spend_budgets(due, later)) == 3  # likely done now: the budget's 3, oldest first
+
+
+def test_a_budget_with_room_for_every_due_job_still_looks_early(bob, accounts, drain):
+    """With room to spare the cadence is unchanged: a first look a second after the submit, for progress."""
+    running = submitted(drain, bob, "sb-pixeldojo", 3)
+    now = timezone.now()
+    Generation.objects.filter(pk__in=[j.pk for j in running]).update(
+        next_poll_at=now, started_at=now - timedelta(seconds=1)
+    )
+    due = list(Generation.objects.due(now).select_related("account"))
+    assert len(sweeper.spend_budgets(due, now)) == 3
 
 
 def test_a_submit_waits_for_room_in_the_budget_without_failing(bob, accounts, drain, fresh_sandbox):

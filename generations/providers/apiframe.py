@@ -54,6 +54,7 @@ class Apiframe(Adapter):
     # report progress, so the cadence aims its fast polls at the end (corrections 6).
     min_poll_interval = 0.25
     default_max_rpm = 120
+    typical_seconds = 20.0  # ~20 s (providers.md, emulator notes)
     key_prefix = "afk_"  # [A4]
     # Job statuses [A7]: QUEUED and PROCESSING keep polling, like any word not listed.
     statuses = {

@@ -465,6 +465,10 @@ class Adapter:
     # the expected completion are fine; the account's request budget keeps the steady rate down
     # (providers.md, corrections 6).
     min_poll_interval: ClassVar[float] = 0.25
+    # Seconds a job of this provider typically takes from submit to done (providers.md), for when neither
+    # the provider's progress nor the account's recent completion times say: a budget too small to ask every
+    # job waits this long before it spends a poll on one (sweeper.spend_budgets).
+    typical_seconds: ClassVar[float] = 10.0
     # Requests per minute FluxWeb sends one account of this kind unless its admin sets another budget
     # (submits, polls and checks together).
     default_max_rpm: ClassVar[int] = 60

@@ -86,6 +86,7 @@ class Bfl(Adapter):
     # BFL limits active tasks (24 at once, 429 past it [B1 rate-limiting.md]), not requests a minute: 24 jobs
     # polled every 2 s, as its rate-limiting example does, is 720 a minute.
     default_max_rpm = 720
+    typical_seconds = 10.0  # 10-40 s (providers.md, emulator notes)
     key_prefix = "bfl_"  # [B1]
     # The status enum [B7], where all but Pending are terminal, and the words clients meet beside it [X6].
     statuses = {

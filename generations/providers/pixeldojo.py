@@ -47,6 +47,7 @@ class PixelDojo(Adapter):
     min_poll_interval = 0.25
     # 60 requests a minute with X-RateLimit headers [P7][P8] (one skill doc says 10 [P9] [CONFLICT]).
     default_max_rpm = 60
+    typical_seconds = 44.0  # example generations took 43.6 s and 44.2 s (providers.md)
     key_prefix = "pd_"  # [P2][P5]
     # pending/completed [S004], failed [P10]; the others are what PixelDojo's newer material and its SDK use
     # for the same ends [PD-DOC][INFERRED].

@@ -59,6 +59,7 @@ class Vtrix(Adapter):
     # at that pace, and fast polls near a job's expected end stay fine (corrections 6).
     min_poll_interval = 0.25
     default_max_rpm = 120
+    typical_seconds = 10.0  # 10-40 s (providers.md, emulator notes)
     # Statuses differ by source: in_progress|completed|failed [V3][V5], pending|processing [V4], done [V8]
     # [CONFLICT]: completed or done is success, failed is failure, anything else keeps polling.
     statuses = {
