@@ -592,6 +592,11 @@ class Generation(models.Model):
     provider_done_at = models.DateTimeField(null=True, blank=True)
     progress = models.FloatField(null=True, blank=True)
     polls = models.PositiveIntegerField(default=0)
+    paced = models.BooleanField(
+        default=False,
+        help_text="A poll of it waited for the request budget: when it was seen done says nothing of the "
+        "provider's speed, so the poll cadence does not learn from it.",
+    )
     attempts = models.PositiveSmallIntegerField(default=0, help_text="Submit attempts, counted by us.")
     ingest_attempts = models.PositiveSmallIntegerField(
         default=0, help_text="Download attempts, counted by us."

@@ -395,7 +395,7 @@ def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
             later = max(account.budget_free_at(now), now + timedelta(seconds=SWEEP_TICK))
             Generation.objects.filter(
                 pk__in=[g.pk for g in jobs[granted:]], status=Generation.Status.RUNNING, next_poll_at__lte=now
-            ).update(next_poll_at=later)
+            ).update(next_poll_at=later, paced=True)
     return allowed
 
 
@@ -409,7 +409,7 @@ def ripe(jobs: list[Generation], history: tuple[float, float] | None, now) -> li
         else:
             Generation.objects.filter(
                 pk=generation.pk, status=Generation.Status.RUNNING, next_poll_at__lte=now
-            ).update(next_poll_at=when)
+            ).update(next_poll_at=when, paced=True)
     return ready
 
 

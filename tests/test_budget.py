@@ -286,3 +286,29 @@ def test_jobs_waiting_for_the_budget_are_queued_only_as_far_as_it_has_room(bob, 
 
     with time_machine.travel(now + timedelta(seconds=ProviderAccount.BUDGET_WINDOW - 29), tick=False):
         assert sweeper.resubmit_due() == 4  # the minute freed: room for 5, four wait
+
+
+def test_a_job_whose_poll_waited_for_the_budget_teaches_the_cadence_nothing(bob, accounts, drain):
+    """Seen done a minute late because the budget was spent, it would make the account's jobs look a minute
+    long, and every next job's first poll would wait that minute too, with budget to spare."""
+    from generations import cadence
+
+    account = accounts["pixeldojo"]
+    running = submitted(drain, bob, "sb-pixeldojo", 5)
+    now = timezone.now()
+    for job in running[:3]:  # three seen done on time, 5 s after their submit
+        Generation.objects.filter(pk=job.pk).update(
+            started_at=now - timedelta(seconds=5), provider_done_at=now, next_poll_at=None
+        )
+    assert cadence.expected_latency(account) == (5.0, 5.0)
+
+    ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=account.budget_spent())  # spent
+    late = running[3:]
+    Generation.objects.filter(pk__in=[j.pk for j in late]).update(
+        next_poll_at=now, started_at=now - timedelta(seconds=1), progress=0.5
+    )
+    assert sweeper.spend_budgets(list(Generation.objects.due(now).select_related("account")), now) == []
+    Generation.objects.filter(pk__in=[j.pk for j in late]).update(
+        started_at=now - timedelta(seconds=60), provider_done_at=now, next_poll_at=None
+    )
+    assert cadence.expected_latency(account) == (5.0, 5.0)  # the two late ones are not counted

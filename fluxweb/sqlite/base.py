@@ -14,7 +14,6 @@ writer), and the lock is held exactly as long as SQLite's own write lock would b
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import threading
@@ -102,17 +101,12 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if queue is not None:
             queue.release()
 
-    @contextlib.contextmanager
-    def writing(self, sql: str):
-        """A write outside a transaction queues for its own statement; inside one the queue is held."""
-        if self.queued is not None or self.in_atomic_block or not sql.lstrip()[:7].upper().startswith(WRITES):
-            yield
-            return
-        self.enter_queue()
-        try:
-            yield
-        finally:
-            self.leave_queue()
+    def outside_queue(self, sql: str) -> bool:
+        """A write outside a transaction takes the queue for its own statement; reads never do, and inside
+        a transaction the queue is held already."""
+        return (
+            self.queued is None and not self.in_atomic_block and sql.lstrip()[:7].upper().startswith(WRITES)
+        )
 
     def _start_transaction_under_autocommit(self):
         self.enter_queue()
@@ -145,9 +139,16 @@ class QueuedCursor(base.SQLiteCursorWrapper):
     wrapper: DatabaseWrapper
 
     def execute(self, query, params=None):
-        with self.wrapper.writing(query):
-            return super().execute(query, params)
+        return self.queued(super().execute, query, params)
 
     def executemany(self, query, param_list):
-        with self.wrapper.writing(query):
-            return super().executemany(query, param_list)
+        return self.queued(super().executemany, query, param_list)
+
+    def queued(self, run, query, params):
+        if not self.wrapper.outside_queue(query):
+            return run(query, params)
+        self.wrapper.enter_queue()
+        try:
+            return run(query, params)
+        finally:
+            self.wrapper.leave_queue()
