@@ -312,3 +312,27 @@ def test_a_job_whose_poll_waited_for_the_budget_teaches_the_cadence_nothing(bob,
         started_at=now - timedelta(seconds=60), provider_done_at=now, next_poll_at=None
     )
     assert cadence.expected_latency(account) == (5.0, 5.0)  # the two late ones are not counted
+
+
+def test_a_scarce_budget_waits_until_most_of_the_accounts_recent_jobs_were_done(bob, accounts, drain):
+    """With history, "likely done" is when nine in ten recent jobs were: at the earliest of them a poll would
+    mostly find the job still running."""
+    from generations import cadence
+
+    account = accounts["pixeldojo"]
+    finished = submitted(drain, bob, "sb-pixeldojo", 10)
+    now = timezone.now()
+    for seconds, job in zip(range(4, 14), finished, strict=True):  # recent jobs took 4..13 s
+        Generation.objects.filter(pk=job.pk).update(
+            started_at=now - timedelta(seconds=seconds), provider_done_at=now, next_poll_at=None
+        )
+    low, high = cadence.expected_latency(account)
+    running = submitted(drain, bob, "sb-pixeldojo", 3)
+    ProviderAccount.objects.filter(pk=account.pk).update(max_rpm=account.budget_spent() + 1)
+    Generation.objects.filter(pk__in=[j.pk for j in running]).update(
+        next_poll_at=now, started_at=now - timedelta(seconds=low + 1)
+    )
+    due = list(Generation.objects.due(now).select_related("account"))
+    assert sweeper.spend_budgets(due, now) == []  # past the earliest, not yet past nine in ten
+    for job in Generation.objects.filter(pk__in=[j.pk for j in running]):
+        assert abs((job.next_poll_at - now).total_seconds() - (high - low - 1)) < 1
