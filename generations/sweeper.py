@@ -386,7 +386,8 @@ def spend_budgets(due: list[Generation], now=None) -> list[Generation]:
         polling = Generation.objects.filter(
             account=account, status=Generation.Status.RUNNING, next_poll_at__isnull=False
         ).count()
-        if polling > account.budget_room(now) - submits:
+        # The budget's own room: a 429's pause (no room at all for a second or so) is not a scarce budget.
+        if polling > account.budget - account.budget_spent(now) - submits:
             jobs = ripe(jobs, cadence.expected_latency(account), now)
         jobs.sort(key=cadence.likely_done_first)
         granted = account.take_requests(len(jobs), keep=submits, now=now)

@@ -336,3 +336,19 @@ def test_a_scarce_budget_waits_until_most_of_the_accounts_recent_jobs_were_done(
     assert sweeper.spend_budgets(due, now) == []  # past the earliest, not yet past nine in ten
     for job in Generation.objects.filter(pk__in=[j.pk for j in running]):
         assert abs((job.next_poll_at - now).total_seconds() - (high - low - 1)) < 1
+
+
+def test_a_429_pause_is_not_a_scarce_budget(bob, accounts, drain):
+    """A 429 leaves no room for a second or so; the jobs then wait for the pause, not for their typical time
+    (a job first polled 20-44 s late, and marked paced, after one 429)."""
+    account = accounts["pixeldojo"]
+    running = submitted(drain, bob, "sb-pixeldojo", 3)
+    now = timezone.now()
+    Generation.objects.filter(pk__in=[j.pk for j in running]).update(
+        next_poll_at=now, started_at=now - timedelta(seconds=1)
+    )
+    ProviderAccount.objects.get(pk=account.pk).pause(1)
+    due = list(Generation.objects.due(now).select_related("account"))
+    assert sweeper.spend_budgets(due, now) == []  # paused: nothing is sent
+    for job in Generation.objects.filter(pk__in=[j.pk for j in running]):
+        assert (job.next_poll_at - now).total_seconds() < 2  # when the pause ends, not after 44 s
