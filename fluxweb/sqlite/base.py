@@ -101,7 +101,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
         if queue is not None:
             queue.release()
 
-    def outside_queue(self, sql: str) -> bool:
+    def needs_queue(self, sql: str) -> bool:
         """A write outside a transaction takes the queue for its own statement; reads never do, and inside
         a transaction the queue is held already."""
         return (
@@ -145,7 +145,7 @@ class QueuedCursor(base.SQLiteCursorWrapper):
         return self.queued(super().executemany, query, param_list)
 
     def queued(self, run, query, params):
-        if not self.wrapper.outside_queue(query):
+        if not self.wrapper.needs_queue(query):
             return run(query, params)
         self.wrapper.enter_queue()
         try:
