@@ -9,7 +9,7 @@ Scenarios, each on a fresh `qcluster` of --workers workers (default 2) with each
 - budget: the account at 60 requests/minute, the sandbox refusing the 61st request in any 60 s with a 429
   (its documented Retry-After: 1), 40 jobs created together: 429s, all done;
 - clients: --clients API clients (default 20) creating through gunicorn (the repo's gunicorn.conf.py),
-  each --client-jobs creates in a row: errors, p50/p95;
+  each --client-jobs creates, back to back and then one every --client-interval seconds: errors, p50/p95;
 - ingest: the media CPU of one 2048² image per format (check, thumbnail, metadata), the old path (check, then
   a second decode for the thumbnail) beside the new (one decode).
 
@@ -19,6 +19,7 @@ the run would take if FluxWeb added nothing after the provider (the submits' own
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -310,6 +311,7 @@ class BurstBench:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         web = f"http://127.0.0.1:{port}"
+        access = b.tmp / "gunicorn-access.log"
         log = open(b.tmp / "gunicorn.log", "a")  # noqa: SIM115
         gunicorn = subprocess.Popen(
             [
@@ -320,7 +322,9 @@ class BurstBench:
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--access-logfile",
-                "/dev/null",
+                str(access),
+                "--access-logformat",
+                "%(m)s %(D)s",  # microseconds from the request read to the response sent
             ],
             env=b.env,
             cwd=ROOT,
@@ -341,77 +345,12 @@ class BurstBench:
                 if time.monotonic() > deadline:
                     raise RuntimeError("gunicorn did not answer in 30 s")
                 time.sleep(0.2)
-            times: list[float] = []
-            errors: list[str] = []
-            ids: list[int] = []
-            lock = threading.Lock()
-            barrier = threading.Barrier(count)
-
-            def client(k: int) -> None:
-                with httpx.Client(timeout=30, trust_env=False) as http:
-                    barrier.wait()
-                    for i in range(each):
-                        body = {
-                            "prompt": f"bench client {k} job {i}: a lighthouse at dusk",
-                            "model": "flux-2-max",
-                            "aspect_ratio": "1:1",
-                            "megapixels": 1.0,
-                            "output_format": "jpeg",
-                            "provider": "bench-apiframe",
-                        }
-                        t = time.perf_counter()
-                        try:
-                            r = http.post(
-                                f"{web}/api/v1/generations",
-                                json=body,
-                                headers={"Authorization": f"Bearer {b.token}"},
-                            )
-                            status = r.status_code
-                        except httpx.HTTPError as exc:
-                            status = repr(exc)
-                        took = time.perf_counter() - t
-                        with lock:
-                            times.append(took)
-                            if status == 202:
-                                ids.append(r.json()["id"])
-                            else:
-                                errors.append(str(status))
-
-            t0 = time.time()
-            threads = [threading.Thread(target=client, args=(k,)) for k in range(count)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            self.log(f"clients: {len(times)} creates by {count} clients in {time.time() - t0:.1f} s")
-            p50, p95 = self.pct(times, 50), self.pct(times, 95)
-            label = (
-                f"{count} API clients x {each} creates (gunicorn, SQLite)"
-                if "sqlite" in b.env["DATABASE_URL"]
-                else f"{count} API clients x {each} creates (gunicorn, PostgreSQL)"
-            )
-            self.rows.append(
-                self.Row(f"{label}: errors", f"{len(errors)} {sorted(set(errors))[:3]}", "0", not errors)
-            )
-            self.rows.append(
-                self.Row(
-                    f"{label}: create p50 / p95",
-                    f"{self.ms(p50)} / {self.ms(p95)}",
-                    "p95 <= 100 ms",
-                    p95 <= 0.1,
-                )
-            )
-            from generations.models import Generation
-
-            deadline = time.monotonic() + 120
-            while Generation.objects.filter(pk__in=ids, status__in=Generation.IN_FLIGHT).exists():
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-            done = Generation.objects.filter(pk__in=ids, status="succeeded").count()
-            self.rows.append(
-                self.Row(f"{label}: their jobs succeeded", f"{done} of {len(ids)}", "all", done == len(ids))
-            )
+            engine = "SQLite" if "sqlite" in b.env["DATABASE_URL"] else "PostgreSQL"
+            # Back to back, the clients measure the whole machine's throughput (the 2 cores also run the
+            # cluster that submits, polls and ingests their jobs, and the sandbox): a create waits for the
+            # ones before it. Paced, they measure what one create costs beside 19 others.
+            for interval in (0.0, self.args.client_interval):
+                self.client_load(web, access, count, each, interval, engine)
         finally:
             self.stop_cluster()
             gunicorn.send_signal(signal.SIGTERM)
@@ -420,6 +359,58 @@ class BurstBench:
             except subprocess.TimeoutExpired:
                 os.killpg(gunicorn.pid, signal.SIGKILL)
             log.close()
+
+    def client_load(
+        self, web: str, access: Path, count: int, each: int, interval: float, engine: str
+    ) -> None:
+        from generations.models import Generation
+
+        access.write_text("")
+        # In a process of their own: in this one the sandbox draws result files and would hold the GIL
+        # across the clients' timers.
+        t0 = time.time()
+        out = subprocess.run(
+            [sys.executable, str(BENCH / "burst.py"), "clients", web, self.bench.token]
+            + [str(count), str(each), str(interval)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        took = time.time() - t0
+        load = json.loads(out.stdout)
+        times, errors, ids = load["times"], load["errors"], load["ids"]
+        self.log(f"clients: {len(times)} creates by {count} clients in {took:.1f} s")
+        served = [
+            int(line.split()[1]) / 1e6 for line in access.read_text().splitlines() if line.startswith("POST ")
+        ]
+        pace = f"each every {interval:g} s" if interval else "back to back"
+        label = f"{count} API clients x {each} creates, {pace} (gunicorn, {engine})"
+        self.rows.append(
+            self.Row(f"{label}: errors", f"{len(errors)} {sorted(set(errors))[:3]}", "0", not errors)
+        )
+        p50, p95 = self.pct(times, 50), self.pct(times, 95)
+        self.rows.append(
+            self.Row(
+                f"{label}: create p50 / p95", f"{self.ms(p50)} / {self.ms(p95)}", "p95 <= 100 ms", p95 <= 0.1
+            )
+        )
+        self.rows.append(
+            self.Row(
+                f"{label}: of which inside gunicorn, p50 / p95; creates a second",
+                f"{self.ms(self.pct(served, 50))} / {self.ms(self.pct(served, 95))}; {len(times) / took:.0f}",
+                "",
+                None,
+            )
+        )
+        deadline = time.monotonic() + 120
+        while Generation.objects.filter(pk__in=ids, status__in=Generation.IN_FLIGHT).exists():
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        done = Generation.objects.filter(pk__in=ids, status="succeeded").count()
+        self.rows.append(
+            self.Row(f"{label}: their jobs succeeded", f"{done} of {len(ids)}", "all", done == len(ids))
+        )
 
     # -- ingest CPU per image --------------------------------------------------------------------------------
     def ingest(self) -> None:
@@ -474,3 +465,61 @@ class BurstBench:
         if "clients" in only:
             self.clients(self.args.clients, self.args.client_jobs)
         return self.rows
+
+
+def api_clients(web: str, token: str, count: int, each: int, interval: float = 0.0) -> dict:
+    """`count` clients, each on its own keep-alive connection, creating `each` jobs: back to back, or with
+    `interval` each one starting a create every `interval` seconds (their starts spread across the first
+    interval; a late create does not shift the ones after it). Every create's time as the client saw it,
+    the refusals, and the new jobs' ids."""
+    import httpx
+
+    times: list[float] = []
+    errors: list[str] = []
+    ids: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(count)
+
+    def client(k: int) -> None:
+        with httpx.Client(timeout=30, trust_env=False) as http:
+            barrier.wait()
+            start = time.perf_counter() + interval * k / count
+            for i in range(each):
+                if interval:
+                    time.sleep(max(0.0, start + i * interval - time.perf_counter()))
+                body = {
+                    "prompt": f"bench client {k} job {i}: a lighthouse at dusk",
+                    "model": "flux-2-max",
+                    "aspect_ratio": "1:1",
+                    "megapixels": 1.0,
+                    "output_format": "jpeg",
+                    "provider": "bench-apiframe",
+                }
+                t = time.perf_counter()
+                try:
+                    r = http.post(
+                        f"{web}/api/v1/generations", json=body, headers={"Authorization": f"Bearer {token}"}
+                    )
+                    status = r.status_code
+                except httpx.HTTPError as exc:
+                    status = repr(exc)
+                took = time.perf_counter() - t
+                with lock:
+                    times.append(took)
+                    if status == 202:
+                        ids.append(r.json()["id"])
+                    else:
+                        errors.append(str(status))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {"times": times, "errors": errors, "ids": ids}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["clients"]:
+    # The clients scenario's load, in a process of its own: `burst.py clients URL TOKEN COUNT EACH INTERVAL`.
+    url, token, count, each, interval = sys.argv[2:7]
+    print(json.dumps(api_clients(url, token, int(count), int(each), float(interval))))

@@ -868,6 +868,12 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, default=20, help="concurrent API clients (default 20)")
     parser.add_argument("--client-jobs", type=int, default=10, help="creates per API client (default 10)")
+    parser.add_argument(
+        "--client-interval",
+        type=float,
+        default=1.0,
+        help="seconds between a paced API client's creates (default 1: 20 clients offer 20 creates a second)",
+    )
     parser.add_argument("--pg", action="store_true", help="PostgreSQL on 127.0.0.1:5432 instead of SQLite")
     parser.add_argument(
         "--sizes",
