@@ -183,6 +183,15 @@ def saved_files(count: int) -> list:
     return [media.save_files(index, checked, {"prompt": "test"}) for index in range(count)]
 
 
+def make_job(user, account, prompt: str = "a lighthouse at dusk", **fields):
+    """A Generation row as the tests need it (any status, no hold, no task): for pages, lists and files."""
+    from generations.models import Generation, Prompt
+
+    return Generation.objects.create(
+        user=user, prompt=Prompt.remember(prompt, user), model="flux-2-max", account=account, **fields
+    )
+
+
 def row_image(generation, index: int = 0, **fields):
     """An Image row for `generation` with no file behind it: for queries, lists and permissions."""
     from generations.models import Image

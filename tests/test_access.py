@@ -17,10 +17,10 @@ from django.utils import timezone
 from PIL import Image as PILImage
 
 from generations import credits, media
-from generations.models import Generation, Image, Prompt, Reference
+from generations.models import Generation, Image, Reference
 from generations.urls import urlpatterns
 
-from .conftest import row_image
+from .conftest import make_job, row_image
 
 PUBLIC = {"reference", "reference-upload", "webhook"}  # the signature or the unguessable token is the key
 HOSTILE = '<script>alert(1)</script><i hx-get="/admin/" hx-trigger="load">x</i>'
@@ -30,12 +30,6 @@ def png(width: int = 96, height: int = 64) -> bytes:
     out = io.BytesIO()
     PILImage.new("RGB", (width, height), (40, 90, 200)).save(out, "PNG")
     return out.getvalue()
-
-
-def make_job(user, account, prompt: str = "a lighthouse at dusk", **fields) -> Generation:
-    return Generation.objects.create(
-        user=user, prompt=Prompt.remember(prompt, user), model="flux-2-max", account=account, **fields
-    )
 
 
 def make_image(generation: Generation) -> Image:

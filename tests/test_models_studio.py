@@ -20,23 +20,16 @@ from generations.models import (
     Favorite,
     Generation,
     Image,
-    Prompt,
     ProviderAccount,
 )
 
-from .conftest import row_image
+from .conftest import make_job, row_image
 
 
 @pytest.fixture
 def account(db) -> ProviderAccount:
     return ProviderAccount.objects.create(
         slug="acme", kind="apiframe", base_url="http://127.0.0.1:9/apiframe"
-    )
-
-
-def make_job(user, account, prompt: str = "a lighthouse at dusk", **fields) -> Generation:
-    return Generation.objects.create(
-        user=user, prompt=Prompt.remember(prompt, user), model="flux-2-max", account=account, **fields
     )
 
 

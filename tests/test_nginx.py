@@ -26,9 +26,9 @@ from django.conf import settings as django_settings
 from PIL import Image as PILImage
 
 from generations import media
-from generations.models import ApiToken, Generation, Prompt
+from generations.models import ApiToken
 
-from .conftest import ROOT
+from .conftest import ROOT, make_job
 
 HOST = "studio.example.com"  # sent as the Host header only: every connection goes to 127.0.0.1
 
@@ -163,13 +163,7 @@ def test_the_documented_nginx_site_sends_images_itself_after_django_checked_acce
     transactional_db, nginx, bob, accounts
 ):
     client, http_url, https_url = nginx
-    generation = Generation.objects.create(
-        user=bob,
-        prompt=Prompt.remember("a lighthouse", bob),
-        model="flux-2-max",
-        account=accounts["apiframe"],
-        status="succeeded",
-    )
+    generation = make_job(bob, accounts["apiframe"], status="succeeded")
     image = media.store_image(generation, 0, media.check_image(png("teal")), {"prompt": "x"}, seed=1)
     on_disk = Path(image.file.path).read_bytes()
     token = ApiToken.issue(bob)[1]

@@ -13,9 +13,9 @@ import pytest
 from cryptography.fernet import Fernet
 from django.test import Client
 
-from generations.models import Generation, Image, Prompt
+from generations.models import Image
 
-from .conftest import row_image
+from .conftest import make_job, row_image
 from .test_settings import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,14 +164,7 @@ def test_a_few_typos_do_not_lock_a_member_out(client, dave):
 # -- media responses --------------------------------------------------------------------------------------------
 @pytest.fixture
 def image(bob, accounts) -> Image:
-    generation = Generation.objects.create(
-        user=bob,
-        prompt=Prompt.remember("a lighthouse", bob),
-        model="flux-2-max",
-        account=accounts["apiframe"],
-        status="succeeded",
-    )
-    return row_image(generation)  # a PNG, its thumbnail a JPEG
+    return row_image(make_job(bob, accounts["apiframe"], status="succeeded"))  # a PNG, its thumbnail a JPEG
 
 
 @pytest.mark.parametrize(

@@ -263,6 +263,53 @@ def test_it_runs_an_apiframe_job_to_completion(sandbox, client):
     assert image.size == (1360, 768) and image.format == "WEBP"  # 1 MP at 16:9, sides multiples of 16
 
 
+def rendered_ahead():
+    """Wait for the sandbox's render-ahead thread to finish what it was given (it takes work in order)."""
+    from generations.providers.sandbox import images
+
+    images._ahead.submit(lambda: None).result(timeout=10)
+
+
+def test_it_renders_a_job_s_files_when_it_accepts_the_job_not_when_they_are_downloaded(
+    sandbox, client, monkeypatch
+):
+    from generations.providers.sandbox import images
+
+    images._cache.clear()
+    sandbox.set_latency(0.3, 0.3)
+    drawn = []
+    real = images._render
+    monkeypatch.setattr(
+        images, "_render", lambda *a: drawn.append(threading.current_thread().name) or real(*a)
+    )
+    job_id = af_submit(client, sandbox, resolution="1MP", aspect_ratio="1:1", output_format="jpg", seed=7)
+    assert job_id.status_code == 202, job_id.text
+    job_id = job_id.json()["jobId"]
+    rendered_ahead()
+    ahead = list(drawn)
+    job, _ = poll(client, f"{sandbox.base_url('apiframe')}/v2/jobs/{job_id}", AF, {"COMPLETED"})
+    urls = job["result"]["images"]
+    assert len(ahead) == len(urls) >= 1 and all(name.startswith("sandbox-render") for name in ahead)
+    for url in urls:
+        image, _ = open_image(client, url)
+        assert image.format == "JPEG" and image.size == (1024, 1024)
+    assert drawn == ahead  # every download was served from what was drawn ahead
+
+
+def test_it_draws_nothing_ahead_for_a_failing_job_or_a_file_fault(sandbox, client, monkeypatch):
+    from generations.providers.sandbox import images
+
+    images._cache.clear()
+    drawn = []
+    monkeypatch.setattr(images, "_render", lambda *a: drawn.append(a) or b"")
+    sandbox.queue_fault("moderation", "apiframe")
+    af_submit(client, sandbox)
+    sandbox.queue_fault("not_image", "apiframe")
+    af_submit(client, sandbox)
+    rendered_ahead()
+    assert drawn == []
+
+
 def test_it_uses_explicit_apiframe_width_and_height_and_string_results(sandbox, client):
     sandbox.options["apiframe_result_shape"] = "string"
     job_id = af_submit(client, sandbox, width=512, height=768, output_format="png").json()["jobId"]
