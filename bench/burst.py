@@ -109,9 +109,12 @@ class BurstBench:
         return cpu, count
 
     def set_budget(self, rpm: int) -> None:
-        from generations.models import ProviderAccount
+        """The account at `rpm`, its minute unspent: after the burst's 300 requests at a lifted budget, a
+        60/min budget would otherwise start a minute in debt, its first submits waiting for that minute."""
+        from generations.models import BudgetSpend, ProviderAccount
 
         ProviderAccount.objects.filter(pk=self.bench.account.pk).update(max_rpm=rpm)
+        BudgetSpend.objects.filter(account=self.bench.account.pk).delete()
 
     # -- jobs created together -------------------------------------------------------------------------------
     def together(self, label: str, n: int, timeout: float) -> dict:
@@ -350,7 +353,7 @@ class BurstBench:
             # cluster that submits, polls and ingests their jobs, and the sandbox): a create waits for the
             # ones before it. Paced, they measure what one create costs beside 19 others.
             for interval in (0.0, self.args.client_interval):
-                self.client_load(web, access, count, each, interval, engine)
+                self.client_load(web, access, count, each, interval, engine, gunicorn.pid)
         finally:
             self.stop_cluster()
             gunicorn.send_signal(signal.SIGTERM)
@@ -361,11 +364,24 @@ class BurstBench:
             log.close()
 
     def client_load(
-        self, web: str, access: Path, count: int, each: int, interval: float, engine: str
+        self, web: str, access: Path, count: int, each: int, interval: float, engine: str, web_pid: int
     ) -> None:
+        import resource
+
         from generations.models import Generation
 
+        def cpu() -> tuple[float, ...]:
+            here = resource.getrusage(resource.RUSAGE_SELF)
+            clients = resource.getrusage(resource.RUSAGE_CHILDREN)
+            return (
+                cluster_cpu(web_pid),
+                cluster_cpu(self.bench.qcluster.pid),
+                here.ru_utime + here.ru_stime,  # this process: the sandbox, drawing the result files
+                clients.ru_utime + clients.ru_stime,  # waited children: the clients' process
+            )
+
         access.write_text("")
+        cpu_before = cpu()
         # In a process of their own: in this one the sandbox draws result files and would hold the GIL
         # across the clients' timers.
         t0 = time.time()
@@ -377,6 +393,7 @@ class BurstBench:
             check=True,
         )
         took = time.time() - t0
+        cpu_after = cpu()
         load = json.loads(out.stdout)
         times, errors, ids = load["times"], load["errors"], load["ids"]
         self.log(f"clients: {len(times)} creates by {count} clients in {took:.1f} s")
@@ -411,6 +428,23 @@ class BurstBench:
         self.rows.append(
             self.Row(f"{label}: their jobs succeeded", f"{done} of {len(ids)}", "all", done == len(ids))
         )
+        if not interval and ids:
+            # What each create cost the machine while the clients ran, process by process: the cluster
+            # submitting the jobs, the sandbox accepting them (and drawing their files ahead), the clients
+            # themselves. Back to back, the cores are the limit.
+            web_cpu, cluster, sandbox, clients = (
+                (after - before) / len(times) for before, after in zip(cpu_before, cpu_after, strict=True)
+            )
+            total = web_cpu + cluster + sandbox + clients
+            self.rows.append(
+                self.Row(
+                    f"{label}: CPU per create while they ran: web + cluster + sandbox + clients",
+                    f"{self.ms(web_cpu)} + {self.ms(cluster)} + {self.ms(sandbox)} + {self.ms(clients)} = "
+                    f"{self.ms(total)}: {os.cpu_count() or 1} cores allow {(os.cpu_count() or 1) / total:.0f} a second",
+                    "",
+                    None,
+                )
+            )
 
     # -- ingest CPU per image --------------------------------------------------------------------------------
     def ingest(self) -> None:
