@@ -15,7 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from accounts import access
 
-from . import credits, engine, media
+from . import credits, engine, media, sweeper
 from .catalog import catalog
 from .forms import (
     GenerationForm,
@@ -335,7 +335,9 @@ def create(request):
 
 @api_view("GET")
 def generation(request, pk: int):
-    return JsonResponse(generation_payload(get_object_or_404(generations_qs(), pk=pk), request))
+    found = get_object_or_404(generations_qs(), pk=pk)
+    sweeper.nudge([found])
+    return JsonResponse(generation_payload(found, request))
 
 
 @api_view("POST")

@@ -65,6 +65,9 @@ KICK_SECONDS = 10
 # behind every submit and ingest queued on the same FIFO (issue 9.5: 18-124 s with no polling at all).
 # TAKEOVER_WITHIN + SWEEP_SECONDS + a poll round's read timeout stays under Q_CLUSTER["timeout"].
 TAKEOVER_WITHIN = 30
+# A watched job this late has no sweeper (`nudge`): a live one polls a due job within a round or two, and
+# one held back by a request budget or a 429's pause has its poll moved to when it may go.
+STALLED_SECONDS = 15
 HELPERS_GRACE = 5.0  # how long an ending sweep waits for its ingest threads before it leaves them running
 
 
@@ -76,6 +79,24 @@ def kick_sweeper() -> None:
         return
     if mark_kicked(now):
         engine.enqueue("sweep")
+
+
+def nudge(jobs) -> None:
+    """Someone is watching these jobs (the studio's poll, the API). A running job whose poll is overdue by
+    STALLED_SECONDS, or an in-flight job whose task's lease ran out that long ago, has no sweeper: the one
+    that held the lease died with its cluster (SIGKILL, OOM). Kick one as soon as that lease has lapsed,
+    rather than at the reaper's next minute. The rows in hand decide; the lease is read only for such a job."""
+    cutoff = timezone.now() - timedelta(seconds=STALLED_SECONDS)
+    if any(
+        (
+            job.status == Generation.Status.RUNNING
+            and job.next_poll_at is not None
+            and job.next_poll_at < cutoff
+        )
+        or (job.status in Generation.IN_FLIGHT and job.lease_until is not None and job.lease_until < cutoff)
+        for job in jobs
+    ):
+        kick_sweeper()
 
 
 def mark_kicked(now) -> bool:

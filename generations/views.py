@@ -16,7 +16,7 @@ from django_htmx.http import trigger_client_event
 from accounts.access import members_only, profile_of
 from accounts.models import Role
 
-from . import cadence, credits, engine, gallery, media
+from . import cadence, credits, engine, gallery, media, sweeper
 from .api import serve_image, upload_in_use
 from .catalog import NAMES, model_ids
 from .estimate import Estimate, estimate
@@ -511,6 +511,7 @@ def job_updates(request):
     (`job-finished`, with a toast's words for the user's own jobs) and refreshes the balance and gallery."""
     versions = watched(request)
     jobs = list(visible_generations().filter(pk__in=versions)) if versions else []
+    sweeper.nudge(jobs)
     latencies: dict = {}
     changed = [job for job in jobs if card_version(job) != versions[job.pk]]
     ended = [job for job in changed if job.is_terminal]

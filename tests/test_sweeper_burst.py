@@ -14,7 +14,7 @@ from django.db import DatabaseError, connections
 from django.utils import timezone
 
 from generations import credits, engine, sweeper, tasks
-from generations.models import Generation, Lease
+from generations.models import ApiToken, Generation, Lease
 from generations.providers import GenerationRequest, Outcome, ProviderError
 from generations.signals import InWorker
 
@@ -269,6 +269,54 @@ def test_poll_rounds_start_at_least_a_round_gap_apart_while_jobs_keep_coming_due
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
     # (the first round also reaps before it polls, so its poll starts a little after the round)
     assert len(starts) == 6 and min(gaps) >= 0.08, gaps
+
+
+# -- a watched job with no sweeper -----------------------------------------------------------------------------
+def test_a_watched_job_long_overdue_kicks_a_sweeper_once_the_dead_one_s_lease_has_lapsed(
+    bob, accounts, queued, client
+):
+    """The cluster holding the sweeper lease was SIGKILLed; the surviving one had no task ending to take the
+    sweep over, and waited for the reaper's minute. Now whoever watches the job (the API, the studio's
+    poll) kicks a sweeper as soon as the dead one's lease lapses."""
+    (job,) = running(bob, 1)
+    queued.clear()
+    token = ApiToken.issue(bob)[1]
+
+    def look() -> None:
+        assert (
+            client.get(f"/api/v1/generations/{job.pk}", HTTP_AUTHORIZATION=f"Bearer {token}").status_code
+            == 200
+        )
+
+    assert sweeper.acquire_lease("the-killed-cluster")
+    Generation.objects.filter(pk=job.pk).update(next_poll_at=timezone.now() - timedelta(seconds=5))
+    Lease.objects.named("sweeper").update(expires_at=timezone.now() - timedelta(seconds=1))
+    look()
+    assert queued == []  # 5 s late is a busy sweeper, not a missing one
+
+    Generation.objects.filter(pk=job.pk).update(next_poll_at=timezone.now() - timedelta(seconds=60))
+    assert sweeper.acquire_lease("the-killed-cluster")
+    look()
+    assert queued == []  # the dead sweeper's lease still runs: it might be alive after all
+
+    Lease.objects.named("sweeper").update(expires_at=timezone.now() - timedelta(seconds=1))
+    look()
+    look()
+    assert queued == [("sweep", ())]  # once: the kick holds the lease until the sweep starts
+
+    Lease.objects.named("sweeper").update(expires_at=timezone.now() - timedelta(seconds=1))
+    client.force_login(bob)
+    assert client.get(f"/jobs/updates?watch={job.pk}:x").status_code == 200  # the studio's poll
+    assert queued == [("sweep", ()), ("sweep", ())]
+
+
+def test_a_job_whose_task_died_holding_its_lease_kicks_a_sweeper_when_watched(bob, accounts, queued, client):
+    generation, _ = engine.create(bob, request(), provider="sb-apiframe")
+    queued.clear()
+    Generation.objects.filter(pk=generation.pk).update(lease_until=timezone.now() - timedelta(seconds=60))
+    client.force_login(bob)
+    assert client.get(f"/jobs/updates?watch={generation.pk}:x").status_code == 200
+    assert queued == [("sweep", ())]
 
 
 def test_a_task_outside_a_worker_or_under_a_live_sweeper_does_not_sweep(bob, accounts, queued, monkeypatch):
