@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.utils import unquote
 from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.models import Group
 from django.db import transaction
 from django.urls import reverse
 from django.utils import timezone
@@ -50,15 +52,26 @@ def role_action(role: str):
 
 
 admin.site.unregister(User)
+# FluxWeb's access is the role (admin, member, viewer), and an admin's account is a superuser: Django's groups
+# and per-user permissions decide nothing here, so they are not offered where they would seem to.
+admin.site.unregister(Group)
 
 
 @admin.register(User)
 class TeamUserAdmin(audit.AuditedAdmin, UserAdmin):
     """Django's user admin with the role shown and set by actions (each one audited); the staff and
     superuser flags follow the role, so they are not edited by hand. Adding a user, deleting one and
-    ticking "active" by hand are audited too (user.add / user.change / user.delete)."""
+    ticking "active" by hand are audited too (user.add / user.change / user.delete), and so is setting a
+    user's password (user.password, without the password or its hash)."""
 
     audit_action = "user"
+    fieldsets = (
+        (None, {"fields": ("username", "password")}),
+        ("Personal info", {"fields": ("first_name", "last_name", "email")}),
+        ("Access", {"fields": ("is_active", "is_staff", "is_superuser")}),
+        ("Important dates", {"fields": ("last_login", "date_joined")}),
+    )
+    filter_horizontal = ()
 
     list_display = ["username", "email", "role", "is_active", "last_login", "date_joined"]
     list_filter = ["profile__role", "is_active"]
@@ -66,6 +79,24 @@ class TeamUserAdmin(audit.AuditedAdmin, UserAdmin):
     readonly_fields = ["is_staff", "is_superuser", "last_login", "date_joined"]
     inlines = [ProfileInline]
     actions = [*(role_action(role) for role in Role.values), "approve"]
+
+    def user_change_password(self, request, id, form_url=""):
+        if request.method != "POST":
+            return super().user_change_password(request, id, form_url)
+        rows = User.objects.filter(pk=unquote(id))
+        with transaction.atomic():  # the new password commits with its entry, or neither does
+            before = rows.values_list("password", flat=True).first()
+            response = super().user_change_password(request, id, form_url)
+            user = rows.first()
+            if user is not None and before is not None and user.password != before:
+                audit.record(
+                    request.user,
+                    "user.password",
+                    user.get_username(),
+                    after={"usable_password": user.has_usable_password()},
+                    note="set in the admin",
+                )
+        return response
 
     def get_inlines(self, request, obj):
         return self.inlines if obj is not None else []  # a new user's profile comes from accounts.signals

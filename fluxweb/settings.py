@@ -103,6 +103,8 @@ FERNET_KEYS = _fernet_keys
 
 INSTALLED_APPS = [
     "django.contrib.admin",
+    # Before django.contrib.auth, so its `createsuperuser` (audited) is the one manage.py runs.
+    "accounts",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -115,7 +117,6 @@ INSTALLED_APPS = [
     "django_q",
     "axes",
     "generations",
-    "accounts",
 ]
 
 MIDDLEWARE = [

@@ -412,3 +412,43 @@ def test_admin_actions_commit_with_their_entries_or_not_at_all(admin_client, bob
     assert (
         not carol.is_active and invitation.revoked_at is None and Quota.objects.filter(pk=quota.pk).exists()
     )
+
+
+def test_setting_a_password_in_the_admin_is_recorded_without_the_password(admin_client, alice, carol):
+    old = carol.password
+    page = f"{USERS}{carol.pk}/password/"
+    assert admin_client.get(page).status_code == 200
+    assert not AuditEntry.objects.filter(action="user.password").exists()  # looking is not setting
+    new = "a-new-pw-for-carol-42"
+    response = admin_client.post(page, {"password1": new, "password2": new, "set_usable_password": "true"})
+    assert response.status_code == 302
+    carol.refresh_from_db()
+    assert carol.password != old and carol.check_password(new)
+    entry = latest("user.password")
+    assert (entry.actor, entry.target, entry.after) == (alice, "carol", {"usable_password": True})
+    assert new not in str(entry.__dict__) and carol.password not in str(entry.__dict__)
+
+    # A refused form (the two passwords differ) changes nothing and records nothing.
+    admin_client.post(page, {"password1": "x-one-9", "password2": "x-two-9", "set_usable_password": "true"})
+    assert AuditEntry.objects.filter(action="user.password").count() == 1
+
+
+def test_the_user_page_offers_no_groups_or_permissions_that_would_decide_nothing(admin_client, carol):
+    page = admin_client.get(f"{USERS}{carol.pk}/change/").content.decode()
+    assert 'name="groups"' not in page and 'name="user_permissions"' not in page
+    assert admin_client.get("/admin/auth/group/").status_code == 404
+    assert 'name="is_active"' in page  # the rest of the page is as it was
+
+
+def test_createsuperuser_is_recorded_as_the_os_user_s(db, monkeypatch):
+    monkeypatch.setenv("DJANGO_SUPERUSER_PASSWORD", "pw-for-root-admin-7")
+    run("createsuperuser", "--noinput", "--username", "root", "--email", "root@example.invalid")
+    entry = latest("user.add")
+    assert (entry.actor, entry.actor_name, entry.target, entry.note) == (
+        None,
+        by_command(),
+        "root",
+        "createsuperuser",
+    )
+    assert entry.after["role"] == "admin" and entry.after["is_superuser"] is True
+    assert "pw-for-root" not in str(entry.__dict__)
