@@ -181,6 +181,13 @@ class InvitationAdmin(admin.ModelAdmin):
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(audit.ReadOnlyAdmin, admin.ModelAdmin):
-    list_display = ["at", "actor_name", "action", "target", "before", "after", "note"]
+    """The log, newest first: the list says what changed in a line (a provider account's whole row made its
+    before and after columns run off the page); an entry's page keeps both in full."""
+
+    list_display = ["at", "actor_name", "action", "target", "change", "note"]
     list_filter = ["action", "at"]
     search_fields = ["actor_name", "target", "note"]
+
+    @admin.display(description="what changed")
+    def change(self, entry: AuditEntry) -> str:
+        return audit.summary(entry.before, entry.after)

@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import getpass
 import hashlib
+import json
 import os
 
 from django.db import transaction
@@ -61,6 +62,28 @@ def record(
         after=after,
         note=note[:500],
     )
+
+
+def summary(before, after, width: int = 160) -> str:
+    """One line for the log's list: each value that changed as "key: old → new", or each value an add or a
+    delete recorded, cut to `width` characters."""
+
+    def short(value) -> str:
+        text = value if isinstance(value, str) else json.dumps(value)
+        return text if len(text) <= 40 else text[:39] + "…"
+
+    if isinstance(before, dict) and isinstance(after, dict):
+        parts = [
+            f"{key}: {short(before.get(key))} → {short(after.get(key))}"
+            for key in sorted(before.keys() | after.keys())
+            if before.get(key) != after.get(key)
+        ]
+    elif isinstance(after if after is not None else before, dict):
+        parts = [f"{key}: {short(value)}" for key, value in (after if after is not None else before).items()]
+    else:
+        parts = [short(value) for value in (before, after) if value is not None]
+    text = "; ".join(parts)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def snapshot(obj, hidden=()) -> dict:

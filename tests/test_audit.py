@@ -452,3 +452,15 @@ def test_createsuperuser_is_recorded_as_the_os_user_s(db, monkeypatch):
     )
     assert entry.after["role"] == "admin" and entry.after["is_superuser"] is True
     assert "pw-for-root" not in str(entry.__dict__)
+
+
+def test_the_log_s_list_says_what_changed_in_a_line(admin_client, bob):
+    listing = admin_client.get(AUDIT).content.decode()
+    assert "balance: 0 → " in listing  # bob's test credits: before and after, only what differs
+
+    assert audit.summary({"a": 1, "b": "x"}, {"a": 2, "b": "x"}) == "a: 1 → 2"
+    assert audit.summary(None, {"slug": "s", "enabled": True}) == "slug: s; enabled: true"
+    assert audit.summary({"role": "member"}, None) == "role: member"
+    assert audit.summary(None, None) == ""
+    long = audit.summary(None, {f"key{i}": "v" * 60 for i in range(10)})
+    assert len(long) == 160 and long.endswith("…") and "v" * 40 not in long
