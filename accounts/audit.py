@@ -64,7 +64,7 @@ def record(
     )
 
 
-def summary(before, after, width: int = 160) -> str:
+def summary(before, after, width: int = 100) -> str:
     """One line for the log's list: each value that changed as "key: old → new", or each value an add or a
     delete recorded, cut to `width` characters."""
 
