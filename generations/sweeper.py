@@ -96,7 +96,10 @@ def nudge(jobs) -> None:
         or (job.status in Generation.IN_FLIGHT and job.lease_until is not None and job.lease_until < cutoff)
         for job in jobs
     ):
-        kick_sweeper()
+        try:
+            kick_sweeper()
+        except DatabaseError:  # a busy database must not turn a read into an error; the next look kicks
+            log.warning("could not kick a sweeper for a stalled job", exc_info=True)
 
 
 def mark_kicked(now) -> bool:

@@ -310,6 +310,21 @@ def test_a_watched_job_long_overdue_kicks_a_sweeper_once_the_dead_one_s_lease_ha
     assert queued == [("sweep", ()), ("sweep", ())]
 
 
+def test_a_kick_that_finds_the_database_busy_leaves_the_read_alone(
+    bob, accounts, queued, client, monkeypatch
+):
+    (job,) = running(bob, 1)
+    Generation.objects.filter(pk=job.pk).update(next_poll_at=timezone.now() - timedelta(seconds=60))
+
+    def busy():
+        raise DatabaseError("database is locked")
+
+    monkeypatch.setattr(sweeper, "kick_sweeper", busy)
+    token = ApiToken.issue(bob)[1]
+    response = client.get(f"/api/v1/generations/{job.pk}", HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert response.status_code == 200 and response.json()["status"] == "running"
+
+
 def test_a_job_whose_task_died_holding_its_lease_kicks_a_sweeper_when_watched(bob, accounts, queued, client):
     generation, _ = engine.create(bob, request(), provider="sb-apiframe")
     queued.clear()
