@@ -14,7 +14,7 @@ import httpx
 import pytest
 from django.utils import timezone
 
-from generations import credits, engine
+from generations import cadence, credits, engine
 from generations.models import Generation
 from generations.providers import http as provider_http
 from tests.emulators import EMULATORS
@@ -267,8 +267,11 @@ POLL_TRANSIENTS = ("server", "rate_limit", "timeout", "malformed", "disconnect")
 
 
 @pytest.mark.parametrize("kind", ASYNC)
-def test_transient_poll_failures_are_retried_and_the_jobs_succeed(kind, api, emulators, drain):
-    """One generation per fault, polled together: each first poll meets one of the faults."""
+def test_transient_poll_failures_are_retried_and_the_jobs_succeed(kind, api, emulators, drain, monkeypatch):
+    """One generation per fault, polled together: the first polls meet the faults. Every poll that met one
+    is asked again (after the 429's Retry-After: 1), and every job succeeds."""
+    # Due at once, so the sweep (queued behind the five submits) polls all five in its first round.
+    monkeypatch.setattr(cadence, "first_poll_delay", lambda account: 0.0)
     emulator = emulators[kind]
     for fault in POLL_TRANSIENTS:
         emulator.fail(fault, at="poll")
@@ -276,13 +279,14 @@ def test_transient_poll_failures_are_retried_and_the_jobs_succeed(kind, api, emu
     run(drain, *pks)
     assert sorted(fault for fault, _ in emulator.faulted) == sorted(POLL_TRANSIENTS)
     for pk in pks:
-        generation = assert_succeeded(api, pk, kind, count=len(pks))
-        job_id = Generation.objects.get(pk=generation["id"]).provider_job_id
-        polls = [r for r in emulator.calls("GET") if r.path.endswith(job_id)]
-        fault = next(f for f, r in emulator.faulted if r.path.endswith(job_id))
-        assert len(polls) >= 2, fault
+        assert_succeeded(api, pk, kind, count=len(pks))
+    # Checked fault by fault, not job by job: on a loaded machine a job's retry can meet the next fault
+    # before another job's first poll does (seen once in CI); each must still be retried.
+    for fault, request in emulator.faulted:
+        after = [r for r in emulator.calls("GET") if r.path == request.path and r.at > request.at]
+        assert after, f"the poll that met {fault} was not asked again"
         if fault == "rate_limit":
-            assert polls[1].at - polls[0].at >= 0.9  # Retry-After: 1 honoured
+            assert after[0].at - request.at >= 0.9  # Retry-After: 1 honoured
     assert len(emulator.calls("POST")) == len(pks)
 
 
