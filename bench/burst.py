@@ -406,9 +406,14 @@ class BurstBench:
             self.Row(f"{label}: errors", f"{len(errors)} {sorted(set(errors))[:3]}", "0", not errors)
         )
         p50, p95 = self.pct(times, 50), self.pct(times, 95)
+        # The target is for SQLite, the zero-setup default; on PostgreSQL the figure is information.
+        on_sqlite = engine == "SQLite"
         self.rows.append(
             self.Row(
-                f"{label}: create p50 / p95", f"{self.ms(p50)} / {self.ms(p95)}", "p95 <= 100 ms", p95 <= 0.1
+                f"{label}: create p50 / p95",
+                f"{self.ms(p50)} / {self.ms(p95)}",
+                "p95 <= 100 ms" if on_sqlite else "-",
+                p95 <= 0.1 if on_sqlite else None,
             )
         )
         self.rows.append(
