@@ -18,7 +18,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_for
 from contextlib import nullcontext
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -277,19 +277,14 @@ def resubmit_due(now=None) -> int:
     now = now or timezone.now()
     moved = 0
     rooms: dict[int, int] = {}
-    later: dict[int, datetime] = {}
+    waiting: dict[int, list[int]] = {}  # account -> its due submits the budget has no room for
+    accounts = {}
     for generation in Generation.objects.submits_due(now).select_related("account")[:100]:
-        account = generation.account
+        account = accounts.setdefault(generation.account_id, generation.account)
         if account.pk not in rooms:
             rooms[account.pk] = account.budget_room(now)
         if rooms[account.pk] <= 0:
-            if account.pk not in later:
-                # The submits queued above spend what room there was: wait for the next grant to leave.
-                free = account.budget_free_at(now, spent=True)
-                later[account.pk] = max(free, now + timedelta(seconds=SWEEP_TICK))
-            Generation.objects.filter(
-                pk=generation.pk, status=Generation.Status.QUEUED, next_poll_at__lte=now
-            ).update(next_poll_at=later[account.pk])
+            waiting.setdefault(account.pk, []).append(generation.pk)
             continue
         rooms[account.pk] -= 1
         # Clear the retry time first: the next loop will not enqueue it again, and the submit task's claim
@@ -299,6 +294,12 @@ def resubmit_due(now=None) -> int:
         )
         engine.enqueue_safely("submit", generation.pk)
         moved += 1
+    for account_id, pks in waiting.items():
+        # The submits queued above spend what room there was: the rest wait for the next grant to leave.
+        free = accounts[account_id].budget_free_at(now, spent=True)
+        Generation.objects.filter(pk__in=pks, status=Generation.Status.QUEUED, next_poll_at__lte=now).update(
+            next_poll_at=max(free, now + timedelta(seconds=SWEEP_TICK))
+        )
     return moved
 
 
